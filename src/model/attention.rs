@@ -1,0 +1,267 @@
+//! Attention over the paged cache for a batch of sequences at different stages.
+//!
+//! Sequences are grouped so that padding stays small: all single-token decodes form one
+//! group; each prefill chunk is a group of its own. A group's queries and its sequences'
+//! cached keys are gathered into padded dense tensors and masked.
+//!
+//! Grouped-query attention folds the query heads that share a KV head into extra query rows
+//! (`[seqs, kv_heads, group * q_len, head_dim]`), so keys and values are never repeated.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use super::backend::RowRun;
+use super::batch::SequenceSlice;
+
+/// One padded group of sequences.
+#[derive(Debug, Clone)]
+struct AttentionGroup<B: Backend> {
+    num_seqs: usize,
+    /// Padded query length.
+    q_len: usize,
+    /// Padded context length.
+    kv_len: usize,
+    /// `[num_seqs * q_len]`: packed row of each (sequence, query) slot; padding repeats a real row.
+    q_rows: Tensor<B, 1, Int>,
+    /// `[num_seqs * kv_len]`: cache slot of each (sequence, key) position; padding reads slot 0.
+    kv_slots: Tensor<B, 1, Int>,
+    /// `[num_seqs, kv_heads, heads_per_kv * q_len, kv_len]`, `true` where attention is forbidden.
+    mask: Tensor<B, 4, Bool>,
+}
+
+/// Everything about a batch's attention that is the same in every layer.
+#[derive(Debug, Clone)]
+pub struct AttentionPlan<B: Backend> {
+    groups: Vec<AttentionGroup<B>>,
+    /// `[num_tokens]`: where each packed token's output sits in the concatenated group
+    /// outputs; `None` when that is already the packed order.
+    output_rows: Option<Tensor<B, 1, Int>>,
+    /// Where this pass's new keys and values go.
+    pub write_runs: Vec<RowRun>,
+}
+
+/// Head layout the plan needs.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLayout {
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+}
+
+impl HeadLayout {
+    fn heads_per_kv(&self) -> usize {
+        self.num_heads / self.num_kv_heads
+    }
+}
+
+fn slot_of(seq: &SequenceSlice, token: usize, block_size: usize) -> usize {
+    seq.block_table[token / block_size] as usize * block_size + token % block_size
+}
+
+fn int_tensor<B: Backend>(values: Vec<i64>, device: &B::Device) -> Tensor<B, 1, Int> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), device)
+}
+
+impl<B: Backend> AttentionPlan<B> {
+    /// Plans a batch whose sequences have already been validated against the pool.
+    pub fn new(
+        sequences: &[SequenceSlice],
+        block_size: usize,
+        heads: HeadLayout,
+        device: &B::Device,
+    ) -> Self {
+        let mut first_row = Vec::with_capacity(sequences.len());
+        let mut row = 0;
+        for seq in sequences {
+            first_row.push(row);
+            row += seq.num_new_tokens;
+        }
+        let num_tokens = row;
+
+        let write_runs = write_runs(sequences, &first_row, block_size);
+
+        let decodes: Vec<usize> = (0..sequences.len())
+            .filter(|&i| sequences[i].num_new_tokens == 1)
+            .collect();
+        let mut group_members: Vec<Vec<usize>> = Vec::new();
+        if !decodes.is_empty() {
+            group_members.push(decodes);
+        }
+        group_members.extend(
+            (0..sequences.len())
+                .filter(|&i| sequences[i].num_new_tokens > 1)
+                .map(|i| vec![i]),
+        );
+
+        let mut output_rows = vec![0i64; num_tokens];
+        let mut out_offset = 0;
+        let mut groups = Vec::with_capacity(group_members.len());
+        for members in &group_members {
+            let group = build_group::<B>(sequences, members, &first_row, block_size, heads, device);
+            for (slot, &i) in members.iter().enumerate() {
+                for t in 0..sequences[i].num_new_tokens {
+                    output_rows[first_row[i] + t] = (out_offset + slot * group.q_len + t) as i64;
+                }
+            }
+            out_offset += group.num_seqs * group.q_len;
+            groups.push(group);
+        }
+
+        let identity =
+            out_offset == num_tokens && output_rows.iter().enumerate().all(|(i, &r)| r == i as i64);
+        Self {
+            groups,
+            output_rows: (!identity).then(|| int_tensor(output_rows, device)),
+            write_runs,
+        }
+    }
+
+    /// Attention of every packed query over its sequence's cached context.
+    ///
+    /// The cache must already hold this pass's keys and values.
+    ///
+    /// # Shapes
+    /// - `queries`: `[num_tokens, num_heads * head_dim]` (RoPE applied)
+    /// - `keys`, `values`: the layer's pools, `[num_slots, num_kv_heads * head_dim]`
+    /// - returns `[num_tokens, num_heads * head_dim]`
+    pub fn attend(
+        &self,
+        queries: Tensor<B, 2>,
+        keys: &Tensor<B, 2>,
+        values: &Tensor<B, 2>,
+        heads: HeadLayout,
+    ) -> Tensor<B, 2> {
+        let HeadLayout {
+            num_heads,
+            num_kv_heads,
+            head_dim,
+        } = heads;
+        let per_kv = heads.heads_per_kv();
+        let outputs: Vec<Tensor<B, 2>> = self
+            .groups
+            .iter()
+            .map(|g| {
+                let (s, lq, lk) = (g.num_seqs, g.q_len, g.kv_len);
+                let q = queries
+                    .clone()
+                    .select(0, g.q_rows.clone())
+                    .reshape([s, lq, num_kv_heads, per_kv, head_dim])
+                    .permute([0, 2, 3, 1, 4])
+                    .reshape([s, num_kv_heads, per_kv * lq, head_dim]);
+                let gather = |pool: &Tensor<B, 2>| {
+                    pool.clone()
+                        .select(0, g.kv_slots.clone())
+                        .reshape([s, lk, num_kv_heads, head_dim])
+                        .swap_dims(1, 2)
+                };
+                let out = attention(
+                    q,
+                    gather(keys),
+                    gather(values),
+                    Some(g.mask.clone()),
+                    None,
+                    AttentionModuleOptions::default(),
+                );
+                out.reshape([s, num_kv_heads, per_kv, lq, head_dim])
+                    .permute([0, 3, 1, 2, 4])
+                    .reshape([s * lq, num_heads * head_dim])
+            })
+            .collect();
+        let stacked = if outputs.len() == 1 {
+            outputs.into_iter().next().expect("one group")
+        } else {
+            Tensor::cat(outputs, 0)
+        };
+        match &self.output_rows {
+            Some(rows) => stacked.select(0, rows.clone()),
+            None => stacked,
+        }
+    }
+}
+
+fn write_runs(sequences: &[SequenceSlice], first_row: &[usize], block_size: usize) -> Vec<RowRun> {
+    let mut runs: Vec<RowRun> = Vec::new();
+    for (seq, &row) in sequences.iter().zip(first_row) {
+        for t in 0..seq.num_new_tokens {
+            let slot = slot_of(seq, seq.num_cached_tokens + t, block_size);
+            match runs.last_mut() {
+                Some(run) if run.dst_slot + run.len == slot && run.src_row + run.len == row + t => {
+                    run.len += 1
+                }
+                _ => runs.push(RowRun {
+                    dst_slot: slot,
+                    src_row: row + t,
+                    len: 1,
+                }),
+            }
+        }
+    }
+    runs
+}
+
+fn build_group<B: Backend>(
+    sequences: &[SequenceSlice],
+    members: &[usize],
+    first_row: &[usize],
+    block_size: usize,
+    heads: HeadLayout,
+    device: &B::Device,
+) -> AttentionGroup<B> {
+    let s = members.len();
+    let lq = members
+        .iter()
+        .map(|&i| sequences[i].num_new_tokens)
+        .max()
+        .unwrap_or(1);
+    let lk = members
+        .iter()
+        .map(|&i| sequences[i].context_len())
+        .max()
+        .unwrap_or(1);
+    let per_kv = heads.heads_per_kv();
+
+    let mut q_rows = Vec::with_capacity(s * lq);
+    let mut kv_slots = Vec::with_capacity(s * lk);
+    let mut mask = Vec::with_capacity(s * per_kv * lq * lk);
+    for &i in members {
+        let seq = &sequences[i];
+        for t in 0..lq {
+            let real = t.min(seq.num_new_tokens - 1);
+            q_rows.push((first_row[i] + real) as i64);
+        }
+        for k in 0..lk {
+            let slot = if k < seq.context_len() {
+                slot_of(seq, k, block_size)
+            } else {
+                0
+            };
+            kv_slots.push(slot as i64);
+        }
+        for _ in 0..per_kv {
+            for t in 0..lq {
+                let is_padding = t >= seq.num_new_tokens;
+                let position = seq.num_cached_tokens + t;
+                // A padded query row attends to key 0 only, so its softmax stays finite;
+                // its output is discarded.
+                mask.extend((0..lk).map(|k| if is_padding { k != 0 } else { k > position }));
+            }
+        }
+    }
+    let mask = Tensor::<B, 3, Bool>::from_data(TensorData::new(mask, [s, per_kv * lq, lk]), device)
+        .reshape([s, 1, per_kv * lq, lk])
+        .expand([s, heads.num_kv_heads, per_kv * lq, lk]);
+    AttentionGroup {
+        num_seqs: s,
+        q_len: lq,
+        kv_len: lk,
+        q_rows: int_tensor(q_rows, device),
+        kv_slots: int_tensor(kv_slots, device),
+        mask,
+    }
+}

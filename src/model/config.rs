@@ -1,0 +1,114 @@
+//! Hyper-parameters of a Llama-family decoder, independent of the checkpoint format.
+
+/// How rotary position embeddings pair up the dimensions of a head.
+///
+/// GGUF llama checkpoints store Q/K rows permuted for adjacent pairs (`Interleaved`);
+/// Hugging Face checkpoints and GGUF qwen2 use rotate-half (`Half`). We apply whichever the
+/// checkpoint was written for instead of permuting weights at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimensions `(2i, 2i+1)` rotate together.
+    Interleaved,
+    /// Dimensions `(i, i + head_dim/2)` rotate together.
+    Half,
+}
+
+/// The shape of a Llama-family model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    /// Architecture name as the checkpoint gives it (`llama`, `qwen2`, `tiny`).
+    pub architecture: String,
+    /// Rows of the embedding table and of the output head.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU hidden layer.
+    pub intermediate_size: usize,
+    /// Number of decoder blocks.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `num_heads`).
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Epsilon of every RMSNorm.
+    pub rms_norm_eps: f64,
+    /// RoPE frequency base.
+    pub rope_theta: f64,
+    /// RoPE pairing convention of the checkpoint.
+    pub rope_style: RopeStyle,
+    /// Longest sequence (prompt + output) the model was trained for.
+    pub max_position_embeddings: usize,
+    /// Whether q/k/v projections carry a bias (Qwen2).
+    pub attention_bias: bool,
+    /// Whether the output head reuses the embedding table.
+    pub tie_word_embeddings: bool,
+}
+
+impl LlamaConfig {
+    /// Width of the key (and value) projection: `num_kv_heads * head_dim`.
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// Number of weights, counting a tied head once.
+    pub fn num_parameters(&self) -> usize {
+        let attention = self.hidden_size * self.num_heads * self.head_dim * 2
+            + self.hidden_size * self.kv_dim() * 2;
+        let mlp = self.hidden_size * self.intermediate_size * 3;
+        let per_layer = attention + mlp + 2 * self.hidden_size;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * self.hidden_size
+        };
+        self.vocab_size * self.hidden_size + self.num_layers * per_layer + self.hidden_size + head
+    }
+
+    /// Bytes one token occupies in the KV cache across all layers, in f32.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.num_layers * self.kv_dim() * std::mem::size_of::<f32>()
+    }
+
+    /// Checks relations between fields that a corrupt checkpoint could break.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_layers", self.num_layers),
+            ("num_heads", self.num_heads),
+            ("num_kv_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return Err(format!(
+                "num_heads ({}) is not a multiple of num_kv_heads ({})",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(format!("rope_theta ({}) must be positive", self.rope_theta));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(format!(
+                "rms_norm_eps ({}) must be positive",
+                self.rms_norm_eps
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,84 @@
+//! The paged KV cache: per layer, a pool of fixed-size blocks of key and value rows.
+//!
+//! A sequence's cache is the list of its block ids (its block table); token `t` of the
+//! sequence lives in slot `block_table[t / block_size] * block_size + t % block_size`.
+//! Which blocks belong to whom is decided outside the model (by the engine's block manager);
+//! this type only stores rows.
+
+use burn::tensor::Tensor;
+
+use super::backend::CacheBackend;
+use super::config::LlamaConfig;
+
+/// Default number of tokens per cache block.
+pub const DEFAULT_BLOCK_SIZE: usize = 16;
+
+/// Size of the cache pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheConfig {
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Blocks in the pool (shared by all layers: block `b` exists once per layer).
+    pub num_blocks: usize,
+}
+
+impl KvCacheConfig {
+    /// A pool of `num_blocks` blocks of `block_size` tokens.
+    pub fn with_blocks(block_size: usize, num_blocks: usize) -> Self {
+        Self {
+            block_size,
+            num_blocks,
+        }
+    }
+
+    /// The largest pool that fits in `bytes` for this model (at least one block).
+    pub fn with_bytes(block_size: usize, bytes: usize, model: &LlamaConfig) -> Self {
+        let block_bytes = block_size * model.kv_bytes_per_token();
+        Self::with_blocks(block_size, (bytes / block_bytes).max(1))
+    }
+
+    /// Bytes the pool occupies for this model.
+    pub fn bytes(&self, model: &LlamaConfig) -> usize {
+        self.num_blocks * self.block_size * model.kv_bytes_per_token()
+    }
+
+    /// Tokens the whole pool can hold.
+    pub fn num_slots(&self) -> usize {
+        self.num_blocks * self.block_size
+    }
+}
+
+/// Key and value rows of every layer.
+#[derive(Debug)]
+pub struct PagedKvCache<B: CacheBackend> {
+    config: KvCacheConfig,
+    /// Per layer `(keys, values)`, each `[num_slots, kv_dim]`.
+    layers: Vec<(Tensor<B, 2>, Tensor<B, 2>)>,
+}
+
+impl<B: CacheBackend> PagedKvCache<B> {
+    /// Allocates a zeroed pool for `model`.
+    pub fn new(config: KvCacheConfig, model: &LlamaConfig, device: &B::Device) -> Self {
+        let shape = [config.num_slots(), model.kv_dim()];
+        let layers = (0..model.num_layers)
+            .map(|_| (Tensor::zeros(shape, device), Tensor::zeros(shape, device)))
+            .collect();
+        Self { config, layers }
+    }
+
+    /// The pool's size.
+    pub fn config(&self) -> KvCacheConfig {
+        self.config
+    }
+
+    /// Hands the layers to a forward pass, which must give them back with
+    /// [`Self::restore_layers`]; moving them out keeps each pool uniquely owned, so writes
+    /// happen in place.
+    pub(super) fn take_layers(&mut self) -> Vec<(Tensor<B, 2>, Tensor<B, 2>)> {
+        std::mem::take(&mut self.layers)
+    }
+
+    pub(super) fn restore_layers(&mut self, layers: Vec<(Tensor<B, 2>, Tensor<B, 2>)>) {
+        self.layers = layers;
+    }
+}

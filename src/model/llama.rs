@@ -1,0 +1,356 @@
+//! The Llama-family decoder: embedding, N x (RMSNorm, GQA attention with RoPE, RMSNorm,
+//! SwiGLU MLP), final RMSNorm, output head. Optional q/k/v bias covers Qwen2.
+
+use burn::tensor::activation::silu;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use super::attention::{AttentionPlan, HeadLayout};
+use super::backend::CacheBackend;
+use super::batch::{BatchError, ForwardBatch, LogitsWanted};
+use super::config::LlamaConfig;
+use super::kv_cache::PagedKvCache;
+use super::rope::{RotaryRows, RotaryTable};
+use super::weights::{HostTensor, WeightError, WeightSource};
+
+/// Logits copied back to the host, one row per requested position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logits {
+    /// Row-major `[rows, vocab_size]`.
+    pub data: Vec<f32>,
+    /// Width of a row.
+    pub vocab_size: usize,
+}
+
+impl Logits {
+    /// Number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.data.len() / self.vocab_size.max(1)
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab_size..(i + 1) * self.vocab_size]
+    }
+}
+
+/// Why a forward pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The batch does not fit the model or the cache.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    /// The backend could not hand the logits back.
+    #[error("reading logits from the device failed: {0}")]
+    Readback(String),
+}
+
+#[derive(Debug)]
+struct RmsNorm<B: CacheBackend> {
+    /// `[1, hidden]`
+    weight: Tensor<B, 2>,
+    eps: f64,
+}
+
+impl<B: CacheBackend> RmsNorm<B> {
+    /// # Shapes
+    /// - `x`: `[rows, hidden]`, returned in the same shape
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let inv_rms = (x.clone() * x.clone())
+            .mean_dim(1)
+            .add_scalar(self.eps)
+            .sqrt()
+            .recip();
+        x * inv_rms * self.weight.clone()
+    }
+}
+
+#[derive(Debug)]
+struct DecoderLayer<B: CacheBackend> {
+    attn_norm: RmsNorm<B>,
+    /// `[hidden, (heads + 2 * kv_heads) * head_dim]`: q, k and v projections side by side.
+    qkv: Tensor<B, 2>,
+    /// `[1, (heads + 2 * kv_heads) * head_dim]`
+    qkv_bias: Option<Tensor<B, 2>>,
+    /// `[heads * head_dim, hidden]`
+    output: Tensor<B, 2>,
+    ffn_norm: RmsNorm<B>,
+    /// `[hidden, 2 * intermediate]`: gate and up projections side by side.
+    gate_up: Tensor<B, 2>,
+    /// `[intermediate, hidden]`
+    down: Tensor<B, 2>,
+}
+
+/// A Llama-family model on backend `B`.
+#[derive(Debug)]
+pub struct Llama<B: CacheBackend> {
+    config: LlamaConfig,
+    /// `[vocab, hidden]`
+    embedding: Tensor<B, 2>,
+    layers: Vec<DecoderLayer<B>>,
+    final_norm: RmsNorm<B>,
+    /// `[hidden, vocab]`; `None` when tied to the embedding.
+    head: Option<Tensor<B, 2>>,
+    rope: RotaryTable<B>,
+    device: B::Device,
+}
+
+fn to_device<B: CacheBackend, const D: usize>(
+    tensor: HostTensor,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(tensor.data, shape), device)
+}
+
+fn concat_rows(parts: Vec<HostTensor>) -> HostTensor {
+    let cols = parts[0].shape.get(1).copied();
+    let rows = parts.iter().map(|p| p.shape[0]).sum();
+    let data = parts.into_iter().flat_map(|p| p.data).collect();
+    HostTensor {
+        shape: match cols {
+            Some(cols) => vec![rows, cols],
+            None => vec![rows],
+        },
+        data,
+    }
+}
+
+impl<B: CacheBackend> Llama<B> {
+    /// Loads every weight from `source`, reporting `(tensors done, total)` to `progress`.
+    pub fn load(
+        config: LlamaConfig,
+        source: &mut dyn WeightSource,
+        device: &B::Device,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, WeightError> {
+        let c = &config;
+        let (hidden, inter, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let q_dim = c.num_heads * hd;
+        let kv_dim = c.kv_dim();
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let total = c.num_layers + 2;
+        let norm = |t: HostTensor| RmsNorm {
+            weight: to_device(t, [1, hidden], device),
+            eps: c.rms_norm_eps,
+        };
+
+        let embedding = source.require("token_embd.weight", &[c.vocab_size, hidden])?;
+        let embedding = to_device(embedding, [c.vocab_size, hidden], device);
+        progress(1, total);
+
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let name = |part: &str| format!("blk.{i}.{part}");
+            let q = source.require(&name("attn_q.weight"), &[q_dim, hidden])?;
+            let k = source.require(&name("attn_k.weight"), &[kv_dim, hidden])?;
+            let v = source.require(&name("attn_v.weight"), &[kv_dim, hidden])?;
+            let qkv = concat_rows(vec![q, k, v]).transposed();
+            let qkv_bias = if c.attention_bias {
+                let q = source.require(&name("attn_q.bias"), &[q_dim])?;
+                let k = source.require(&name("attn_k.bias"), &[kv_dim])?;
+                let v = source.require(&name("attn_v.bias"), &[kv_dim])?;
+                Some(to_device(concat_rows(vec![q, k, v]), [1, qkv_dim], device))
+            } else {
+                None
+            };
+            let output = source.require(&name("attn_output.weight"), &[hidden, q_dim])?;
+            let gate = source.require(&name("ffn_gate.weight"), &[inter, hidden])?;
+            let up = source.require(&name("ffn_up.weight"), &[inter, hidden])?;
+            let down = source.require(&name("ffn_down.weight"), &[hidden, inter])?;
+            layers.push(DecoderLayer {
+                attn_norm: norm(source.require(&name("attn_norm.weight"), &[hidden])?),
+                qkv: to_device(qkv, [hidden, qkv_dim], device),
+                qkv_bias,
+                output: to_device(output.transposed(), [q_dim, hidden], device),
+                ffn_norm: norm(source.require(&name("ffn_norm.weight"), &[hidden])?),
+                gate_up: to_device(
+                    concat_rows(vec![gate, up]).transposed(),
+                    [hidden, 2 * inter],
+                    device,
+                ),
+                down: to_device(down.transposed(), [inter, hidden], device),
+            });
+            progress(i + 2, total);
+        }
+
+        let final_norm = norm(source.require("output_norm.weight", &[hidden])?);
+        let head = if c.tie_word_embeddings {
+            None
+        } else {
+            let head = source.require("output.weight", &[c.vocab_size, hidden])?;
+            Some(to_device(head.transposed(), [hidden, c.vocab_size], device))
+        };
+        progress(total, total);
+
+        let rope = RotaryTable::new(
+            hd,
+            c.max_position_embeddings,
+            c.rope_theta,
+            c.rope_style,
+            device,
+        );
+        Ok(Self {
+            config,
+            embedding,
+            layers,
+            final_norm,
+            head,
+            rope,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    fn heads(&self) -> HeadLayout {
+        HeadLayout {
+            num_heads: self.config.num_heads,
+            num_kv_heads: self.config.num_kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// Runs one step for a batch of sequences, writing their new keys and values into
+    /// `cache` and returning the logits `batch.logits` asks for.
+    ///
+    /// # Shapes
+    /// - `batch.token_ids`: `[num_tokens]`, packed by sequence
+    /// - returns `[num_sequences or num_tokens, vocab]`
+    pub fn forward(
+        &self,
+        batch: &ForwardBatch,
+        cache: &mut PagedKvCache<B>,
+    ) -> Result<Logits, ForwardError> {
+        let c = &self.config;
+        let pool = cache.config();
+        batch.validate(
+            c.vocab_size,
+            c.max_position_embeddings,
+            pool.block_size,
+            pool.num_blocks,
+        )?;
+        let n = batch.token_ids.len();
+        if n == 0 {
+            return Ok(Logits {
+                data: Vec::new(),
+                vocab_size: c.vocab_size,
+            });
+        }
+        let device = &self.device;
+        let ids = batch
+            .token_ids
+            .iter()
+            .map(|&t| t as i64)
+            .collect::<Vec<_>>();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
+        let positions: Vec<i64> = batch
+            .sequences
+            .iter()
+            .flat_map(|s| (s.num_cached_tokens..s.context_len()).map(|p| p as i64))
+            .collect();
+        let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), device);
+        let rotary = self.rope.rows(positions);
+        let plan = AttentionPlan::<B>::new(&batch.sequences, pool.block_size, self.heads(), device);
+
+        let mut x = self.embedding.clone().select(0, ids);
+        let mut pools = cache.take_layers();
+        for (layer, (keys, values)) in self.layers.iter().zip(pools.iter_mut()) {
+            x = self.layer_forward(layer, x, &rotary, &plan, keys, values);
+        }
+        cache.restore_layers(pools);
+
+        let x = match batch.logits {
+            LogitsWanted::EveryPosition => x,
+            LogitsWanted::LastPerSequence => {
+                let mut last = Vec::with_capacity(batch.sequences.len());
+                let mut end = 0i64;
+                for s in &batch.sequences {
+                    end += s.num_new_tokens as i64;
+                    last.push(end - 1);
+                }
+                let rows = last.len();
+                x.select(0, Tensor::from_data(TensorData::new(last, [rows]), device))
+            }
+        };
+        let x = self.final_norm.forward(x);
+        let logits = match &self.head {
+            Some(head) => x.matmul(head.clone()),
+            None => x.matmul(self.embedding.clone().transpose()),
+        };
+        let data = logits
+            .into_data()
+            .into_vec::<f32>()
+            .map_err(|e| ForwardError::Readback(format!("{e:?}")))?;
+        Ok(Logits {
+            data,
+            vocab_size: c.vocab_size,
+        })
+    }
+
+    /// # Shapes
+    /// - `x`: `[num_tokens, hidden]`, returned in the same shape
+    fn layer_forward(
+        &self,
+        layer: &DecoderLayer<B>,
+        x: Tensor<B, 2>,
+        rotary: &RotaryRows<B>,
+        plan: &AttentionPlan<B>,
+        keys: &mut Tensor<B, 2>,
+        values: &mut Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let c = &self.config;
+        let n = x.dims()[0];
+        let (hd, q_dim, kv_dim) = (c.head_dim, c.num_heads * c.head_dim, c.kv_dim());
+
+        let h = layer.attn_norm.forward(x.clone());
+        let mut qkv = h.matmul(layer.qkv.clone());
+        if let Some(bias) = &layer.qkv_bias {
+            qkv = qkv + bias.clone();
+        }
+        let q = qkv
+            .clone()
+            .narrow(1, 0, q_dim)
+            .reshape([n, c.num_heads, hd]);
+        let k = qkv
+            .clone()
+            .narrow(1, q_dim, kv_dim)
+            .reshape([n, c.num_kv_heads, hd]);
+        let v = qkv.narrow(1, q_dim + kv_dim, kv_dim);
+        let q = self.rope.apply(q, rotary).reshape([n, q_dim]);
+        let k = self.rope.apply(k, rotary).reshape([n, kv_dim]);
+
+        // Write first, then attend: the cache then holds the whole context uniformly.
+        replace_with(keys, |pool| B::write_cache_rows(pool, &plan.write_runs, k));
+        replace_with(values, |pool| {
+            B::write_cache_rows(pool, &plan.write_runs, v)
+        });
+        let attended = plan.attend(q, keys, values, self.heads());
+        let x = x + attended.matmul(layer.output.clone());
+
+        let h = layer.ffn_norm.forward(x.clone());
+        let gate_up = h.matmul(layer.gate_up.clone());
+        let inter = c.intermediate_size;
+        let gate = gate_up.clone().narrow(1, 0, inter);
+        let up = gate_up.narrow(1, inter, inter);
+        x + (silu(gate) * up).matmul(layer.down.clone())
+    }
+}
+
+/// Moves the tensor out of `slot`, transforms it and puts the result back, so the
+/// transformation sees the only handle to its storage.
+fn replace_with<B: CacheBackend>(
+    slot: &mut Tensor<B, 2>,
+    f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
+) {
+    let device = slot.device();
+    let taken = std::mem::replace(slot, Tensor::empty([0, 0], &device));
+    *slot = f(taken);
+}

@@ -1,0 +1,17 @@
+//! The Llama-family model: it sees batches and block tables, never requests.
+
+mod attention;
+pub mod backend;
+pub mod batch;
+pub mod config;
+pub mod kv_cache;
+mod llama;
+mod rope;
+pub mod weights;
+
+pub use backend::CacheBackend;
+pub use batch::{BatchError, ForwardBatch, LogitsWanted, SequenceSlice};
+pub use config::{LlamaConfig, RopeStyle};
+pub use kv_cache::{KvCacheConfig, PagedKvCache, DEFAULT_BLOCK_SIZE};
+pub use llama::{ForwardError, Llama, Logits};
+pub use weights::{HostTensor, WeightError, WeightSource};
