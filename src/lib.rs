@@ -1,5 +1,9 @@
 //! Waypoint: an LLM inference server in which every request can be followed from arrival to
 //! last token. See `docs/ARCHITECTURE.md` for the code map.
 
+pub mod cli;
+pub mod generate;
 pub mod loader;
 pub mod model;
+pub mod sampling;
+pub mod tokenizer;

@@ -1,1 +1,168 @@
-fn main() {}
+//! The `waypoint` command line.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use waypoint::cli::{CacheArgs, Device};
+use waypoint::generate::generate;
+use waypoint::model::{CacheBackend, PagedKvCache};
+use waypoint::sampling::SamplingParams;
+use waypoint::tokenizer::ChatMessage;
+
+/// Waypoint: an LLM inference server in which every request can be followed from arrival to
+/// last token.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text for one prompt, streaming it to stdout.
+    Generate(GenerateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct GenerateArgs {
+    /// A GGUF file, a Hugging Face model directory, or `tiny` (built in, random weights).
+    #[arg(long, env = "WAYPOINT_MODEL")]
+    model: String,
+    /// The prompt, tokenized as is unless --chat is given.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep only the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Seed for reproducible sampling.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when this string is generated (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Generate(args) => run_generate(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
+    match args.device {
+        Device::Cpu => generate_on::<burn::backend::Flex>(&args, &Default::default()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(index) => {
+            generate_on::<burn::backend::Cuda>(&args, &burn::backend::cuda::CudaDevice::new(index))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => {
+            bail!("this waypoint was built without CUDA support; rebuild with `--features cuda`")
+        }
+    }
+}
+
+fn generate_on<B: CacheBackend>(args: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
+    let files = waypoint::loader::open(&args.model)?;
+    let pool = files.config.clone();
+    let pool = args.cache.pool(&pool).map_err(anyhow::Error::msg)?;
+    let (model, tokenizer, _name) = files.load::<B>(device)?;
+    let mut cache = PagedKvCache::new(pool, model.config(), device);
+
+    let prompt_ids = if args.chat {
+        let template = tokenizer
+            .chat_template()
+            .context("--chat: this model has no chat template")?;
+        let text = template.render(
+            &[ChatMessage {
+                role: "user".into(),
+                content: args.prompt.clone(),
+            }],
+            true,
+        )?;
+        // The template writes its own BOS when it wants one.
+        tokenizer.encode(&text, false)?
+    } else {
+        tokenizer.encode(&args.prompt, true)?
+    };
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: (args.top_k > 0).then_some(args.top_k),
+        seed: args.seed,
+        max_tokens: args.max_tokens,
+        stop: args.stop.clone(),
+        ignore_eos: args.ignore_eos,
+        ..SamplingParams::default()
+    };
+    if let Err(invalid) = params.validate(model.config().vocab_size) {
+        bail!("--{}: {}", invalid.param.replace('_', "-"), invalid.message);
+    }
+
+    let mut stdout = std::io::stdout().lock();
+    let generation = generate(
+        &model,
+        &tokenizer,
+        &mut cache,
+        &prompt_ids,
+        &params,
+        |text| {
+            // A closed pipe (e.g. `| head`) must not turn into a panic.
+            let _ = stdout
+                .write_all(text.as_bytes())
+                .and_then(|_| stdout.flush());
+        },
+    )?;
+    let _ = writeln!(stdout);
+    let generated = generation.token_ids.len();
+    let rate =
+        |tokens: usize, time: std::time::Duration| tokens as f64 / time.as_secs_f64().max(1e-9);
+    eprintln!(
+        "prompt tokens: {}, generated tokens: {}, prefill: {:.1} tok/s, decode: {:.1} tok/s, finish: {}",
+        generation.prompt_tokens,
+        generated,
+        rate(generation.prompt_tokens, generation.prefill_time),
+        rate(generated.saturating_sub(1), generation.decode_time),
+        generation.finish_reason.as_str(),
+    );
+    Ok(())
+}

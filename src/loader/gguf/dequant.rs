@@ -80,7 +80,7 @@ pub fn dequantize(
         supported => supported.block_layout(),
     }
     .ok_or(DequantError::UnsupportedType(ggml_type))?;
-    if n_elements % block_size != 0 {
+    if !n_elements.is_multiple_of(block_size) {
         return Err(DequantError::NotBlockMultiple {
             ggml_type,
             n_elements,
@@ -88,14 +88,14 @@ pub fn dequantize(
         });
     }
     let needed = (n_elements / block_size).checked_mul(block_bytes);
-    let src = needed.and_then(|needed| bytes.get(..needed)).ok_or(
-        DequantError::InputTooShort {
+    let src = needed
+        .and_then(|needed| bytes.get(..needed))
+        .ok_or(DequantError::InputTooShort {
             ggml_type,
             n_elements,
             needed: needed.unwrap_or(usize::MAX),
             got: bytes.len(),
-        },
-    )?;
+        })?;
     let got = out.len();
     let dst = out
         .get_mut(..n_elements)

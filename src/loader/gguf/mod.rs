@@ -19,6 +19,8 @@
 //! arbitrary input yields a [`GgufError`] rather than a panic or a huge allocation.
 
 pub mod dequant;
+mod error;
+mod parse;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -30,6 +32,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 pub use self::dequant::{dequantize, DequantError};
+pub use self::error::GgufError;
+use self::parse::{checked_elements, parse};
 
 /// The four bytes every GGUF file starts with.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
@@ -37,280 +41,6 @@ pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// Most dimensions a ggml tensor can have (`GGML_MAX_DIMS`).
 pub const MAX_DIMS: u32 = 4;
-
-/// Magic, version and the two counts.
-const HEADER_LEN: usize = 24;
-/// Nested arrays are legal but never deep in practice; the limit keeps recursion (and so the
-/// stack) bounded on hostile input.
-const MAX_ARRAY_DEPTH: u32 = 16;
-/// Smallest possible metadata entry: empty key (8) + type (4) + one-byte value.
-const MIN_KV_BYTES: usize = 13;
-/// Smallest possible tensor-table entry: empty name (8) + n_dims (4) + one dim (8) + type (4)
-/// + offset (8).
-const MIN_TENSOR_INFO_BYTES: usize = 32;
-
-/// Everything that can go wrong while reading a GGUF file. Every variant names the file, and the
-/// tensor or metadata key involved where there is one.
-#[derive(Debug, thiserror::Error)]
-pub enum GgufError {
-    /// The file does not exist.
-    #[error("{}: GGUF file not found", .path.display())]
-    NotFound {
-        /// The file.
-        path: PathBuf,
-    },
-    /// Opening, reading or mapping the file failed.
-    #[error("{}: cannot read GGUF file: {source}", .path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// The file is shorter than the 24-byte header.
-    #[error("{}: file is only {len} bytes long, too short for the 24-byte GGUF header", .path.display())]
-    TruncatedHeader {
-        /// The file.
-        path: PathBuf,
-        /// The file's length in bytes.
-        len: u64,
-    },
-    /// The file does not start with `GGUF`.
-    #[error("{}: not a GGUF file: magic is {}, expected \"GGUF\"", .path.display(), show_bytes(.found))]
-    BadMagic {
-        /// The file.
-        path: PathBuf,
-        /// The (up to four) bytes found where the magic should be.
-        found: Vec<u8>,
-    },
-    /// The header names a GGUF version other than 2 or 3.
-    #[error("{}: unsupported GGUF version {version}{} (supported: 2, 3)", .path.display(), version_hint(*.version))]
-    UnsupportedVersion {
-        /// The file.
-        path: PathBuf,
-        /// The version found in the header.
-        version: u32,
-    },
-    /// The file ends inside the metadata section.
-    #[error("{}: truncated metadata: file ends at byte {offset} while reading {what}", .path.display())]
-    TruncatedMetadata {
-        /// The file.
-        path: PathBuf,
-        /// What was being read, e.g. "value of key `general.name`".
-        what: String,
-        /// Where the missing bytes should have started.
-        offset: u64,
-    },
-    /// A metadata value (or array element) has a type id GGUF does not define.
-    #[error("{}: metadata key `{key}` has unknown value type {type_id}", .path.display())]
-    UnknownMetaValueType {
-        /// The file.
-        path: PathBuf,
-        /// The key whose value could not be read.
-        key: String,
-        /// The type id found.
-        type_id: u32,
-    },
-    /// A string (key, value, or tensor name) is not valid UTF-8.
-    #[error("{}: {what} at byte {offset} is not valid UTF-8", .path.display())]
-    InvalidUtf8 {
-        /// The file.
-        path: PathBuf,
-        /// Which string, e.g. "value of key `general.name`".
-        what: String,
-        /// Where the string's bytes start.
-        offset: u64,
-    },
-    /// A count is larger than the rest of the file could possibly hold.
-    #[error("{}: absurd count of {count} {what}: only {remaining} bytes are left in the file (corrupt or truncated)", .path.display())]
-    AbsurdCount {
-        /// The file.
-        path: PathBuf,
-        /// What is counted, e.g. "tensors" or "array elements of key `tokenizer.ggml.tokens`".
-        what: String,
-        /// The count found.
-        count: u64,
-        /// Bytes left after the count.
-        remaining: u64,
-    },
-    /// Arrays are nested deeper than any real file does.
-    #[error("{}: metadata key `{key}` nests arrays more than 16 deep", .path.display())]
-    NestingTooDeep {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-    },
-    /// The same metadata key appears twice.
-    #[error("{}: duplicate metadata key `{key}`", .path.display())]
-    DuplicateKey {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-    },
-    /// `general.alignment` is zero or not a power of two.
-    #[error("{}: general.alignment is {alignment}, it must be a non-zero power of two", .path.display())]
-    BadAlignment {
-        /// The file.
-        path: PathBuf,
-        /// The alignment found.
-        alignment: u64,
-    },
-    /// The file ends inside the tensor table.
-    #[error("{}: truncated tensor table: file ends at byte {offset} while reading {what}", .path.display())]
-    TruncatedTensorTable {
-        /// The file.
-        path: PathBuf,
-        /// What was being read, e.g. "dims of tensor `output.weight`".
-        what: String,
-        /// Where the missing bytes should have started.
-        offset: u64,
-    },
-    /// A tensor has zero dimensions or more than [`MAX_DIMS`].
-    #[error("{}: tensor `{tensor}` has {n_dims} dimensions (must be 1 to 4)", .path.display())]
-    BadDims {
-        /// The file.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// The dimension count found.
-        n_dims: u32,
-    },
-    /// The product of a tensor's dimensions does not fit in 64 bits (or in `usize`).
-    #[error("{}: tensor `{tensor}` with dims {dims:?} has too many elements", .path.display())]
-    ElementCountOverflow {
-        /// The file.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// Its dims, GGUF order.
-        dims: Vec<u64>,
-    },
-    /// A quantized tensor's rows are not made of whole blocks.
-    #[error("{}: tensor `{tensor}` of type {ggml_type} has dims[0] = {dim0}, not a multiple of the block size {block_size}", .path.display())]
-    NotBlockMultiple {
-        /// The file.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// Its type.
-        ggml_type: GgmlType,
-        /// Its contiguous dimension.
-        dim0: u64,
-        /// Elements per block of that type.
-        block_size: usize,
-    },
-    /// Two tensors have the same name.
-    #[error("{}: duplicate tensor name `{tensor}`", .path.display())]
-    DuplicateTensor {
-        /// The file.
-        path: PathBuf,
-        /// The name.
-        tensor: String,
-    },
-    /// A tensor's offset is not a multiple of the file's alignment.
-    #[error("{}: tensor `{tensor}` has offset {offset}, not a multiple of the alignment {alignment}", .path.display())]
-    MisalignedTensor {
-        /// The file.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// Its offset within the data section.
-        offset: u64,
-        /// The file's alignment.
-        alignment: u64,
-    },
-    /// A tensor's bytes reach past the end of the file.
-    #[error("{}: tensor `{tensor}` data spans bytes {start}..{end} but the file is only {file_len} bytes long (truncated?)", .path.display())]
-    TensorDataOutOfBounds {
-        /// The file.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// Absolute start of its data (saturated at `u64::MAX`).
-        start: u64,
-        /// Absolute end of its data (saturated at `u64::MAX`).
-        end: u64,
-        /// The file's length.
-        file_len: u64,
-    },
-    /// The tensor's type cannot be dequantized by this reader.
-    #[error("{}: tensor `{tensor}` has unsupported type {ggml_type}", .path.display())]
-    UnsupportedTensorType {
-        /// The file.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// Its type.
-        ggml_type: GgmlType,
-    },
-    /// A required metadata key is absent.
-    #[error("{}: metadata key `{key}` is missing", .path.display())]
-    MissingKey {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-    },
-    /// A metadata value has a different type than the caller needs.
-    #[error("{}: metadata key `{key}` should be {expected} but is {found}", .path.display())]
-    WrongMetaType {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-        /// What the caller asked for.
-        expected: &'static str,
-        /// What the file has.
-        found: String,
-    },
-    /// A numeric metadata value does not fit the type the caller needs.
-    #[error("{}: metadata key `{key}` has value {value}, which does not fit in {expected}", .path.display())]
-    MetaValueOutOfRange {
-        /// The file.
-        path: PathBuf,
-        /// The key.
-        key: String,
-        /// The value found, formatted.
-        value: String,
-        /// What the caller asked for.
-        expected: &'static str,
-    },
-    /// No tensor has that name.
-    #[error("{}: no tensor named `{tensor}`", .path.display())]
-    UnknownTensor {
-        /// The file.
-        path: PathBuf,
-        /// The name asked for.
-        tensor: String,
-    },
-    /// Dequantizing a tensor failed (e.g. the caller's output buffer is too short).
-    #[error("{}: cannot dequantize tensor `{tensor}`: {source}", .path.display())]
-    Dequant {
-        /// The file.
-        path: PathBuf,
-        /// The tensor.
-        tensor: String,
-        /// What went wrong.
-        source: DequantError,
-    },
-}
-
-fn show_bytes(bytes: &[u8]) -> String {
-    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02X}")).collect();
-    format!("[{}] ({:?})", hex.join(" "), String::from_utf8_lossy(bytes))
-}
-
-fn version_hint(version: u32) -> &'static str {
-    if version == 1 {
-        " (GGUF v1 used 32-bit counts; convert the file with a newer llama.cpp)"
-    } else if matches!(version.swap_bytes(), 2 | 3) {
-        " (looks like a big-endian GGUF file)"
-    } else {
-        ""
-    }
-}
 
 /// A tensor element type, as stored in the tensor table.
 ///
@@ -476,7 +206,7 @@ impl GgmlType {
     pub fn byte_size(self, n_elements: u64) -> Option<u64> {
         let (block, bytes) = self.block_layout()?;
         let (block, bytes) = (block as u64, bytes as u64);
-        if n_elements % block != 0 {
+        if !n_elements.is_multiple_of(block) {
             return None;
         }
         (n_elements / block).checked_mul(bytes)
@@ -799,10 +529,12 @@ impl GgufFile {
     /// Dequantizes a tensor to f32, row-major with `dims[0]` fastest (a PyTorch `[out, in]`
     /// weight for a linear layer).
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>, GgufError> {
-        let n = self.element_count(name)?;
-        // The element count is bounded by the tensor's bytes, which lie inside the file, so this
-        // allocation is at most a small multiple of the file size.
-        let mut out = vec![0.0f32; n];
+        // Check type and data extent before allocating: for a supported type whose bytes lie
+        // inside the file, the element count (and so this allocation) is at most a small
+        // multiple of the file size, whatever the dims claim.
+        self.supported_tensor(name)?;
+        self.tensor_data(name)?;
+        let mut out = vec![0.0f32; self.element_count(name)?];
         self.dequantize_into(name, &mut out)?;
         Ok(out)
     }
@@ -810,14 +542,7 @@ impl GgufFile {
     /// Like [`dequantize`](Self::dequantize) but into a caller-provided buffer, which must hold
     /// at least the tensor's element count (only that prefix is written).
     pub fn dequantize_into(&self, name: &str, out: &mut [f32]) -> Result<(), GgufError> {
-        let info = self.find_tensor(name)?;
-        if !info.ggml_type.is_supported() {
-            return Err(GgufError::UnsupportedTensorType {
-                path: self.path.clone(),
-                tensor: name.to_owned(),
-                ggml_type: info.ggml_type,
-            });
-        }
+        let info = self.supported_tensor(name)?;
         let n = self.element_count(name)?;
         let bytes = self.tensor_data(name)?;
         dequantize(info.ggml_type, bytes, n, out).map_err(|source| GgufError::Dequant {
@@ -833,6 +558,19 @@ impl GgufFile {
                 path: self.path.clone(),
                 tensor: name.to_owned(),
             })
+    }
+
+    fn supported_tensor(&self, name: &str) -> Result<&TensorInfo, GgufError> {
+        let info = self.find_tensor(name)?;
+        if info.ggml_type.is_supported() {
+            Ok(info)
+        } else {
+            Err(GgufError::UnsupportedTensorType {
+                path: self.path.clone(),
+                tensor: name.to_owned(),
+                ggml_type: info.ggml_type,
+            })
+        }
     }
 
     fn element_count(&self, name: &str) -> Result<usize, GgufError> {
@@ -979,403 +717,4 @@ impl GgufFile {
             })
             .collect()
     }
-}
-
-fn checked_elements(dims: &[u64]) -> Option<u64> {
-    dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
-}
-
-struct Parsed {
-    version: u32,
-    metadata: BTreeMap<String, MetaValue>,
-    tensors: Vec<TensorInfo>,
-    by_name: HashMap<String, usize>,
-    alignment: u64,
-    data_offset: u64,
-}
-
-/// Low-level read failures; the section being parsed turns them into a [`GgufError`] with
-/// context.
-#[derive(Debug)]
-enum ReadError {
-    Eof { offset: usize },
-    Utf8 { offset: usize },
-    UnknownType(u32),
-    Count { count: u64, remaining: usize },
-    TooDeep,
-}
-
-/// A bounds-checked little-endian cursor.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    fn take(&mut self, n: u64) -> Result<&'a [u8], ReadError> {
-        let eof = ReadError::Eof { offset: self.pos };
-        let bytes = usize::try_from(n)
-            .ok()
-            .and_then(|n| self.pos.checked_add(n))
-            .and_then(|end| self.buf.get(self.pos..end))
-            .ok_or(eof)?;
-        let end = self.pos + bytes.len();
-        self.pos = end;
-        Ok(bytes)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], ReadError> {
-        let offset = self.pos;
-        self.take(N as u64)?
-            .try_into()
-            .map_err(|_| ReadError::Eof { offset })
-    }
-
-    fn u8(&mut self) -> Result<u8, ReadError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, ReadError> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, ReadError> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
-    fn string(&mut self) -> Result<String, ReadError> {
-        let len = self.u64()?;
-        let offset = self.pos;
-        let bytes = self.take(len)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| ReadError::Utf8 { offset })
-    }
-
-    /// Reads a count of items each at least `min_size` bytes long, refusing counts the rest of
-    /// the buffer cannot hold so that the caller may allocate for it.
-    fn count(&mut self, min_size: usize) -> Result<usize, ReadError> {
-        let count = self.u64()?;
-        let remaining = self.remaining();
-        match usize::try_from(count) {
-            Ok(n) if n <= remaining / min_size.max(1) => Ok(n),
-            _ => Err(ReadError::Count { count, remaining }),
-        }
-    }
-
-    fn value(&mut self, type_id: u32, depth: u32) -> Result<MetaValue, ReadError> {
-        Ok(match type_id {
-            0 => MetaValue::U8(self.u8()?),
-            1 => MetaValue::I8(i8::from_le_bytes(self.array()?)),
-            2 => MetaValue::U16(u16::from_le_bytes(self.array()?)),
-            3 => MetaValue::I16(i16::from_le_bytes(self.array()?)),
-            4 => MetaValue::U32(self.u32()?),
-            5 => MetaValue::I32(i32::from_le_bytes(self.array()?)),
-            6 => MetaValue::F32(f32::from_le_bytes(self.array()?)),
-            7 => MetaValue::Bool(self.u8()? != 0),
-            8 => MetaValue::String(self.string()?),
-            9 => {
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(ReadError::TooDeep);
-                }
-                let elem_type = self.u32()?;
-                let min_size = match elem_type {
-                    0 | 1 | 7 => 1,
-                    2 | 3 => 2,
-                    4..=6 => 4,
-                    8 | 10..=12 => 8,
-                    9 => 12,
-                    other => return Err(ReadError::UnknownType(other)),
-                };
-                let n = self.count(min_size)?;
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    items.push(self.value(elem_type, depth + 1)?);
-                }
-                MetaValue::Array(items)
-            }
-            10 => MetaValue::U64(self.u64()?),
-            11 => MetaValue::I64(i64::from_le_bytes(self.array()?)),
-            12 => MetaValue::F64(f64::from_le_bytes(self.array()?)),
-            other => return Err(ReadError::UnknownType(other)),
-        })
-    }
-}
-
-/// Which part of the file a [`ReadError`] happened in.
-#[derive(Clone, Copy)]
-enum Section {
-    Metadata,
-    TensorTable,
-}
-
-/// Attaches file, section and item context to a low-level read error. `key` is the metadata key
-/// (or tensor name) involved, `what` describes the item being read.
-fn contextualize<'a>(
-    path: &'a Path,
-    section: Section,
-    key: &'a str,
-    what: impl FnOnce() -> String + 'a,
-) -> impl FnOnce(ReadError) -> GgufError + 'a {
-    move |err| {
-        let path = path.to_path_buf();
-        match err {
-            ReadError::Eof { offset } => match section {
-                Section::Metadata => GgufError::TruncatedMetadata {
-                    path,
-                    what: what(),
-                    offset: offset as u64,
-                },
-                Section::TensorTable => GgufError::TruncatedTensorTable {
-                    path,
-                    what: what(),
-                    offset: offset as u64,
-                },
-            },
-            ReadError::Utf8 { offset } => GgufError::InvalidUtf8 {
-                path,
-                what: what(),
-                offset: offset as u64,
-            },
-            ReadError::UnknownType(type_id) => GgufError::UnknownMetaValueType {
-                path,
-                key: key.to_owned(),
-                type_id,
-            },
-            ReadError::Count { count, remaining } => GgufError::AbsurdCount {
-                path,
-                what: format!("elements in {}", what()),
-                count,
-                remaining: remaining as u64,
-            },
-            ReadError::TooDeep => GgufError::NestingTooDeep {
-                path,
-                key: key.to_owned(),
-            },
-        }
-    }
-}
-
-fn parse(path: &Path, buf: &[u8]) -> Result<Parsed, GgufError> {
-    let file_len = buf.len() as u64;
-    let magic_len = buf.len().min(GGUF_MAGIC.len());
-    let (found, wanted) = (&buf[..magic_len], &GGUF_MAGIC[..magic_len]);
-    if found != wanted {
-        return Err(GgufError::BadMagic {
-            path: path.to_path_buf(),
-            found: found.to_vec(),
-        });
-    }
-    if buf.len() < HEADER_LEN {
-        // The version is readable before the counts are; an unknown version explains a short
-        // file better than "truncated" does.
-        if let Some(v) = buf.get(4..8).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
-            let version = u32::from_le_bytes(v);
-            if !matches!(version, 2 | 3) {
-                return Err(GgufError::UnsupportedVersion {
-                    path: path.to_path_buf(),
-                    version,
-                });
-            }
-        }
-        return Err(GgufError::TruncatedHeader {
-            path: path.to_path_buf(),
-            len: file_len,
-        });
-    }
-
-    let mut r = Reader { buf, pos: 4 };
-    let header_err = |_| GgufError::TruncatedHeader {
-        path: path.to_path_buf(),
-        len: file_len,
-    };
-    let version = r.u32().map_err(header_err)?;
-    if !matches!(version, 2 | 3) {
-        return Err(GgufError::UnsupportedVersion {
-            path: path.to_path_buf(),
-            version,
-        });
-    }
-    let tensor_count = r.u64().map_err(header_err)?;
-    let kv_count = r.u64().map_err(header_err)?;
-
-    let absurd = |what: &str, count: u64, remaining: usize| GgufError::AbsurdCount {
-        path: path.to_path_buf(),
-        what: what.to_owned(),
-        count,
-        remaining: remaining as u64,
-    };
-    let kv_count = usize::try_from(kv_count)
-        .ok()
-        .filter(|&n| n <= r.remaining() / MIN_KV_BYTES)
-        .ok_or_else(|| absurd("metadata entries", kv_count, r.remaining()))?;
-
-    let mut metadata = BTreeMap::new();
-    for i in 0..kv_count {
-        let key = r.string().map_err(contextualize(
-            path,
-            Section::Metadata,
-            "",
-            || format!("the key of metadata entry #{i}"),
-        ))?;
-        let value_err = || format!("the value of key `{key}`");
-        let type_id = r
-            .u32()
-            .map_err(contextualize(path, Section::Metadata, &key, value_err))?;
-        let value = r
-            .value(type_id, 0)
-            .map_err(contextualize(path, Section::Metadata, &key, value_err))?;
-        if metadata.contains_key(&key) {
-            return Err(GgufError::DuplicateKey {
-                path: path.to_path_buf(),
-                key,
-            });
-        }
-        metadata.insert(key, value);
-    }
-
-    let alignment = match metadata.get("general.alignment") {
-        None => DEFAULT_ALIGNMENT,
-        Some(value) => {
-            let alignment = match value {
-                MetaValue::U8(_)
-                | MetaValue::U16(_)
-                | MetaValue::U32(_)
-                | MetaValue::U64(_)
-                | MetaValue::I8(_)
-                | MetaValue::I16(_)
-                | MetaValue::I32(_)
-                | MetaValue::I64(_) => value.as_integer().unwrap_or(0),
-                other => {
-                    return Err(GgufError::WrongMetaType {
-                        path: path.to_path_buf(),
-                        key: "general.alignment".into(),
-                        expected: "an integer",
-                        found: other.type_name(),
-                    })
-                }
-            };
-            match u64::try_from(alignment) {
-                Ok(a) if a.is_power_of_two() && a <= u64::from(u32::MAX) => a,
-                _ => {
-                    return Err(GgufError::BadAlignment {
-                        path: path.to_path_buf(),
-                        alignment: u64::try_from(alignment).unwrap_or(0),
-                    })
-                }
-            }
-        }
-    };
-
-    let tensor_count = usize::try_from(tensor_count)
-        .ok()
-        .filter(|&n| n <= r.remaining() / MIN_TENSOR_INFO_BYTES)
-        .ok_or_else(|| absurd("tensors", tensor_count, r.remaining()))?;
-
-    let mut tensors = Vec::with_capacity(tensor_count);
-    let mut by_name = HashMap::with_capacity(tensor_count);
-    for i in 0..tensor_count {
-        let name = r.string().map_err(contextualize(
-            path,
-            Section::TensorTable,
-            "",
-            || format!("the name of tensor #{i}"),
-        ))?;
-        let field_err = |field: &'static str| {
-            let name = name.as_str();
-            contextualize(path, Section::TensorTable, name, move || {
-                format!("the {field} of tensor `{name}`")
-            })
-        };
-        let n_dims = r.u32().map_err(field_err("dimension count"))?;
-        if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(GgufError::BadDims {
-                path: path.to_path_buf(),
-                tensor: name,
-                n_dims,
-            });
-        }
-        let mut dims = Vec::with_capacity(n_dims as usize);
-        for _ in 0..n_dims {
-            dims.push(r.u64().map_err(field_err("dims"))?);
-        }
-        let ggml_type = GgmlType::from_id(r.u32().map_err(field_err("type"))?);
-        let offset = r.u64().map_err(field_err("offset"))?;
-
-        // ggml stores element counts as int64_t, so anything beyond that is equally invalid.
-        if checked_elements(&dims).is_none_or(|n| n > i64::MAX as u64 || usize::try_from(n).is_err())
-        {
-            return Err(GgufError::ElementCountOverflow {
-                path: path.to_path_buf(),
-                tensor: name,
-                dims,
-            });
-        }
-        if let Some((block, _)) = ggml_type.block_layout() {
-            if dims[0] % block as u64 != 0 {
-                return Err(GgufError::NotBlockMultiple {
-                    path: path.to_path_buf(),
-                    tensor: name,
-                    ggml_type,
-                    dim0: dims[0],
-                    block_size: block,
-                });
-            }
-        }
-        if offset % alignment != 0 {
-            return Err(GgufError::MisalignedTensor {
-                path: path.to_path_buf(),
-                tensor: name,
-                offset,
-                alignment,
-            });
-        }
-        if by_name.insert(name.clone(), i).is_some() {
-            return Err(GgufError::DuplicateTensor {
-                path: path.to_path_buf(),
-                tensor: name,
-            });
-        }
-        tensors.push(TensorInfo {
-            name,
-            dims,
-            ggml_type,
-            offset,
-        });
-    }
-
-    let table_end = r.pos as u64;
-    let data_offset = table_end
-        .checked_next_multiple_of(alignment)
-        .unwrap_or(u64::MAX);
-    for info in &tensors {
-        // Unknown layouts cannot be checked here; tensor_data() refuses them instead.
-        let Some(size) = info.byte_size() else {
-            continue;
-        };
-        let start = data_offset.checked_add(info.offset);
-        let end = start.and_then(|s| s.checked_add(size));
-        if end.is_none_or(|e| e > file_len) {
-            return Err(GgufError::TensorDataOutOfBounds {
-                path: path.to_path_buf(),
-                tensor: info.name.clone(),
-                start: start.unwrap_or(u64::MAX),
-                end: end.unwrap_or(u64::MAX),
-                file_len,
-            });
-        }
-    }
-
-    Ok(Parsed {
-        version,
-        metadata,
-        tensors,
-        by_name,
-        alignment,
-        data_offset,
-    })
 }

@@ -1,0 +1,181 @@
+//! Model-level CPU benchmark for `docs/BENCHMARKS.md`: single-stream decode against the time
+//! to read the weights once, 32-stream decode, 512-token prefill, resident memory.
+//!
+//! `cargo run --release --example model_bench -- [MODEL]` (default: SmolLM2 from the cache,
+//! fetched with `scripts/fetch-smollm2.sh`).
+
+use std::time::{Duration, Instant};
+
+use burn::backend::Flex;
+use waypoint::model::{
+    ForwardBatch, KvCacheConfig, Llama, PagedKvCache, SequenceSlice, DEFAULT_BLOCK_SIZE,
+};
+
+type B = Flex;
+
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Time to stream `bytes` from memory once, summing with every core (best of 5).
+fn memory_read_time(bytes: usize) -> Duration {
+    let buffer: Vec<f32> = (0..bytes / 4).map(|i| (i % 7) as f32).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = buffer.len().div_ceil(threads);
+    (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let total: f32 = std::thread::scope(|s| {
+                let handles: Vec<_> = buffer
+                    .chunks(chunk)
+                    .map(|part| s.spawn(move || part.iter().sum::<f32>()))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).sum()
+            });
+            std::hint::black_box(total);
+            start.elapsed()
+        })
+        .min()
+        .unwrap()
+}
+
+fn prompt(seed: u32, len: usize, vocab: usize) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| (seed * 7919 + i * 104_729) % vocab as u32)
+        .collect()
+}
+
+/// Prefills `streams` sequences of `prompt_len` tokens, then decodes `steps` tokens for all
+/// of them together; returns the mean decode step time.
+fn decode(model: &Llama<B>, streams: usize, prompt_len: usize, steps: usize) -> Duration {
+    let blocks_per_seq = (prompt_len + steps).div_ceil(DEFAULT_BLOCK_SIZE);
+    let pool = KvCacheConfig::with_blocks(DEFAULT_BLOCK_SIZE, streams * blocks_per_seq);
+    let mut cache = PagedKvCache::<B>::new(pool, model.config(), &Default::default());
+    let vocab = model.config().vocab_size;
+    let table = |s: usize| -> Vec<u32> {
+        // Interleaved block ids: no sequence's blocks are contiguous.
+        (0..blocks_per_seq)
+            .map(|b| (b * streams + s) as u32)
+            .collect()
+    };
+    for s in 0..streams {
+        let batch = ForwardBatch {
+            token_ids: prompt(s as u32, prompt_len, vocab),
+            sequences: vec![SequenceSlice {
+                num_cached_tokens: 0,
+                num_new_tokens: prompt_len,
+                block_table: table(s),
+            }],
+            ..Default::default()
+        };
+        model.forward(&batch, &mut cache).unwrap();
+    }
+    let start = Instant::now();
+    for step in 0..steps {
+        let batch = ForwardBatch {
+            token_ids: (0..streams)
+                .map(|s| ((s * 31 + step * 17) % vocab) as u32)
+                .collect(),
+            sequences: (0..streams)
+                .map(|s| SequenceSlice {
+                    num_cached_tokens: prompt_len + step,
+                    num_new_tokens: 1,
+                    block_table: table(s),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        model.forward(&batch, &mut cache).unwrap();
+    }
+    start.elapsed() / steps as u32
+}
+
+fn prefill(model: &Llama<B>, len: usize) -> Duration {
+    let pool = KvCacheConfig::with_blocks(DEFAULT_BLOCK_SIZE, len.div_ceil(DEFAULT_BLOCK_SIZE));
+    let mut cache = PagedKvCache::<B>::new(pool, model.config(), &Default::default());
+    let batch = ForwardBatch {
+        token_ids: prompt(1, len, model.config().vocab_size),
+        sequences: vec![SequenceSlice {
+            num_cached_tokens: 0,
+            num_new_tokens: len,
+            block_table: (0..pool.num_blocks as u32).collect(),
+        }],
+        ..Default::default()
+    };
+    let start = Instant::now();
+    model.forward(&batch, &mut cache).unwrap();
+    start.elapsed()
+}
+
+fn main() -> anyhow::Result<()> {
+    let model_path = match std::env::args().nth(1) {
+        Some(path) => path,
+        None => {
+            let out = std::process::Command::new("bash")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/scripts/fetch-smollm2.sh"
+                ))
+                .output()?;
+            anyhow::ensure!(out.status.success(), "fetching SmolLM2 failed");
+            String::from_utf8(out.stdout)?.trim().to_string()
+        }
+    };
+    let rss_before = rss_bytes();
+    let files = waypoint::loader::open(&model_path)?;
+    let (model, _tokenizer, name) = files.load::<B>(&Default::default())?;
+    let config = model.config().clone();
+    let weight_bytes = config.num_parameters() * 4;
+
+    // Resident memory with the weights and a KV pool of 32 x 256 tokens.
+    let pool = KvCacheConfig::with_blocks(DEFAULT_BLOCK_SIZE, 32 * 256 / DEFAULT_BLOCK_SIZE);
+    let cache = PagedKvCache::<B>::new(pool, &config, &Default::default());
+    let rss = rss_bytes().saturating_sub(rss_before);
+    drop(cache);
+
+    let read = memory_read_time(weight_bytes);
+    let single = decode(&model, 1, 128, 32);
+    let batched = decode(&model, 32, 128, 16);
+    let prefill_512 = (0..3).map(|_| prefill(&model, 512)).min().unwrap();
+
+    let single_tps = 1.0 / single.as_secs_f64();
+    let batched_tps = 32.0 / batched.as_secs_f64();
+    println!(
+        "model: {name} ({} parameters, f32 weights {:.0} MB)",
+        config.num_parameters(),
+        weight_bytes as f64 / 1e6
+    );
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!(
+        "| read weights once (memory sum, all cores) | {:.2} ms | |",
+        read.as_secs_f64() * 1e3
+    );
+    println!(
+        "| decode step, 1 stream (ctx 128) | {:.2} ms = {:.2}x weight read ({single_tps:.1} tok/s) | <= 1.3x |",
+        single.as_secs_f64() * 1e3,
+        single.as_secs_f64() / read.as_secs_f64()
+    );
+    println!(
+        "| decode, 32 streams (ctx 128) | {batched_tps:.1} tok/s = {:.2}x single stream | >= 10x |",
+        batched_tps / single_tps
+    );
+    println!(
+        "| prefill, 512 tokens | {:.1} tok/s | > 600 tok/s |",
+        512.0 / prefill_512.as_secs_f64()
+    );
+    println!(
+        "| resident memory (weights + {:.0} MB KV pool) | {:.0} MB = {:.2}x (weights + pool) | <= 1.5x |",
+        pool.bytes(&config) as f64 / 1e6,
+        rss as f64 / 1e6,
+        rss as f64 / (weight_bytes + pool.bytes(&config)) as f64
+    );
+    Ok(())
+}
