@@ -12,8 +12,9 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-use super::backend::RowRun;
+use super::backend::{CacheBackend, RowRun};
 use super::batch::SequenceSlice;
+use super::kv_cache::LayerPools;
 
 /// One padded group of sequences.
 #[derive(Debug, Clone)]
@@ -27,7 +28,8 @@ struct AttentionGroup<B: Backend> {
     q_rows: Tensor<B, 1, Int>,
     /// `[num_seqs * kv_len]`: cache slot of each (sequence, key) position; padding reads slot 0.
     kv_slots: Tensor<B, 1, Int>,
-    /// `[num_seqs, kv_heads, heads_per_kv * q_len, kv_len]`, `true` where attention is forbidden.
+    /// `[num_seqs, 1, q_len * heads_per_kv, kv_len]`, `true` where attention is forbidden;
+    /// rows ordered (token, query head of the KV head), shared by every KV head.
     mask: Tensor<B, 4, Bool>,
 }
 
@@ -68,7 +70,7 @@ fn int_tensor<B: Backend>(values: Vec<i64>, device: &B::Device) -> Tensor<B, 1, 
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
 
-impl<B: Backend> AttentionPlan<B> {
+impl<B: CacheBackend> AttentionPlan<B> {
     /// Plans a batch whose sequences have already been validated against the pool.
     pub fn new(
         sequences: &[SequenceSlice],
@@ -124,53 +126,56 @@ impl<B: Backend> AttentionPlan<B> {
 
     /// Attention of every packed query over its sequence's cached context.
     ///
-    /// The cache must already hold this pass's keys and values.
+    /// The cache must already hold this pass's keys and values. Attention runs once per KV
+    /// head and group; the query heads sharing that KV head are folded into the query rows,
+    /// ordered (token, head), which is how a column slice of `queries` already lies in memory.
     ///
     /// # Shapes
-    /// - `queries`: `[num_tokens, num_heads * head_dim]` (RoPE applied)
-    /// - `keys`, `values`: the layer's pools, `[num_slots, num_kv_heads * head_dim]`
+    /// - `queries`: `[num_tokens, >= num_heads * head_dim]`, query heads first (RoPE applied)
+    /// - `pools`: the layer's per-KV-head pools, each `[num_slots, head_dim]`
     /// - returns `[num_tokens, num_heads * head_dim]`
     pub fn attend(
         &self,
-        queries: Tensor<B, 2>,
-        keys: &Tensor<B, 2>,
-        values: &Tensor<B, 2>,
+        queries: &Tensor<B, 2>,
+        pools: &LayerPools<B>,
         heads: HeadLayout,
     ) -> Tensor<B, 2> {
         let HeadLayout {
-            num_heads,
             num_kv_heads,
             head_dim,
+            ..
         } = heads;
         let per_kv = heads.heads_per_kv();
+        let group_width = per_kv * head_dim;
         let outputs: Vec<Tensor<B, 2>> = self
             .groups
             .iter()
             .map(|g| {
                 let (s, lq, lk) = (g.num_seqs, g.q_len, g.kv_len);
-                let q = queries
-                    .clone()
-                    .select(0, g.q_rows.clone())
-                    .reshape([s, lq, num_kv_heads, per_kv, head_dim])
-                    .permute([0, 2, 3, 1, 4])
-                    .reshape([s, num_kv_heads, per_kv * lq, head_dim]);
-                let gather = |pool: &Tensor<B, 2>| {
-                    pool.clone()
-                        .select(0, g.kv_slots.clone())
-                        .reshape([s, lk, num_kv_heads, head_dim])
-                        .swap_dims(1, 2)
-                };
-                let out = attention(
-                    q,
-                    gather(keys),
-                    gather(values),
-                    Some(g.mask.clone()),
-                    None,
-                    AttentionModuleOptions::default(),
-                );
-                out.reshape([s, num_kv_heads, per_kv, lq, head_dim])
-                    .permute([0, 3, 1, 2, 4])
-                    .reshape([s * lq, num_heads * head_dim])
+                let q_rows = queries.clone().select(0, g.q_rows.clone());
+                let per_head: Vec<Tensor<B, 2>> = (0..num_kv_heads)
+                    .map(|h| {
+                        let q = q_rows
+                            .clone()
+                            .narrow(1, h * group_width, group_width)
+                            .reshape([s, 1, lq * per_kv, head_dim]);
+                        let gather = |pool: &Tensor<B, 2>| {
+                            pool.clone()
+                                .select(0, g.kv_slots.clone())
+                                .reshape([s, 1, lk, head_dim])
+                        };
+                        attention(
+                            q,
+                            gather(&pools.keys[h]),
+                            gather(&pools.values[h]),
+                            Some(g.mask.clone()),
+                            None,
+                            AttentionModuleOptions::default(),
+                        )
+                        .reshape([s * lq, group_width])
+                    })
+                    .collect();
+                Tensor::cat(per_head, 1)
             })
             .collect();
         let stacked = if outputs.len() == 1 {
@@ -228,7 +233,7 @@ fn build_group<B: Backend>(
 
     let mut q_rows = Vec::with_capacity(s * lq);
     let mut kv_slots = Vec::with_capacity(s * lk);
-    let mut mask = Vec::with_capacity(s * per_kv * lq * lk);
+    let mut mask = Vec::with_capacity(s * lq * per_kv * lk);
     for &i in members {
         let seq = &sequences[i];
         for t in 0..lq {
@@ -243,19 +248,18 @@ fn build_group<B: Backend>(
             };
             kv_slots.push(slot as i64);
         }
-        for _ in 0..per_kv {
-            for t in 0..lq {
-                let is_padding = t >= seq.num_new_tokens;
-                let position = seq.num_cached_tokens + t;
+        for t in 0..lq {
+            let is_padding = t >= seq.num_new_tokens;
+            let position = seq.num_cached_tokens + t;
+            for _ in 0..per_kv {
                 // A padded query row attends to key 0 only, so its softmax stays finite;
                 // its output is discarded.
                 mask.extend((0..lk).map(|k| if is_padding { k != 0 } else { k > position }));
             }
         }
     }
-    let mask = Tensor::<B, 3, Bool>::from_data(TensorData::new(mask, [s, per_kv * lq, lk]), device)
-        .reshape([s, 1, per_kv * lq, lk])
-        .expand([s, heads.num_kv_heads, per_kv * lq, lk]);
+    let mask_shape = [s, 1, lq * per_kv, lk];
+    let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, mask_shape), device);
     AttentionGroup {
         num_seqs: s,
         q_len: lq,

@@ -21,15 +21,16 @@ pub struct RowRun {
 /// backend gets the cheapest write it can offer: flex writes into the uniquely owned buffer.
 pub trait CacheBackend: Backend {
     /// Returns `pool` with rows `run.dst_slot..run.dst_slot + run.len` replaced by rows
-    /// `run.src_row..` of `src`, for every run.
+    /// `run.src_row..` of `src`, columns `src_col..src_col + width`, for every run.
     ///
     /// # Shapes
     /// - `pool`: `[num_slots, width]`
-    /// - `src`: `[num_rows, width]`
+    /// - `src`: `[num_rows, src_width]` with `src_col + width <= src_width`
     fn write_cache_rows(
         pool: Tensor<Self, 2>,
         runs: &[RowRun],
-        src: Tensor<Self, 2>,
+        src: &Tensor<Self, 2>,
+        src_col: usize,
     ) -> Tensor<Self, 2>;
 }
 
@@ -37,22 +38,26 @@ impl CacheBackend for burn::backend::Flex {
     fn write_cache_rows(
         pool: Tensor<Self, 2>,
         runs: &[RowRun],
-        src: Tensor<Self, 2>,
+        src: &Tensor<Self, 2>,
+        src_col: usize,
     ) -> Tensor<Self, 2> {
         let [_, width] = pool.dims();
+        let [_, src_width] = src.dims();
         let mut pool = pool.into_primitive().tensor();
         let full_buffer = pool.bytes().len() == pool.layout().num_elements() * 4;
         if !(pool.is_contiguous() && pool.layout().start_offset() == 0 && full_buffer) {
             pool = pool.to_contiguous();
         }
-        let src = src.into_primitive().tensor().to_contiguous();
+        let src = src.clone().into_primitive().tensor().to_contiguous();
         let src_rows: &[f32] = src.storage();
         // Unique ownership (the cache is the only holder) makes this a write, not a copy.
         let dst_rows: &mut [f32] = pool.storage_mut();
         for run in runs {
-            let dst = run.dst_slot * width..(run.dst_slot + run.len) * width;
-            let from = run.src_row * width..(run.src_row + run.len) * width;
-            dst_rows[dst].copy_from_slice(&src_rows[from]);
+            for i in 0..run.len {
+                let dst = (run.dst_slot + i) * width;
+                let from = (run.src_row + i) * src_width + src_col;
+                dst_rows[dst..dst + width].copy_from_slice(&src_rows[from..from + width]);
+            }
         }
         Tensor::from_primitive(TensorPrimitive::Float(pool))
     }
@@ -63,13 +68,14 @@ impl CacheBackend for burn::backend::Cuda {
     fn write_cache_rows(
         pool: Tensor<Self, 2>,
         runs: &[RowRun],
-        src: Tensor<Self, 2>,
+        src: &Tensor<Self, 2>,
+        src_col: usize,
     ) -> Tensor<Self, 2> {
         let [_, width] = pool.dims();
         runs.iter().fold(pool, |pool, run| {
             let rows = src
                 .clone()
-                .slice([run.src_row..run.src_row + run.len, 0..width]);
+                .slice([run.src_row..run.src_row + run.len, src_col..src_col + width]);
             pool.slice_assign([run.dst_slot..run.dst_slot + run.len, 0..width], rows)
         })
     }

@@ -48,20 +48,39 @@ impl KvCacheConfig {
     }
 }
 
+/// One layer's pools: one keys and one values tensor per KV head, each `[num_slots, head_dim]`.
+///
+/// A pool per head (rather than `[num_slots, kv_heads * head_dim]`) makes a gathered context
+/// `[seqs, 1, context, head_dim]` without a transpose, which flex would do element by element.
+#[derive(Debug)]
+pub struct LayerPools<B: CacheBackend> {
+    /// Per KV head, `[num_slots, head_dim]`.
+    pub keys: Vec<Tensor<B, 2>>,
+    /// Per KV head, `[num_slots, head_dim]`.
+    pub values: Vec<Tensor<B, 2>>,
+}
+
 /// Key and value rows of every layer.
 #[derive(Debug)]
 pub struct PagedKvCache<B: CacheBackend> {
     config: KvCacheConfig,
-    /// Per layer `(keys, values)`, each `[num_slots, kv_dim]`.
-    layers: Vec<(Tensor<B, 2>, Tensor<B, 2>)>,
+    layers: Vec<LayerPools<B>>,
 }
 
 impl<B: CacheBackend> PagedKvCache<B> {
     /// Allocates a zeroed pool for `model`.
     pub fn new(config: KvCacheConfig, model: &LlamaConfig, device: &B::Device) -> Self {
-        let shape = [config.num_slots(), model.kv_dim()];
+        let shape = [config.num_slots(), model.head_dim];
+        let pools = || -> Vec<Tensor<B, 2>> {
+            (0..model.num_kv_heads)
+                .map(|_| Tensor::zeros(shape, device))
+                .collect()
+        };
         let layers = (0..model.num_layers)
-            .map(|_| (Tensor::zeros(shape, device), Tensor::zeros(shape, device)))
+            .map(|_| LayerPools {
+                keys: pools(),
+                values: pools(),
+            })
             .collect();
         Self { config, layers }
     }
@@ -74,11 +93,11 @@ impl<B: CacheBackend> PagedKvCache<B> {
     /// Hands the layers to a forward pass, which must give them back with
     /// [`Self::restore_layers`]; moving them out keeps each pool uniquely owned, so writes
     /// happen in place.
-    pub(super) fn take_layers(&mut self) -> Vec<(Tensor<B, 2>, Tensor<B, 2>)> {
+    pub(super) fn take_layers(&mut self) -> Vec<LayerPools<B>> {
         std::mem::take(&mut self.layers)
     }
 
-    pub(super) fn restore_layers(&mut self, layers: Vec<(Tensor<B, 2>, Tensor<B, 2>)>) {
+    pub(super) fn restore_layers(&mut self, layers: Vec<LayerPools<B>>) {
         self.layers = layers;
     }
 }

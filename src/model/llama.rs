@@ -8,7 +8,7 @@ use super::attention::{AttentionPlan, HeadLayout};
 use super::backend::CacheBackend;
 use super::batch::{BatchError, ForwardBatch, LogitsWanted};
 use super::config::LlamaConfig;
-use super::kv_cache::PagedKvCache;
+use super::kv_cache::{LayerPools, PagedKvCache};
 use super::rope::{RotaryRows, RotaryTable};
 use super::weights::{HostTensor, WeightError, WeightSource};
 
@@ -67,15 +67,22 @@ impl<B: CacheBackend> RmsNorm<B> {
 #[derive(Debug)]
 struct DecoderLayer<B: CacheBackend> {
     attn_norm: RmsNorm<B>,
-    /// `[hidden, (heads + 2 * kv_heads) * head_dim]`: q, k and v projections side by side.
-    qkv: Tensor<B, 2>,
-    /// `[1, (heads + 2 * kv_heads) * head_dim]`
-    qkv_bias: Option<Tensor<B, 2>>,
+    /// `[hidden, (heads + kv_heads) * head_dim]`: q and k projections side by side, so RoPE
+    /// rotates both in one contiguous pass.
+    qk: Tensor<B, 2>,
+    /// `[1, (heads + kv_heads) * head_dim]`
+    qk_bias: Option<Tensor<B, 2>>,
+    /// `[hidden, kv_heads * head_dim]`
+    v: Tensor<B, 2>,
+    /// `[1, kv_heads * head_dim]`
+    v_bias: Option<Tensor<B, 2>>,
     /// `[heads * head_dim, hidden]`
     output: Tensor<B, 2>,
     ffn_norm: RmsNorm<B>,
-    /// `[hidden, 2 * intermediate]`: gate and up projections side by side.
-    gate_up: Tensor<B, 2>,
+    /// `[hidden, intermediate]`
+    gate: Tensor<B, 2>,
+    /// `[hidden, intermediate]`
+    up: Tensor<B, 2>,
     /// `[intermediate, hidden]`
     down: Tensor<B, 2>,
 }
@@ -88,8 +95,9 @@ pub struct Llama<B: CacheBackend> {
     embedding: Tensor<B, 2>,
     layers: Vec<DecoderLayer<B>>,
     final_norm: RmsNorm<B>,
-    /// `[hidden, vocab]`; `None` when tied to the embedding.
-    head: Option<Tensor<B, 2>>,
+    /// `[hidden, vocab]`, contiguous. A tied head is a transposed copy of the embedding:
+    /// matmul against the transposed view would copy 100+ MB on every step.
+    head: Tensor<B, 2>,
     rope: RotaryTable<B>,
     device: B::Device,
 }
@@ -127,7 +135,7 @@ impl<B: CacheBackend> Llama<B> {
         let (hidden, inter, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let q_dim = c.num_heads * hd;
         let kv_dim = c.kv_dim();
-        let qkv_dim = q_dim + 2 * kv_dim;
+        let qk_dim = q_dim + kv_dim;
         let total = c.num_layers + 2;
         let norm = |t: HostTensor| RmsNorm {
             weight: to_device(t, [1, hidden], device),
@@ -144,14 +152,17 @@ impl<B: CacheBackend> Llama<B> {
             let q = source.require(&name("attn_q.weight"), &[q_dim, hidden])?;
             let k = source.require(&name("attn_k.weight"), &[kv_dim, hidden])?;
             let v = source.require(&name("attn_v.weight"), &[kv_dim, hidden])?;
-            let qkv = concat_rows(vec![q, k, v]).transposed();
-            let qkv_bias = if c.attention_bias {
+            let qk = concat_rows(vec![q, k]).transposed();
+            let (qk_bias, v_bias) = if c.attention_bias {
                 let q = source.require(&name("attn_q.bias"), &[q_dim])?;
                 let k = source.require(&name("attn_k.bias"), &[kv_dim])?;
                 let v = source.require(&name("attn_v.bias"), &[kv_dim])?;
-                Some(to_device(concat_rows(vec![q, k, v]), [1, qkv_dim], device))
+                (
+                    Some(to_device(concat_rows(vec![q, k]), [1, qk_dim], device)),
+                    Some(to_device(v, [1, kv_dim], device)),
+                )
             } else {
-                None
+                (None, None)
             };
             let output = source.require(&name("attn_output.weight"), &[hidden, q_dim])?;
             let gate = source.require(&name("ffn_gate.weight"), &[inter, hidden])?;
@@ -159,15 +170,14 @@ impl<B: CacheBackend> Llama<B> {
             let down = source.require(&name("ffn_down.weight"), &[hidden, inter])?;
             layers.push(DecoderLayer {
                 attn_norm: norm(source.require(&name("attn_norm.weight"), &[hidden])?),
-                qkv: to_device(qkv, [hidden, qkv_dim], device),
-                qkv_bias,
+                qk: to_device(qk, [hidden, qk_dim], device),
+                qk_bias,
+                v: to_device(v.transposed(), [hidden, kv_dim], device),
+                v_bias,
                 output: to_device(output.transposed(), [q_dim, hidden], device),
                 ffn_norm: norm(source.require(&name("ffn_norm.weight"), &[hidden])?),
-                gate_up: to_device(
-                    concat_rows(vec![gate, up]).transposed(),
-                    [hidden, 2 * inter],
-                    device,
-                ),
+                gate: to_device(gate.transposed(), [hidden, inter], device),
+                up: to_device(up.transposed(), [hidden, inter], device),
                 down: to_device(down.transposed(), [inter, hidden], device),
             });
             progress(i + 2, total);
@@ -175,11 +185,22 @@ impl<B: CacheBackend> Llama<B> {
 
         let final_norm = norm(source.require("output_norm.weight", &[hidden])?);
         let head = if c.tie_word_embeddings {
-            None
+            let data = embedding
+                .clone()
+                .into_data()
+                .into_vec::<f32>()
+                .map_err(|e| WeightError::Source {
+                    name: "token_embd.weight".into(),
+                    source: format!("{e:?}").into(),
+                })?;
+            HostTensor {
+                shape: vec![c.vocab_size, hidden],
+                data,
+            }
         } else {
-            let head = source.require("output.weight", &[c.vocab_size, hidden])?;
-            Some(to_device(head.transposed(), [hidden, c.vocab_size], device))
+            source.require("output.weight", &[c.vocab_size, hidden])?
         };
+        let head = to_device(head.transposed(), [hidden, c.vocab_size], device);
         progress(total, total);
 
         let rope = RotaryTable::new(
@@ -251,19 +272,20 @@ impl<B: CacheBackend> Llama<B> {
             .map(|&t| t as i64)
             .collect::<Vec<_>>();
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
-        let positions: Vec<i64> = batch
+        let positions: Vec<usize> = batch
             .sequences
             .iter()
-            .flat_map(|s| (s.num_cached_tokens..s.context_len()).map(|p| p as i64))
+            .flat_map(|s| s.num_cached_tokens..s.context_len())
             .collect();
-        let positions = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), device);
-        let rotary = self.rope.rows(positions);
+        let rotary = self
+            .rope
+            .rows(&positions, c.num_heads + c.num_kv_heads, device);
         let plan = AttentionPlan::<B>::new(&batch.sequences, pool.block_size, self.heads(), device);
 
         let mut x = self.embedding.clone().select(0, ids);
         let mut pools = cache.take_layers();
-        for (layer, (keys, values)) in self.layers.iter().zip(pools.iter_mut()) {
-            x = self.layer_forward(layer, x, &rotary, &plan, keys, values);
+        for (layer, layer_pools) in self.layers.iter().zip(pools.iter_mut()) {
+            x = self.layer_forward(layer, x, &rotary, &plan, layer_pools);
         }
         cache.restore_layers(pools);
 
@@ -281,10 +303,7 @@ impl<B: CacheBackend> Llama<B> {
             }
         };
         let x = self.final_norm.forward(x);
-        let logits = match &self.head {
-            Some(head) => x.matmul(head.clone()),
-            None => x.matmul(self.embedding.clone().transpose()),
-        };
+        let logits = x.matmul(self.head.clone());
         let data = logits
             .into_data()
             .into_vec::<f32>()
@@ -303,43 +322,39 @@ impl<B: CacheBackend> Llama<B> {
         x: Tensor<B, 2>,
         rotary: &RotaryRows<B>,
         plan: &AttentionPlan<B>,
-        keys: &mut Tensor<B, 2>,
-        values: &mut Tensor<B, 2>,
+        pools: &mut LayerPools<B>,
     ) -> Tensor<B, 2> {
         let c = &self.config;
-        let n = x.dims()[0];
-        let (hd, q_dim, kv_dim) = (c.head_dim, c.num_heads * c.head_dim, c.kv_dim());
+        let q_dim = c.num_heads * c.head_dim;
 
         let h = layer.attn_norm.forward(x.clone());
-        let mut qkv = h.matmul(layer.qkv.clone());
-        if let Some(bias) = &layer.qkv_bias {
-            qkv = qkv + bias.clone();
+        let mut qk = h.clone().matmul(layer.qk.clone());
+        if let Some(bias) = &layer.qk_bias {
+            qk = qk + bias.clone();
         }
-        let q = qkv
-            .clone()
-            .narrow(1, 0, q_dim)
-            .reshape([n, c.num_heads, hd]);
-        let k = qkv
-            .clone()
-            .narrow(1, q_dim, kv_dim)
-            .reshape([n, c.num_kv_heads, hd]);
-        let v = qkv.narrow(1, q_dim + kv_dim, kv_dim);
-        let q = self.rope.apply(q, rotary).reshape([n, q_dim]);
-        let k = self.rope.apply(k, rotary).reshape([n, kv_dim]);
+        let mut v = h.matmul(layer.v.clone());
+        if let Some(bias) = &layer.v_bias {
+            v = v + bias.clone();
+        }
+        let qk = self.rope.apply(qk, rotary);
 
         // Write first, then attend: the cache then holds the whole context uniformly.
-        replace_with(keys, |pool| B::write_cache_rows(pool, &plan.write_runs, k));
-        replace_with(values, |pool| {
-            B::write_cache_rows(pool, &plan.write_runs, v)
-        });
-        let attended = plan.attend(q, keys, values, self.heads());
+        let hd = c.head_dim;
+        for h in 0..c.num_kv_heads {
+            let runs = &plan.write_runs;
+            replace_with(&mut pools.keys[h], |p| {
+                B::write_cache_rows(p, runs, &qk, q_dim + h * hd)
+            });
+            replace_with(&mut pools.values[h], |p| {
+                B::write_cache_rows(p, runs, &v, h * hd)
+            });
+        }
+        let attended = plan.attend(&qk, pools, self.heads());
         let x = x + attended.matmul(layer.output.clone());
 
         let h = layer.ffn_norm.forward(x.clone());
-        let gate_up = h.matmul(layer.gate_up.clone());
-        let inter = c.intermediate_size;
-        let gate = gate_up.clone().narrow(1, 0, inter);
-        let up = gate_up.narrow(1, inter, inter);
+        let gate = h.clone().matmul(layer.gate.clone());
+        let up = h.matmul(layer.up.clone());
         x + (silu(gate) * up).matmul(layer.down.clone())
     }
 }

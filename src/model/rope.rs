@@ -1,27 +1,36 @@
 //! Rotary position embeddings applied at arbitrary per-token positions.
+//!
+//! Every head's dimension `d` is rotated with a partner dimension `partner(d)`:
+//! `out[d] = x[d] * cos[d] + x[partner(d)] * signed_sin[d]`. The partner swap is a matmul
+//! with a fixed permutation matrix, and cos/sin are laid out at full width for the batch,
+//! so every elementwise op runs on contiguous, same-shape tensors (flex's fast path) instead
+//! of strided slices of pairs.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 use super::config::RopeStyle;
 
-/// Precomputed cos/sin for every position up to the model's context.
+/// Frequencies for every position up to the model's context, kept on the host.
 #[derive(Debug, Clone)]
 pub struct RotaryTable<B: Backend> {
-    /// `[max_positions, head_dim / 2]`
-    cos: Tensor<B, 2>,
-    /// `[max_positions, head_dim / 2]`
-    sin: Tensor<B, 2>,
+    /// `[max_positions * head_dim / 2]`
+    cos: Vec<f32>,
+    /// `[max_positions * head_dim / 2]`
+    sin: Vec<f32>,
+    head_dim: usize,
     style: RopeStyle,
+    /// `[head_dim, head_dim]`: `x @ swap` puts each dimension's partner in its place.
+    swap: Tensor<B, 2>,
 }
 
-/// cos/sin rows picked for the positions of one batch, shared by every layer.
+/// cos/sin of one batch at full width, shared by every layer.
 #[derive(Debug, Clone)]
 pub struct RotaryRows<B: Backend> {
-    /// `[num_tokens, 1, head_dim / 2]`
-    cos: Tensor<B, 3>,
-    /// `[num_tokens, 1, head_dim / 2]`
-    sin: Tensor<B, 3>,
+    /// `[num_tokens, num_rotated_heads * head_dim]`
+    cos: Tensor<B, 2>,
+    /// `[num_tokens, num_rotated_heads * head_dim]`, signed so that a plain add finishes the rotation.
+    sin: Tensor<B, 2>,
 }
 
 impl<B: Backend> RotaryTable<B> {
@@ -44,52 +53,74 @@ impl<B: Backend> RotaryTable<B> {
                 sin.push(angle.sin() as f32);
             }
         }
-        let shape = [max_positions, half];
+        let mut swap = vec![0.0f32; head_dim * head_dim];
+        for d in 0..head_dim {
+            swap[partner(style, d, head_dim) * head_dim + d] = 1.0;
+        }
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            cos,
+            sin,
+            head_dim,
             style,
+            swap: Tensor::from_data(TensorData::new(swap, [head_dim, head_dim]), device),
         }
     }
 
-    /// Picks the rows for `positions` (`[num_tokens]`).
-    pub fn rows(&self, positions: Tensor<B, 1, Int>) -> RotaryRows<B> {
-        let n = positions.dims()[0];
-        let half = self.cos.dims()[1];
+    /// cos/sin rows for tokens at `positions`, for `num_heads` rotated heads side by side.
+    /// Positions must be below the table's `max_positions` (the batch was validated).
+    pub fn rows(&self, positions: &[usize], num_heads: usize, device: &B::Device) -> RotaryRows<B> {
+        let hd = self.head_dim;
+        let half = hd / 2;
+        let width = num_heads * hd;
+        let mut cos = Vec::with_capacity(positions.len() * width);
+        let mut sin = Vec::with_capacity(positions.len() * width);
+        let mut head_cos = vec![0.0f32; hd];
+        let mut head_sin = vec![0.0f32; hd];
+        for &pos in positions {
+            let (c, s) = (
+                &self.cos[pos * half..][..half],
+                &self.sin[pos * half..][..half],
+            );
+            for d in 0..hd {
+                let (i, first_of_pair) = match self.style {
+                    RopeStyle::Interleaved => (d / 2, d % 2 == 0),
+                    RopeStyle::Half => (d % half, d < half),
+                };
+                head_cos[d] = c[i];
+                head_sin[d] = if first_of_pair { -s[i] } else { s[i] };
+            }
+            for _ in 0..num_heads {
+                cos.extend_from_slice(&head_cos);
+                sin.extend_from_slice(&head_sin);
+            }
+        }
+        let shape = [positions.len(), width];
         RotaryRows {
-            cos: self
-                .cos
-                .clone()
-                .select(0, positions.clone())
-                .reshape([n, 1, half]),
-            sin: self.sin.clone().select(0, positions).reshape([n, 1, half]),
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
         }
     }
 
     /// Rotates every head of `x`.
     ///
     /// # Shapes
-    /// - `x`: `[num_tokens, num_heads, head_dim]`, returned in the same shape
-    pub fn apply(&self, x: Tensor<B, 3>, rows: &RotaryRows<B>) -> Tensor<B, 3> {
-        let [n, heads, head_dim] = x.dims();
-        let half = head_dim / 2;
-        let (cos, sin) = (rows.cos.clone(), rows.sin.clone());
-        match self.style {
-            RopeStyle::Interleaved => {
-                let pairs = x.reshape([n, heads, half, 2]);
-                let even = pairs.clone().narrow(3, 0, 1).reshape([n, heads, half]);
-                let odd = pairs.narrow(3, 1, 1).reshape([n, heads, half]);
-                let rotated_even = even.clone() * cos.clone() - odd.clone() * sin.clone();
-                let rotated_odd = even * sin + odd * cos;
-                Tensor::stack::<4>(vec![rotated_even, rotated_odd], 3).reshape([n, heads, head_dim])
-            }
-            RopeStyle::Half => {
-                let first = x.clone().narrow(2, 0, half);
-                let second = x.narrow(2, half, half);
-                let rotated_first = first.clone() * cos.clone() - second.clone() * sin.clone();
-                let rotated_second = second * cos + first * sin;
-                Tensor::cat(vec![rotated_first, rotated_second], 2)
-            }
-        }
+    /// - `x`: `[num_tokens, num_rotated_heads * head_dim]`, returned in the same shape
+    pub fn apply(&self, x: Tensor<B, 2>, rows: &RotaryRows<B>) -> Tensor<B, 2> {
+        let [n, width] = x.dims();
+        let hd = self.head_dim;
+        let partners = x
+            .clone()
+            .reshape([n * width / hd, hd])
+            .matmul(self.swap.clone())
+            .reshape([n, width]);
+        x * rows.cos.clone() + partners * rows.sin.clone()
+    }
+}
+
+/// The dimension that rotates together with `d`.
+fn partner(style: RopeStyle, d: usize, head_dim: usize) -> usize {
+    match style {
+        RopeStyle::Interleaved => d ^ 1,
+        RopeStyle::Half => (d + head_dim / 2) % head_dim,
     }
 }

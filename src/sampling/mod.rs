@@ -1,9 +1,11 @@
-//! Turning logits into tokens: parameters, the sampler and stop strings.
+//! Turning logits into tokens: parameters and their validation, the sampler, and stop strings.
+//!
+//! Self-contained (no `crate::` paths) so it can be built and tested on its own.
 
 mod params;
 mod sampler;
 mod stop;
 
-pub use params::{InvalidParam, SamplingParams, MAX_LOGPROBS, MAX_STOP_STRINGS};
+pub use params::{InvalidParam, SamplingParams, MAX_LOGPROBS, MAX_STOP_STRINGS, MIN_TEMPERATURE};
 pub use sampler::{SampledToken, Sampler};
 pub use stop::{StopOutcome, StopStringMatcher};
