@@ -1,6 +1,7 @@
 //! Waypoint: an LLM inference server in which every request can be followed from arrival to
 //! last token. See `docs/ARCHITECTURE.md` for the code map.
 
+pub mod bench;
 pub mod cli;
 pub mod generate;
 pub mod loader;

@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Generate text for one prompt, streaming it to stdout.
     Generate(GenerateArgs),
+    /// Benchmark a running server: Poisson arrivals, TTFT/TPOT/ITL/E2E latencies, throughput.
+    Bench(waypoint::bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
+        Command::Bench(args) => run_bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,6 +88,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_bench(args: waypoint::bench::BenchArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(waypoint::bench::run(args))?;
+    Ok(())
 }
 
 fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {

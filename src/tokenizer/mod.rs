@@ -260,6 +260,16 @@ impl Tokenizer {
         Self::from_hf_parts(inner, config, generation, jinja)
     }
 
+    /// The tokenizer as Hugging Face `tokenizer.json` text (to export a model directory).
+    pub fn to_hf_json(&self) -> Result<String, TokenizerError> {
+        self.inner
+            .to_string(false)
+            .map_err(|err| TokenizerError::InvalidFile {
+                path: "tokenizer.json".into(),
+                message: err.to_string(),
+            })
+    }
+
     /// Builds from in-memory `tokenizer.json` and (optionally) `tokenizer_config.json`
     /// contents; [`Tokenizer::from_hf_dir`] without the file system.
     pub fn from_hf_json(
