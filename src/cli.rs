@@ -45,9 +45,118 @@ pub struct CacheArgs {
     /// Number of KV cache blocks (overrides --kv-cache-memory).
     #[arg(long)]
     pub num_kv_blocks: Option<usize>,
-    /// KV cache size in bytes (suffixes K, M, G accepted, e.g. 512M).
-    #[arg(long, default_value = "256M", value_parser = parse_bytes)]
-    pub kv_cache_memory: usize,
+    /// KV cache size: bytes (suffixes K, M, G accepted, e.g. 512M) or a fraction of the
+    /// memory available now (e.g. 0.3).
+    #[arg(long, default_value = "1G", value_parser = parse_memory)]
+    pub kv_cache_memory: Memory,
+}
+
+/// An amount of memory: absolute, or relative to what is available when the pool is made.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Memory {
+    /// This many bytes.
+    Bytes(usize),
+    /// This fraction (0, 1] of the memory available now.
+    Fraction(f64),
+}
+
+/// Parses `512M`, `2G`, `1073741824` or a fraction such as `0.3`.
+pub fn parse_memory(s: &str) -> Result<Memory, String> {
+    if s.contains('.') {
+        return match s.parse::<f64>() {
+            Ok(f) if f > 0.0 && f <= 1.0 => Ok(Memory::Fraction(f)),
+            _ => Err(format!("`{s}` is not a fraction in (0, 1]")),
+        };
+    }
+    parse_bytes(s).map(Memory::Bytes)
+}
+
+/// `MemAvailable` from /proc/meminfo (Linux), in bytes.
+fn available_memory() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Scheduling and admission settings of `waypoint serve`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EngineArgs {
+    /// Most tokens computed in one step, over all sequences.
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// Most requests running at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Split long prompts over several steps (`--enable-chunked-prefill false` to turn off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_chunked_prefill: bool,
+    /// Reuse cached KV blocks of shared prompt prefixes (`--enable-prefix-caching false` to turn off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_prefix_caching: bool,
+    /// Order of the waiting queue: fcfs, or priority (a request's `priority`, lower first).
+    #[arg(long, default_value = "fcfs", value_parser = ["fcfs", "priority"])]
+    pub scheduling_policy: String,
+    /// Requests allowed to wait; more are refused with 429.
+    #[arg(long, default_value_t = 1024)]
+    pub max_waiting_requests: usize,
+    /// Longest prompt + output (default: the model's context).
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+}
+
+impl EngineArgs {
+    /// The engine configuration for `model` with cache `pool`, checking the flags together.
+    pub fn config(
+        &self,
+        model: &crate::model::LlamaConfig,
+        pool: crate::model::KvCacheConfig,
+    ) -> Result<crate::engine::EngineConfig, String> {
+        if self.max_num_seqs == 0 {
+            return Err("--max-num-seqs must be positive".into());
+        }
+        if self.max_num_batched_tokens < self.max_num_seqs {
+            return Err(format!(
+                "--max-num-batched-tokens ({}) must be at least --max-num-seqs ({})",
+                self.max_num_batched_tokens, self.max_num_seqs
+            ));
+        }
+        let max_model_len = match self.max_model_len {
+            Some(0) => return Err("--max-model-len must be positive".into()),
+            Some(n) if n > model.max_position_embeddings => {
+                return Err(format!(
+                    "--max-model-len {n} exceeds the model's context of {}",
+                    model.max_position_embeddings
+                ))
+            }
+            Some(n) => n,
+            None => model.max_position_embeddings,
+        };
+        if !self.enable_chunked_prefill && self.max_num_batched_tokens < max_model_len {
+            return Err(format!(
+                "without chunked prefill, --max-num-batched-tokens ({}) must be at least the \
+                 max model length ({max_model_len}) or long prompts could never run",
+                self.max_num_batched_tokens
+            ));
+        }
+        let policy = match self.scheduling_policy.as_str() {
+            "priority" => crate::engine::SchedulingPolicy::Priority,
+            _ => crate::engine::SchedulingPolicy::Fcfs,
+        };
+        Ok(crate::engine::EngineConfig {
+            scheduler: crate::engine::SchedulerConfig {
+                max_num_batched_tokens: self.max_num_batched_tokens,
+                max_num_seqs: self.max_num_seqs,
+                enable_chunked_prefill: self.enable_chunked_prefill,
+                policy,
+                block_size: pool.block_size,
+                num_blocks: pool.num_blocks,
+                enable_prefix_caching: self.enable_prefix_caching,
+                max_model_len,
+            },
+            max_waiting_requests: self.max_waiting_requests,
+        })
+    }
 }
 
 impl CacheArgs {
@@ -65,11 +174,18 @@ impl CacheArgs {
         Ok(match self.num_kv_blocks {
             Some(0) => return Err("--num-kv-blocks must be positive".to_string()),
             Some(n) => crate::model::KvCacheConfig::with_blocks(self.block_size, n),
-            None => crate::model::KvCacheConfig::with_bytes(
-                self.block_size,
-                self.kv_cache_memory,
-                model,
-            ),
+            None => {
+                let bytes = match self.kv_cache_memory {
+                    Memory::Bytes(bytes) => bytes,
+                    Memory::Fraction(f) => {
+                        let available = available_memory().ok_or(
+                            "--kv-cache-memory as a fraction needs /proc/meminfo; give bytes",
+                        )?;
+                        (available as f64 * f) as usize
+                    }
+                };
+                crate::model::KvCacheConfig::with_bytes(self.block_size, bytes, model)
+            }
         })
     }
 }
@@ -111,5 +227,8 @@ mod tests {
         assert_eq!(parse_bytes("2g"), Ok(2 << 30));
         assert!(parse_bytes("0").is_err());
         assert!(parse_bytes("lots").is_err());
+        assert_eq!(parse_memory("0.25"), Ok(Memory::Fraction(0.25)));
+        assert_eq!(parse_memory("1G"), Ok(Memory::Bytes(1 << 30)));
+        assert!(parse_memory("1.5").is_err());
     }
 }

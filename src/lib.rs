@@ -3,8 +3,10 @@
 
 pub mod bench;
 pub mod cli;
+pub mod engine;
 pub mod generate;
 pub mod loader;
 pub mod model;
 pub mod sampling;
+pub mod server;
 pub mod tokenizer;

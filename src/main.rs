@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Generate text for one prompt, streaming it to stdout.
     Generate(GenerateArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
     /// Benchmark a running server: Poisson arrivals, TTFT/TPOT/ITL/E2E latencies, throughput.
     Bench(waypoint::bench::BenchArgs),
 }
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
         Command::Bench(args) => run_bench(args),
+        Command::Serve(args) => run_serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,6 +90,147 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// A GGUF file, a Hugging Face model directory, or `tiny` (built in, random weights).
+    #[arg(long, env = "WAYPOINT_MODEL")]
+    model: String,
+    /// The model name clients use (default: the file or directory name, `tiny` for tiny).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Address to listen on (use 0.0.0.0 in a container).
+    #[arg(long, env = "WAYPOINT_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on.
+    #[arg(long, env = "WAYPOINT_PORT", default_value_t = 8000)]
+    port: u16,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    #[command(flatten)]
+    cache: CacheArgs,
+    #[command(flatten)]
+    engine: waypoint::cli::EngineArgs,
+    /// Largest request body in bytes (suffixes K, M, G accepted).
+    #[arg(long, default_value = "4M", value_parser = waypoint::cli::parse_bytes)]
+    max_request_bytes: usize,
+    /// Require `Authorization: Bearer KEY` on /v1 routes.
+    #[arg(long, env = "WAYPOINT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before aborting them.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout: u64,
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    match args.device {
+        Device::Cpu => serve_on::<burn::backend::Flex>(args, Default::default()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(index) => {
+            serve_on::<burn::backend::Cuda>(args, burn::backend::cuda::CudaDevice::new(index))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => {
+            bail!("this waypoint was built without CUDA support; rebuild with `--features cuda`")
+        }
+    }
+}
+
+fn serve_on<B: CacheBackend>(args: ServeArgs, device: B::Device) -> anyhow::Result<()>
+where
+    waypoint::engine::BurnRunner<B>: waypoint::engine::ModelRunner,
+{
+    let files = waypoint::loader::open(&args.model)?;
+    let pool = args.cache.pool(&files.config).map_err(anyhow::Error::msg)?;
+    let name = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| files.name.clone());
+    let (model, tokenizer, _) = files.load::<B>(&device)?;
+    let engine_config = args
+        .engine
+        .config(model.config(), pool)
+        .map_err(anyhow::Error::msg)?;
+    let model_info = waypoint::engine::ModelInfo {
+        name: name.clone(),
+        max_context: engine_config.scheduler.max_model_len,
+        vocab_size: model.config().vocab_size,
+    };
+    tracing::info!(
+        kv_blocks = pool.num_blocks,
+        block_size = pool.block_size,
+        kv_bytes = pool.bytes(model.config()),
+        max_model_len = model_info.max_context,
+        "KV cache allocated"
+    );
+    let runner = waypoint::engine::BurnRunner::new(model, pool);
+    let engine = waypoint::engine::start(
+        runner,
+        std::sync::Arc::new(tokenizer),
+        model_info,
+        engine_config,
+    )
+    .map_err(anyhow::Error::msg)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let address = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let config = waypoint::server::ServerConfig {
+            host: args.host.clone(),
+            port: args.port,
+            api_key: args.api_key.clone(),
+            max_request_bytes: args.max_request_bytes,
+            ..Default::default()
+        };
+        let state = waypoint::server::AppState::new(engine.handle.clone(), config);
+        tracing::info!(address = %listener.local_addr()?, model = %name, "waypoint ready");
+        let handle = engine.handle.clone();
+        let grace = std::time::Duration::from_secs(args.shutdown_timeout);
+        let shutdown = async move {
+            shutdown_signal().await;
+            // In-flight requests get `grace` to finish; then the rest are aborted, which ends
+            // their streams and lets the server's drain complete.
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                tracing::warn!("shutdown timeout reached: aborting requests in flight");
+                handle.abort_all();
+            });
+        };
+        waypoint::server::serve(listener, state, shutdown).await?;
+        anyhow::Ok(())
+    })?;
+    // The runtime's leftover tasks (the abort timer) hold engine handles; the engine thread
+    // ends only when every handle is gone.
+    runtime.shutdown_background();
+    engine.shutdown();
+    tracing::info!("waypoint stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
     }
 }
 

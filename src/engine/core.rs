@@ -1,0 +1,444 @@
+//! The engine loop: an actor on its own thread that owns the scheduler, the model runner and
+//! every request's output state (sampler, detokenizer, stop strings, response channel).
+//!
+//! Each iteration: take commands, drop requests whose client left, schedule, run the model,
+//! sample, let the scheduler advance and judge lengths, turn tokens into text deltas, and
+//! send them. Nothing about a request outlives it: when it finishes or is aborted its blocks
+//! are freed by the scheduler and its state here is removed in the same iteration.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::handle::{
+    EngineCommand, EngineHandle, EngineRequest, FinishReason, FinishedInfo, ModelInfo, StreamEvent,
+    TokenLogprob,
+};
+use super::output::SchedulerOutput;
+use super::request::Request;
+use super::runner::ModelRunner;
+use super::scheduler::{Scheduler, SchedulerConfig};
+use crate::model::{ForwardBatch, SequenceSlice};
+use crate::sampling::{Sampler, SamplingParams, StopStringMatcher};
+use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
+
+/// How the engine schedules and how much it queues.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Batching, KV pool and policy.
+    pub scheduler: SchedulerConfig,
+    /// Requests allowed to wait before new ones are refused.
+    pub max_waiting_requests: usize,
+}
+
+/// What the engine tracks right now (for health checks and leak tests).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineStats {
+    /// Requests waiting.
+    pub waiting: usize,
+    /// Requests running.
+    pub running: usize,
+    /// Requests with output state (sampler, channel) in the engine.
+    pub live_outputs: usize,
+    /// KV blocks in use.
+    pub blocks_in_use: usize,
+    /// Whether the scheduler holds no request and no block.
+    pub scheduler_empty: bool,
+    /// Preemptions since start.
+    pub total_preemptions: u64,
+    /// Steps run since start.
+    pub steps: u64,
+    /// Requests aborted since start (client gone, cancelled, shutdown).
+    pub aborted: u64,
+}
+
+/// A started engine: its handle and its thread.
+#[derive(Debug)]
+pub struct RunningEngine {
+    /// Talk to the engine through this.
+    pub handle: EngineHandle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RunningEngine {
+    /// Drops this handle and waits for the engine thread, which ends once every handle and
+    /// request stream is gone.
+    pub fn shutdown(self) {
+        drop(self.handle);
+        if self.thread.join().is_err() {
+            tracing::error!("the engine thread panicked");
+        }
+    }
+}
+
+/// Starts the engine on its own thread.
+pub fn start<R: ModelRunner>(
+    runner: R,
+    tokenizer: Arc<Tokenizer>,
+    model: ModelInfo,
+    config: EngineConfig,
+) -> Result<RunningEngine, String> {
+    let scheduler = Scheduler::new(config.scheduler.clone()).map_err(|e| e.to_string())?;
+    let (commands_tx, commands) = std::sync::mpsc::channel();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let handle = EngineHandle::new(
+        commands_tx,
+        waiting.clone(),
+        config.max_waiting_requests,
+        tokenizer.clone(),
+        model,
+    );
+    let engine = Engine {
+        runner,
+        scheduler,
+        tokenizer,
+        outputs: HashMap::new(),
+        commands,
+        waiting,
+        steps: 0,
+        aborted: 0,
+    };
+    let thread = std::thread::Builder::new()
+        .name("waypoint-engine".into())
+        .spawn(move || engine.run())
+        .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+    Ok(RunningEngine { handle, thread })
+}
+
+/// The engine's per-request output state.
+struct RequestOutput {
+    sender: UnboundedSender<StreamEvent>,
+    params: SamplingParams,
+    sampler: Sampler,
+    detokenizer: IncrementalDetokenizer,
+    stops: StopStringMatcher,
+    /// End-of-sequence ids that stop this request (empty with `ignore_eos`).
+    eos_token_ids: Vec<u32>,
+    /// Text and logprobs produced this step, sent after the scheduler's update.
+    pending_text: String,
+    pending_logprobs: Vec<TokenLogprob>,
+    /// A stop string ended it: the held-back text is dropped, not flushed.
+    stopped_by_string: bool,
+    detokenize_error: Option<String>,
+    span: tracing::Span,
+}
+
+struct Engine<R: ModelRunner> {
+    runner: R,
+    scheduler: Scheduler,
+    tokenizer: Arc<Tokenizer>,
+    outputs: HashMap<String, RequestOutput>,
+    commands: Receiver<EngineCommand>,
+    waiting: Arc<AtomicUsize>,
+    steps: u64,
+    aborted: u64,
+}
+
+impl<R: ModelRunner> Engine<R> {
+    fn run(mut self) {
+        loop {
+            let idle = !self.scheduler.has_unfinished_requests();
+            // Block when idle; otherwise only look at what has arrived.
+            let first = if idle {
+                match self.commands.recv() {
+                    Ok(command) => Some(command),
+                    Err(_) => break,
+                }
+            } else {
+                None
+            };
+            if let Some(command) = first {
+                self.handle_command(command);
+            }
+            while let Ok(command) = self.commands.try_recv() {
+                self.handle_command(command);
+            }
+            self.drop_departed_clients();
+            self.waiting
+                .store(self.scheduler.num_waiting(), Ordering::Relaxed);
+            if !self.scheduler.has_unfinished_requests() {
+                continue;
+            }
+            let output = self.scheduler.schedule();
+            if output.is_empty() {
+                // Nothing fits right now; wait for a command rather than spin.
+                match self.commands.recv_timeout(Duration::from_millis(5)) {
+                    Ok(command) => self.handle_command(command),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {}
+                }
+                continue;
+            }
+            self.step(&output);
+        }
+        // Every handle is gone: end whatever is left.
+        for request in self.scheduler.abort_all() {
+            self.finish(&request, None);
+        }
+    }
+
+    fn handle_command(&mut self, command: EngineCommand) {
+        match command {
+            EngineCommand::Submit {
+                request,
+                output,
+                span,
+            } => self.add(request, output, span),
+            EngineCommand::Abort { request_id } => {
+                if let Some(request) = self.scheduler.abort_request(&request_id) {
+                    self.finish(&request, None);
+                }
+            }
+            EngineCommand::AbortAll => {
+                for request in self.scheduler.abort_all() {
+                    self.finish(&request, None);
+                }
+            }
+            EngineCommand::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+        }
+    }
+
+    fn stats(&self) -> EngineStats {
+        let kv = self.scheduler.kv_cache();
+        EngineStats {
+            waiting: self.scheduler.num_waiting(),
+            running: self.scheduler.num_running(),
+            live_outputs: self.outputs.len(),
+            blocks_in_use: kv.num_total_blocks() - kv.num_free_blocks(),
+            scheduler_empty: self.scheduler.is_empty(),
+            total_preemptions: self.scheduler.total_preemptions(),
+            steps: self.steps,
+            aborted: self.aborted,
+        }
+    }
+
+    fn add(
+        &mut self,
+        request: EngineRequest,
+        sender: UnboundedSender<StreamEvent>,
+        span: tracing::Span,
+    ) {
+        let EngineRequest {
+            request_id,
+            prompt_ids,
+            params,
+            priority,
+            arrival,
+        } = request;
+        let scheduled = Request::new(request_id.clone(), prompt_ids.clone(), params.max_tokens)
+            .with_priority(priority)
+            .with_arrival(arrival);
+        if let Err(error) = self.scheduler.add_request(scheduled) {
+            let _ = sender.send(StreamEvent::Finished(FinishedInfo {
+                reason: FinishReason::Error,
+                prompt_tokens: prompt_ids.len(),
+                completion_tokens: 0,
+                cached_prompt_tokens: 0,
+                num_preemptions: 0,
+                error: Some(error.to_string()),
+            }));
+            return;
+        }
+        let eos_token_ids = if params.ignore_eos {
+            Vec::new()
+        } else {
+            self.tokenizer.eos_token_ids().to_vec()
+        };
+        self.outputs.insert(
+            request_id,
+            RequestOutput {
+                sender,
+                sampler: Sampler::new(&params),
+                detokenizer: IncrementalDetokenizer::new(&prompt_ids, true),
+                stops: StopStringMatcher::new(&params.stop),
+                params,
+                eos_token_ids,
+                pending_text: String::new(),
+                pending_logprobs: Vec::new(),
+                stopped_by_string: false,
+                detokenize_error: None,
+                span,
+            },
+        );
+    }
+
+    /// A closed response channel means the client left: abort now so its blocks are freed
+    /// before this step is scheduled.
+    fn drop_departed_clients(&mut self) {
+        let departed: Vec<String> = self
+            .outputs
+            .iter()
+            .filter(|(_, out)| out.sender.is_closed())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in departed {
+            if let Some(request) = self.scheduler.abort_request(&id) {
+                self.finish(&request, None);
+            } else {
+                self.outputs.remove(&id);
+            }
+        }
+    }
+
+    fn step(&mut self, output: &SchedulerOutput) {
+        self.steps += 1;
+        let batch = forward_batch(output);
+        let logits = match self.runner.execute(&batch) {
+            Ok(logits) => logits,
+            Err(error) => {
+                tracing::error!(step = output.step, %error, "model step failed");
+                for seq in output.batch() {
+                    let id = seq.request_id.to_string();
+                    if let Some(request) = self.scheduler.finish_request(&id, FinishReason::Error) {
+                        self.finish(&request, Some("the model failed on this batch".into()));
+                    }
+                }
+                return;
+            }
+        };
+
+        // Sample where a sequence's tokens are all computed; mid-prompt chunks get a
+        // placeholder the scheduler ignores.
+        let mut sampled = Vec::with_capacity(output.num_sequences());
+        for (row, seq) in output.batch().enumerate() {
+            let request = self.scheduler.request(seq.request_id);
+            match (request, self.outputs.get_mut(seq.request_id)) {
+                (Some(request), Some(out)) if seq.samples => {
+                    let mut logits_row = logits.row(row).to_vec();
+                    let token = out.sampler.sample(
+                        &mut logits_row,
+                        request.prompt_ids(),
+                        request.output_ids(),
+                        &out.eos_token_ids,
+                    );
+                    if out.params.logprobs.is_some() {
+                        out.pending_logprobs.push(TokenLogprob {
+                            token_id: token.token_id,
+                            logprob: token.logprob,
+                            top: token.top_logprobs,
+                        });
+                    }
+                    sampled.push(token.token_id);
+                }
+                _ => sampled.push(0),
+            }
+        }
+
+        let outputs = &mut self.outputs;
+        let tokenizer = &self.tokenizer;
+        let update = self
+            .scheduler
+            .update_from_output(output, &sampled, |request| {
+                let out = outputs.get_mut(request.request_id())?;
+                check_stop(out, request, tokenizer)
+            });
+        let update = match update {
+            Ok(update) => update,
+            Err(error) => {
+                tracing::error!(%error, "scheduler update failed");
+                return;
+            }
+        };
+        for (request_id, token) in &update.new_tokens {
+            if let Some(out) = self.outputs.get_mut(request_id) {
+                let event = StreamEvent::Delta {
+                    text: std::mem::take(&mut out.pending_text),
+                    token_ids: vec![*token],
+                    logprobs: std::mem::take(&mut out.pending_logprobs),
+                };
+                let _ = out.sender.send(event);
+            }
+        }
+        for request in &update.finished {
+            self.finish(request, None);
+        }
+    }
+
+    /// Sends the last text and the `Finished` event, and forgets the request.
+    fn finish(&mut self, request: &Request, error: Option<String>) {
+        let Some(mut out) = self.outputs.remove(request.request_id()) else {
+            return;
+        };
+        let reason = request.finish_reason().unwrap_or(FinishReason::Abort);
+        if reason == FinishReason::Abort {
+            self.aborted += 1;
+        }
+        if matches!(reason, FinishReason::Stop | FinishReason::Length) && !out.stopped_by_string {
+            let flushed = out.detokenizer.flush();
+            let outcome = out.stops.push(&flushed);
+            let mut tail = outcome.emit;
+            if outcome.stopped.is_none() {
+                tail.push_str(&out.stops.finish());
+            }
+            if !tail.is_empty() {
+                let _ = out.sender.send(StreamEvent::Delta {
+                    text: tail,
+                    token_ids: Vec::new(),
+                    logprobs: Vec::new(),
+                });
+            }
+        }
+        let error = error.or(out.detokenize_error.take());
+        let _ = out.span.enter();
+        let _ = out.sender.send(StreamEvent::Finished(FinishedInfo {
+            reason: if error.is_some() {
+                FinishReason::Error
+            } else {
+                reason
+            },
+            prompt_tokens: request.num_prompt_tokens(),
+            completion_tokens: request.num_output_tokens(),
+            cached_prompt_tokens: request.num_cached_prompt_tokens(),
+            num_preemptions: request.num_preemptions(),
+            error,
+        }));
+    }
+}
+
+/// Decides whether the token just appended to `request` ends it, and turns it into text.
+fn check_stop(
+    out: &mut RequestOutput,
+    request: &Request,
+    tokenizer: &Tokenizer,
+) -> Option<FinishReason> {
+    let token = request.last_output_token()?;
+    let min_reached = request.num_output_tokens() >= out.params.min_tokens;
+    if min_reached
+        && (out.eos_token_ids.contains(&token) || out.params.stop_token_ids.contains(&token))
+    {
+        return Some(FinishReason::Stop);
+    }
+    let delta = match out.detokenizer.push(tokenizer, token) {
+        Ok(delta) => delta,
+        Err(error) => {
+            out.detokenize_error = Some(error.to_string());
+            return Some(FinishReason::Error);
+        }
+    };
+    let outcome = out.stops.push(&delta);
+    out.pending_text.push_str(&outcome.emit);
+    if outcome.stopped.is_some() {
+        out.stopped_by_string = true;
+        return Some(FinishReason::Stop);
+    }
+    None
+}
+
+fn forward_batch(output: &SchedulerOutput) -> ForwardBatch {
+    let mut batch = ForwardBatch::default();
+    for seq in output.batch() {
+        batch.token_ids.extend_from_slice(seq.token_ids);
+        batch.sequences.push(SequenceSlice {
+            num_cached_tokens: seq.num_computed_tokens,
+            num_new_tokens: seq.token_ids.len(),
+            block_table: seq.block_table.iter().map(|b| b.0).collect(),
+        });
+    }
+    batch
+}

@@ -1,0 +1,276 @@
+//! The engine's front door: what the API layer sends in and what streams back.
+//!
+//! The engine runs on its own thread and owns all scheduling state. Callers hold an
+//! [`EngineHandle`]; each submitted request gets its own [`RequestStream`]. Dropping the
+//! stream (the client went away) aborts the request at the engine's next step.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::sampling::SamplingParams;
+use crate::tokenizer::Tokenizer;
+
+/// Why a request ended (OpenAI's `finish_reason`, plus our `abort` and `error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FinishReason {
+    /// An end-of-sequence token, a stop token id or a stop string.
+    Stop,
+    /// `max_tokens` or the model's context.
+    Length,
+    /// The client went away or the request was cancelled (also at shutdown).
+    Abort,
+    /// The engine failed while running it.
+    Error,
+}
+
+impl FinishReason {
+    /// The name used in API responses and metric labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+            FinishReason::Error => "error",
+        }
+    }
+}
+
+/// A validated request, ready for the engine.
+#[derive(Clone, Debug)]
+pub struct EngineRequest {
+    /// Unique id (also the API response id).
+    pub request_id: String,
+    /// Prompt token ids, already checked against the vocabulary and context.
+    pub prompt_ids: Vec<u32>,
+    /// Sampling and stopping, already validated.
+    pub params: SamplingParams,
+    /// Lower runs first under `--scheduling-policy priority` (vLLM's convention).
+    pub priority: i64,
+    /// When the API received it.
+    pub arrival: Instant,
+}
+
+/// Log-probability information for one generated token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// The token.
+    pub token_id: u32,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The most likely alternatives, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Counts reported when a request ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinishedInfo {
+    /// Why it ended.
+    pub reason: FinishReason,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_prompt_tokens: usize,
+    /// Times the request was preempted.
+    pub num_preemptions: u32,
+    /// What went wrong, for `FinishReason::Error`.
+    pub error: Option<String>,
+}
+
+/// One message on a request's stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamEvent {
+    /// New output: text safe to show (never half a character, never part of a stop string)
+    /// and the token ids it came from.
+    Delta {
+        /// New text (may be empty while text is held back).
+        text: String,
+        /// Tokens generated since the previous delta.
+        token_ids: Vec<u32>,
+        /// One entry per token when logprobs were requested.
+        logprobs: Vec<TokenLogprob>,
+    },
+    /// The last message.
+    Finished(FinishedInfo),
+}
+
+/// Why the engine refused a request outright.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// `--max-waiting-requests` requests are already waiting.
+    #[error("the server is at capacity ({0} requests waiting); retry later")]
+    QueueFull(usize),
+    /// The engine is shutting down or gone.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// Messages from handles to the engine thread.
+#[derive(Debug)]
+// Submits dominate the traffic and are moved once; boxing them would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum EngineCommand {
+    /// Start a request; its output goes to `output`.
+    Submit {
+        /// The request.
+        request: EngineRequest,
+        /// Where its events go.
+        output: mpsc::UnboundedSender<StreamEvent>,
+        /// The caller's span, so engine events join the request's trace.
+        span: tracing::Span,
+    },
+    /// Stop a request (its stream gets `Finished` with `Abort`).
+    Abort {
+        /// Which one.
+        request_id: String,
+    },
+    /// Stop every request (shutdown timeout).
+    AbortAll,
+    /// Report what the engine tracks.
+    Stats(tokio::sync::oneshot::Sender<super::core::EngineStats>),
+}
+
+/// Static facts about the served model.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// The name clients use (`--served-model-name`, or the file name).
+    pub name: String,
+    /// Longest prompt + output.
+    pub max_context: usize,
+    /// Vocabulary size (token ids must be below it).
+    pub vocab_size: usize,
+}
+
+/// A cheap, cloneable way to talk to the engine.
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    commands: std::sync::mpsc::Sender<EngineCommand>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    max_waiting: usize,
+    accepting: Arc<AtomicBool>,
+    tokenizer: Arc<Tokenizer>,
+    model: Arc<ModelInfo>,
+}
+
+impl EngineHandle {
+    /// A handle over a command channel; `waiting` is the engine's count of waiting requests.
+    pub fn new(
+        commands: std::sync::mpsc::Sender<EngineCommand>,
+        waiting: Arc<std::sync::atomic::AtomicUsize>,
+        max_waiting: usize,
+        tokenizer: Arc<Tokenizer>,
+        model: ModelInfo,
+    ) -> Self {
+        Self {
+            commands,
+            waiting,
+            max_waiting,
+            accepting: Arc::new(AtomicBool::new(true)),
+            tokenizer,
+            model: Arc::new(model),
+        }
+    }
+
+    /// Sends `request` to the engine.
+    pub fn submit(&self, request: EngineRequest) -> Result<RequestStream, SubmitError> {
+        if !self.is_accepting() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        if waiting >= self.max_waiting {
+            return Err(SubmitError::QueueFull(waiting));
+        }
+        let (output, events) = mpsc::unbounded_channel();
+        let request_id = request.request_id.clone();
+        self.commands
+            .send(EngineCommand::Submit {
+                request,
+                output,
+                span: tracing::Span::current(),
+            })
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        Ok(RequestStream {
+            request_id,
+            events,
+            commands: self.commands.clone(),
+            finished: false,
+        })
+    }
+
+    /// The served model's tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The served model.
+    pub fn model(&self) -> &ModelInfo {
+        &self.model
+    }
+
+    /// Whether new requests are taken (false once shutdown began).
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    /// Aborts every request in the engine (used when the shutdown grace period ends).
+    pub fn abort_all(&self) {
+        let _ = self.commands.send(EngineCommand::AbortAll);
+    }
+
+    /// What the engine tracks right now, or `None` if it is gone.
+    pub async fn stats(&self) -> Option<super::core::EngineStats> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commands.send(EngineCommand::Stats(reply)).ok()?;
+        answer.await.ok()
+    }
+
+    /// Refuses new requests from now on.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Release);
+    }
+}
+
+/// The events of one request. Dropping it before `Finished` aborts the request.
+#[derive(Debug)]
+pub struct RequestStream {
+    request_id: String,
+    events: mpsc::UnboundedReceiver<StreamEvent>,
+    commands: std::sync::mpsc::Sender<EngineCommand>,
+    finished: bool,
+}
+
+impl RequestStream {
+    /// The request's id.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The next event, or `None` once the request finished.
+    pub async fn next(&mut self) -> Option<StreamEvent> {
+        if self.finished {
+            return None;
+        }
+        let event = self.events.recv().await;
+        match &event {
+            Some(StreamEvent::Finished(_)) | None => self.finished = true,
+            Some(StreamEvent::Delta { .. }) => {}
+        }
+        event
+    }
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The engine also notices the closed channel; the explicit abort frees the
+            // request's blocks at the next step even if it has nothing to send yet.
+            let _ = self.commands.send(EngineCommand::Abort {
+                request_id: std::mem::take(&mut self.request_id),
+            });
+        }
+    }
+}

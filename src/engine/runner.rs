@@ -1,0 +1,46 @@
+//! What the engine needs from a model: run one batch, get one row of logits per sequence.
+//! A trait so the engine loop can be tested with a fake model.
+
+use crate::model::{CacheBackend, ForwardBatch, KvCacheConfig, Llama, Logits, PagedKvCache};
+
+/// Runs forward passes for the engine thread.
+pub trait ModelRunner: Send + 'static {
+    /// Computes the batch, returning the last row of logits of each sequence.
+    fn execute(&mut self, batch: &ForwardBatch) -> Result<Logits, String>;
+}
+
+/// A [`Llama`] with its paged cache.
+pub struct BurnRunner<B: CacheBackend> {
+    model: Llama<B>,
+    cache: PagedKvCache<B>,
+}
+
+impl<B: CacheBackend> std::fmt::Debug for BurnRunner<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BurnRunner")
+            .field("pool", &self.cache.config())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: CacheBackend> BurnRunner<B> {
+    /// Allocates the cache pool for `model`.
+    pub fn new(model: Llama<B>, pool: KvCacheConfig) -> Self {
+        let cache = PagedKvCache::new(pool, model.config(), model.device());
+        Self { model, cache }
+    }
+}
+
+// The runner moves into the engine thread once and is used only there; the bounds say
+// the backend's tensors may cross that one thread boundary.
+impl<B: CacheBackend> ModelRunner for BurnRunner<B>
+where
+    Llama<B>: Send,
+    PagedKvCache<B>: Send,
+{
+    fn execute(&mut self, batch: &ForwardBatch) -> Result<Logits, String> {
+        self.model
+            .forward(batch, &mut self.cache)
+            .map_err(|e| e.to_string())
+    }
+}

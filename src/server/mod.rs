@@ -1,0 +1,189 @@
+//! The HTTP API: OpenAI-compatible completions and chat completions, streamed or not, over
+//! axum.
+//!
+//! A request goes through these steps, each in its own file:
+//!
+//! 1. [`extract`]: the body is read (at most [`ServerConfig::max_request_bytes`]) and parsed
+//!    into an [`openai`] request type; every rejection is an [`ApiError`], so clients always
+//!    get OpenAI's error JSON.
+//! 2. [`validation`]: the request becomes an [`EngineRequest`](crate::engine::EngineRequest)
+//!    (prompt encoded or chat template rendered, parameters checked, `max_tokens` fitted
+//!    into the context), or a 400 naming the field.
+//! 3. `routes`: the request is submitted to the engine and its events are collected into
+//!    one answer, or streamed as server-sent events (`sse`), both shaped by `output`.
+//!
+//! | Route | |
+//! |---|---|
+//! | `POST /v1/completions` | text completion |
+//! | `POST /v1/chat/completions` | chat completion |
+//! | `GET /v1/models` | the served model |
+//! | `GET /health` | 200 when ready, 503 while loading or shutting down |
+//! | `GET /version` | the server's version |
+//!
+//! With an API key configured, the `/v1` routes want `Authorization: Bearer <key>`;
+//! `/health` and `/version` stay open for probes.
+//!
+//! A client that disconnects aborts its request: the engine's
+//! [`RequestStream`](crate::engine::RequestStream) lives in the handler future (non-streaming)
+//! or the response body (streaming), hyper drops either when the connection closes, and
+//! dropping the stream sends the engine an abort.
+//!
+//! This module knows the engine only through [`EngineHandle`]; the engine knows nothing of
+//! HTTP.
+
+pub mod error;
+pub mod extract;
+pub mod openai;
+pub mod output;
+pub mod routes;
+pub mod sse;
+pub mod validation;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::engine::EngineHandle;
+
+pub use error::ApiError;
+
+/// How the HTTP server behaves. The served model's name comes from the engine's
+/// [`ModelInfo`](crate::engine::ModelInfo), so that there is one source for it.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Address to bind. By default `127.0.0.1`, so that exposing the server is a choice.
+    pub host: String,
+    /// Port to bind. By default 8000, as vLLM.
+    pub port: u16,
+    /// When set, `/v1` routes require `Authorization: Bearer <api_key>`. By default none.
+    pub api_key: Option<String>,
+    /// Largest request body accepted, in bytes; larger ones get 413. By default 4 MiB,
+    /// which holds a 128k-token prompt sent as token ids (about 7 bytes per id) with
+    /// room to spare, while bounding what one request can make the server buffer.
+    pub max_request_bytes: usize,
+    /// `max_tokens` for requests that do not set it: this, or what the context has left if
+    /// that is less. By default 4096: vLLM's "whatever is left of the context" lets a
+    /// request that forgot the field hold a slot for the whole context (128k tokens on
+    /// recent models), and OpenAI's 16 cuts answers mid-sentence.
+    pub default_max_tokens: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_string(),
+            port: 8000,
+            api_key: None,
+            max_request_bytes: 4 * 1024 * 1024,
+            default_max_tokens: 4096,
+        }
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    // The API key must not end up in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .finish()
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The way to the engine, its tokenizer and model facts.
+    pub engine: EngineHandle,
+    /// The server's configuration.
+    pub config: Arc<ServerConfig>,
+    /// Whether `/health` reports ready. [`AppState::new`] sets it; clear it to report
+    /// "loading" (during a warm-up, say). [`serve`] clears it when shutdown begins.
+    pub ready: Arc<AtomicBool>,
+    /// Unix seconds when the state was built: the `created` of `/v1/models`.
+    pub started_at: u64,
+}
+
+impl AppState {
+    /// State for serving `engine`, ready from the start.
+    pub fn new(engine: EngineHandle, config: ServerConfig) -> Self {
+        Self {
+            engine,
+            config: Arc::new(config),
+            ready: Arc::new(AtomicBool::new(true)),
+            started_at: unix_now(),
+        }
+    }
+}
+
+/// All routes, with the API-key check, the body limit and JSON errors for unknown routes
+/// (404) and wrong methods (405).
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/completions", post(routes::completions))
+        .route("/v1/chat/completions", post(routes::chat_completions))
+        .route("/v1/models", get(routes::models))
+        // A route layer, so that unknown paths are 404 rather than 401.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::require_api_key,
+        ));
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/version", get(routes::version))
+        .merge(v1)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
+        .with_state(state)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes, then stops accepting
+/// connections and requests (`/health` turns 503, the engine refuses new work) and waits
+/// for the requests in flight to finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let ready = state.ready.clone();
+    let engine = state.engine.clone();
+    let app = router(state);
+    // Tokens are small writes; Nagle's algorithm would hold each one back until the
+    // previous one is acknowledged.
+    let listener = listener.tap_io(|stream| {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining requests in flight");
+            ready.store(false, Ordering::Release);
+            engine.stop_accepting();
+        })
+        .await
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}

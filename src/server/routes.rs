@@ -1,0 +1,239 @@
+//! The handlers, the API-key check and the fallbacks.
+//!
+//! Both generation endpoints run the same steps: validate on the blocking pool, submit,
+//! then either stream (see `sse.rs`) or collect the events into one answer. Every failure
+//! becomes an [`ApiError`] response inside the handler, so that it is logged in the
+//! request's span.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use tracing::field::Empty;
+use tracing::Span;
+
+use crate::engine::{EngineHandle, FinishReason, RequestStream, StreamEvent};
+
+use super::error::ApiError;
+use super::extract::ApiJson;
+use super::openai::{ChatCompletionRequest, CompletionRequest, ModelCard, ModelList};
+use super::output::{Api, ResponseBuilder};
+use super::validation::{validate_chat, validate_completion, ValidatedRequest};
+use super::{sse, unix_now, AppState, ServerConfig};
+
+/// `POST /v1/completions`.
+#[tracing::instrument(
+    name = "completions",
+    skip_all,
+    fields(
+        request_id = Empty,
+        stream = Empty,
+        prompt_tokens = Empty,
+        max_tokens = Empty,
+        completion_tokens = Empty,
+        finish_reason = Empty,
+        error_type = Empty,
+    )
+)]
+pub async fn completions(
+    State(state): State<AppState>,
+    body: Result<ApiJson<CompletionRequest>, ApiError>,
+) -> Response {
+    let result = match body {
+        Ok(ApiJson(body)) => {
+            generate(state, Api::Completions, move |engine, config, id, at| {
+                validate_completion(engine, config, body, id, at)
+            })
+            .await
+        }
+        Err(err) => Err(err),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/chat/completions`.
+#[tracing::instrument(
+    name = "chat_completions",
+    skip_all,
+    fields(
+        request_id = Empty,
+        stream = Empty,
+        prompt_tokens = Empty,
+        max_tokens = Empty,
+        completion_tokens = Empty,
+        finish_reason = Empty,
+        error_type = Empty,
+    )
+)]
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<ApiJson<ChatCompletionRequest>, ApiError>,
+) -> Response {
+    let result = match body {
+        Ok(ApiJson(body)) => {
+            generate(state, Api::Chat, move |engine, config, id, at| {
+                validate_chat(engine, config, body, id, at)
+            })
+            .await
+        }
+        Err(err) => Err(err),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The steps both generation endpoints share; `validate` turns the body into an engine
+/// request with the given id and arrival time.
+async fn generate<F>(state: AppState, api: Api, validate: F) -> Result<Response, ApiError>
+where
+    F: FnOnce(&EngineHandle, &ServerConfig, String, Instant) -> Result<ValidatedRequest, ApiError>
+        + Send
+        + 'static,
+{
+    let arrival = Instant::now();
+    let created = unix_now();
+    let id = format!("{}-{:032x}", api.id_prefix(), rand::random::<u128>());
+    let span = Span::current();
+    span.record("request_id", id.as_str());
+
+    let engine = state.engine.clone();
+    let config = state.config.clone();
+    let validation_span = span.clone();
+    let request_id = id.clone();
+    let validated = tokio::task::spawn_blocking(move || {
+        validation_span.in_scope(|| validate(&engine, &config, request_id, arrival))
+    })
+    .await
+    .map_err(|err| ApiError::Internal(format!("the validation task failed: {err}")))??;
+    span.record("stream", validated.stream.is_some());
+
+    let stream_mode = validated.stream;
+    let mut builder =
+        ResponseBuilder::new(api, id, created, state.engine.clone(), validated.logprobs);
+    // Submitted inside the request's span, which the engine attaches its events to.
+    let events = state.engine.submit(validated.request)?;
+    match stream_mode {
+        Some(mode) => Ok(sse::response(events, builder, mode, span)),
+        None => collect(events, &mut builder, &span).await,
+    }
+}
+
+/// Waits for the whole answer. If the client disconnects meanwhile, hyper drops this
+/// future, and with it `events`, whose `Drop` aborts the request.
+async fn collect(
+    mut events: RequestStream,
+    builder: &mut ResponseBuilder,
+    span: &Span,
+) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    let mut logprobs = Vec::new();
+    let info = loop {
+        match events.next().await {
+            Some(StreamEvent::Delta {
+                text: new_text,
+                logprobs: new_logprobs,
+                ..
+            }) => {
+                text.push_str(&new_text);
+                logprobs.extend(new_logprobs);
+            }
+            Some(StreamEvent::Finished(info)) => break info,
+            None => {
+                return Err(ApiError::Internal(
+                    "the engine dropped the request without finishing it".to_string(),
+                ))
+            }
+        }
+    };
+    sse::record_finish(span, &info);
+    if info.reason == FinishReason::Error {
+        let detail = info.error.as_deref().unwrap_or("no detail");
+        return Err(ApiError::Internal(format!("the engine failed: {detail}")));
+    }
+    Ok(builder.full(text, &logprobs, &info))
+}
+
+/// `GET /v1/models`: the one served model.
+pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    let model = state.engine.model();
+    Json(ModelList {
+        object: "list",
+        data: vec![ModelCard {
+            id: model.name.clone(),
+            object: "model",
+            created: state.started_at,
+            owned_by: "waypoint",
+            max_model_len: model.max_context,
+        }],
+    })
+}
+
+/// `GET /health`: 200 once ready, 503 while loading or shutting down (for load balancers,
+/// which only look at the status).
+pub async fn health(State(state): State<AppState>) -> Response {
+    if !state.engine.is_accepting() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting_down"})),
+        )
+            .into_response()
+    } else if !state.ready.load(Ordering::Acquire) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response()
+    } else {
+        Json(json!({"status": "ok"})).into_response()
+    }
+}
+
+/// `GET /version`.
+pub async fn version() -> Json<serde_json::Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// Any path without a route.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::RouteNotFound(uri.path().to_string())
+}
+
+/// A known path with the wrong method.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+/// Lets a request through only with `Authorization: Bearer <api_key>`, when a key is set.
+pub async fn require_api_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &state.config.api_key {
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().split_once(' '))
+            // The scheme is case-insensitive (RFC 9110).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        if !token.is_some_and(|token| constant_time_eq(token.as_bytes(), key.as_bytes())) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without an early exit, so response times do not reveal how much of a guessed
+/// key was right. (The length still shows; keys should be long and random anyway.)
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,113 @@
+//! Streaming responses: engine events to server-sent events.
+//!
+//! A stream is `data: {chunk}` events (for chat, the first announces the assistant's role),
+//! one carrying `finish_reason`, optionally one carrying `usage`, then `data: [DONE]`. If the
+//! engine fails midway the stream cannot change its 200 status any more, so it sends an
+//! `{"error": {...}}` event instead of the finish chunk, then `[DONE]`, as OpenAI does.
+//!
+//! The body stream owns the engine's [`RequestStream`]: when the client disconnects, hyper
+//! drops the body, the `RequestStream` goes with it, and its `Drop` aborts the request.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use tracing::Span;
+
+use crate::engine::{FinishReason, FinishedInfo, RequestStream, StreamEvent};
+
+use super::error::ApiError;
+use super::output::{to_json, ResponseBuilder};
+use super::validation::StreamMode;
+
+/// The SSE response for a submitted request. `span` is the request's span, which outlives
+/// the handler through this stream and receives the finish fields.
+pub fn response(
+    events: RequestStream,
+    builder: ResponseBuilder,
+    mode: StreamMode,
+    span: Span,
+) -> Response {
+    let mut state = SseState {
+        events,
+        builder,
+        mode,
+        pending: VecDeque::new(),
+        done: false,
+        span,
+    };
+    state.pending.extend(state.builder.first_chunk());
+    let stream = futures::stream::unfold(state, |mut state| async move {
+        let data = state.next_data().await?;
+        Some((Ok::<_, Infallible>(Event::default().data(data)), state))
+    });
+    Sse::new(stream).into_response()
+}
+
+struct SseState {
+    events: RequestStream,
+    builder: ResponseBuilder,
+    mode: StreamMode,
+    /// Event payloads ready to send; one engine event can make several.
+    pending: VecDeque<String>,
+    /// Whether the engine's part is over (only `pending` is left).
+    done: bool,
+    span: Span,
+}
+
+impl SseState {
+    /// The next event's `data`, or `None` after `[DONE]`.
+    async fn next_data(&mut self) -> Option<String> {
+        loop {
+            if let Some(data) = self.pending.pop_front() {
+                return Some(data);
+            }
+            if self.done {
+                return None;
+            }
+            match self.events.next().await {
+                Some(StreamEvent::Delta { text, logprobs, .. }) => {
+                    self.pending
+                        .extend(self.builder.delta_chunk(text, &logprobs));
+                }
+                Some(StreamEvent::Finished(info)) => self.finish(&info),
+                None => {
+                    self.done = true;
+                    self.fail(ApiError::Internal(
+                        "the engine dropped the request without finishing it".to_string(),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, info: &FinishedInfo) {
+        self.done = true;
+        record_finish(&self.span, info);
+        if info.reason == FinishReason::Error {
+            let detail = info.error.as_deref().unwrap_or("no detail");
+            self.fail(ApiError::Internal(format!("the engine failed: {detail}")));
+            return;
+        }
+        self.pending
+            .push_back(self.builder.finish_chunk(info.reason));
+        if self.mode.include_usage {
+            self.pending.push_back(self.builder.usage_chunk(info));
+        }
+        self.pending.push_back("[DONE]".to_string());
+    }
+
+    /// Ends the stream with an error event; the error is logged in the request's span.
+    fn fail(&mut self, error: ApiError) {
+        let body = self.span.in_scope(|| error.report());
+        self.pending.push_back(to_json(&body));
+        self.pending.push_back("[DONE]".to_string());
+    }
+}
+
+/// Records how a request ended on its span.
+pub fn record_finish(span: &Span, info: &FinishedInfo) {
+    span.record("finish_reason", info.reason.as_str())
+        .record("completion_tokens", info.completion_tokens);
+}

@@ -1,0 +1,263 @@
+//! The server over real HTTP on loopback, with the real engine and the tiny model.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::backend::Flex;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use waypoint::engine::{
+    BurnRunner, EngineConfig, EngineHandle, ModelInfo, RunningEngine, SchedulerConfig,
+};
+use waypoint::generate::generate;
+use waypoint::model::{KvCacheConfig, PagedKvCache};
+use waypoint::sampling::SamplingParams;
+use waypoint::server::{AppState, ServerConfig};
+
+struct TestServer {
+    url: String,
+    engine: EngineHandle,
+    _running: RunningEngine,
+    _runtime_guard: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the tiny model behind the HTTP API on an ephemeral port.
+async fn start(num_blocks: usize, max_num_seqs: usize) -> TestServer {
+    let files = waypoint::loader::open("tiny").unwrap();
+    let (model, tokenizer, name) = files.load::<Flex>(&Default::default()).unwrap();
+    let pool = KvCacheConfig::with_blocks(4, num_blocks);
+    let mut scheduler = SchedulerConfig::new(num_blocks, model.config().max_position_embeddings);
+    scheduler.block_size = 4;
+    scheduler.max_num_seqs = max_num_seqs;
+    scheduler.max_num_batched_tokens = 256;
+    let info = ModelInfo {
+        name,
+        max_context: scheduler.max_model_len,
+        vocab_size: model.config().vocab_size,
+    };
+    let running = waypoint::engine::start(
+        BurnRunner::new(model, pool),
+        Arc::new(tokenizer),
+        info,
+        EngineConfig {
+            scheduler,
+            max_waiting_requests: 1000,
+        },
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let state = AppState::new(running.handle.clone(), ServerConfig::default());
+    let server = tokio::spawn(async move {
+        waypoint::server::serve(listener, state, std::future::pending())
+            .await
+            .unwrap();
+    });
+    TestServer {
+        url,
+        engine: running.handle.clone(),
+        _running: running,
+        _runtime_guard: server,
+    }
+}
+
+async fn post(url: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// SSE `data:` payloads of a whole streamed response.
+async fn stream_events(url: &str, body: Value) -> Vec<String> {
+    let response = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the engine holds nothing: no request, no output state, no block in use.
+async fn assert_engine_drains(engine: &EngineHandle) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = engine.stats().await.unwrap();
+        if stats.scheduler_empty && stats.live_outputs == 0 && stats.blocks_in_use == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "engine still holds state: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_and_chat_work_streaming_and_not() {
+    let server = start(512, 8).await;
+    let (status, body) = post(
+        &format!("{}/v1/completions", server.url),
+        json!({"prompt": "Hello", "max_tokens": 7, "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 7);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+
+    let events = stream_events(
+        &format!("{}/v1/chat/completions", server.url),
+        json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "ignore_eos": true,
+               "stream": true, "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+
+    // Token-id prompts outside the vocabulary and prompts beyond the context are 400s.
+    let (status, body) = post(
+        &format!("{}/v1/completions", server.url),
+        json!({"prompt": [1, 2, 99999]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "prompt");
+    let long: Vec<u32> = vec![5; 3000];
+    let (status, body) = post(
+        &format!("{}/v1/completions", server.url),
+        json!({"prompt": long}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_engine_drains(&server.engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_streams_all_finish_with_the_right_counts() {
+    let server = start(2048, 64).await;
+    let url = format!("{}/v1/completions", server.url);
+    let requests = (0..64).map(|i| {
+        let url = url.clone();
+        async move {
+            let max_tokens = 3 + i % 13;
+            let events = stream_events(
+                &url,
+                json!({"prompt": format!("request {i}"), "max_tokens": max_tokens, "ignore_eos": true,
+                       "temperature": 0.8, "seed": i, "stream": true, "stream_options": {"include_usage": true}}),
+            )
+            .await;
+            assert_eq!(events.last().unwrap(), "[DONE]");
+            let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+            assert_eq!(usage["usage"]["completion_tokens"], max_tokens, "request {i}");
+        }
+    });
+    futures::future::join_all(requests).await;
+    assert_engine_drains(&server.engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_stream_aborts_its_request_and_frees_its_blocks() {
+    let server = start(512, 8).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/completions", server.url))
+        .json(&json!({"prompt": "a long one", "max_tokens": 1500, "ignore_eos": true, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    let stats = server.engine.stats().await.unwrap();
+    assert!(stats.running + stats.waiting >= 1, "{stats:?}");
+    drop(body);
+    assert_engine_drains(&server.engine).await;
+
+    // Non-streaming too: the handler future is dropped with the connection. A raw socket
+    // that sends the request and hangs up long before 2000 tokens can be generated.
+    let aborted_before = server.engine.stats().await.unwrap().aborted;
+    let body =
+        json!({"prompt": "another long one", "max_tokens": 2000, "ignore_eos": true}).to_string();
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut socket, request.as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(socket);
+    assert_engine_drains(&server.engine).await;
+    assert_eq!(
+        server.engine.stats().await.unwrap().aborted,
+        aborted_before + 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_output_through_the_server_equals_generate() {
+    let server = start(512, 8).await;
+    let prompt = "The quick brown fox";
+    let (status, body) = post(
+        &format!("{}/v1/completions", server.url),
+        json!({"prompt": prompt, "max_tokens": 24, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let files = waypoint::loader::open("tiny").unwrap();
+    let (model, tokenizer, _) = files.load::<Flex>(&Default::default()).unwrap();
+    let mut cache = PagedKvCache::new(
+        KvCacheConfig::with_blocks(16, 8),
+        model.config(),
+        &Default::default(),
+    );
+    let ids = tokenizer.encode(prompt, true).unwrap();
+    let params = SamplingParams {
+        max_tokens: 24,
+        ..SamplingParams::greedy()
+    };
+    let generation = generate(&model, &tokenizer, &mut cache, &ids, &params, |_| {}).unwrap();
+    assert_eq!(body["choices"][0]["text"], generation.text);
+    assert_eq!(
+        body["usage"]["completion_tokens"],
+        generation.token_ids.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_pool_preempts_yet_every_request_finishes_correctly() {
+    // 24 blocks of 4 tokens for 6 requests of ~60 tokens each: preemption is unavoidable.
+    let server = start(24, 6).await;
+    let url = format!("{}/v1/completions", server.url);
+    let prompts: Vec<String> = (0..6)
+        .map(|i| format!("prompt number {i}: tell me"))
+        .collect();
+    let body =
+        |p: &str| json!({"prompt": p, "max_tokens": 40, "temperature": 0, "ignore_eos": true});
+    let together = futures::future::join_all(prompts.iter().map(|p| post(&url, body(p)))).await;
+    let preemptions = server.engine.stats().await.unwrap().total_preemptions;
+    assert!(preemptions > 0, "the pool was meant to be too small");
+    for (p, (status, got)) in prompts.iter().zip(together) {
+        assert_eq!(status, 200, "{got}");
+        let (_, alone) = post(&url, body(p)).await;
+        assert_eq!(
+            got["choices"][0]["text"], alone["choices"][0]["text"],
+            "{p}"
+        );
+    }
+    assert_engine_drains(&server.engine).await;
+}
