@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -54,6 +54,10 @@ pub struct EngineStats {
     pub steps: u64,
     /// Requests aborted since start (client gone, cancelled, shutdown).
     pub aborted: u64,
+    /// Wall time of all steps (scheduling, model, sampling, detokenizing, sending).
+    pub step_time: Duration,
+    /// Of that, time inside the model call.
+    pub model_time: Duration,
 }
 
 /// A started engine: its handle and its thread.
@@ -101,6 +105,8 @@ pub fn start<R: ModelRunner>(
         waiting,
         steps: 0,
         aborted: 0,
+        step_time: Duration::ZERO,
+        model_time: Duration::ZERO,
     };
     let thread = std::thread::Builder::new()
         .name("waypoint-engine".into())
@@ -136,6 +142,8 @@ struct Engine<R: ModelRunner> {
     waiting: Arc<AtomicUsize>,
     steps: u64,
     aborted: u64,
+    step_time: Duration,
+    model_time: Duration,
 }
 
 impl<R: ModelRunner> Engine<R> {
@@ -163,6 +171,7 @@ impl<R: ModelRunner> Engine<R> {
             if !self.scheduler.has_unfinished_requests() {
                 continue;
             }
+            let step_started = Instant::now();
             let output = self.scheduler.schedule();
             if output.is_empty() {
                 // Nothing fits right now; wait for a command rather than spin.
@@ -174,6 +183,17 @@ impl<R: ModelRunner> Engine<R> {
                 continue;
             }
             self.step(&output);
+            self.step_time += step_started.elapsed();
+        }
+        if self.steps > 0 {
+            let overhead = self.step_time.saturating_sub(self.model_time);
+            tracing::info!(
+                steps = self.steps,
+                step_seconds = self.step_time.as_secs_f64(),
+                model_seconds = self.model_time.as_secs_f64(),
+                overhead_percent = 100.0 * overhead.as_secs_f64() / self.step_time.as_secs_f64(),
+                "engine stopped"
+            );
         }
         // Every handle is gone: end whatever is left.
         for request in self.scheduler.abort_all() {
@@ -215,6 +235,8 @@ impl<R: ModelRunner> Engine<R> {
             total_preemptions: self.scheduler.total_preemptions(),
             steps: self.steps,
             aborted: self.aborted,
+            step_time: self.step_time,
+            model_time: self.model_time,
         }
     }
 
@@ -289,7 +311,10 @@ impl<R: ModelRunner> Engine<R> {
     fn step(&mut self, output: &SchedulerOutput) {
         self.steps += 1;
         let batch = forward_batch(output);
-        let logits = match self.runner.execute(&batch) {
+        let model_started = Instant::now();
+        let result = self.runner.execute(&batch);
+        self.model_time += model_started.elapsed();
+        let logits = match result {
             Ok(logits) => logits,
             Err(error) => {
                 tracing::error!(step = output.step, %error, "model step failed");
