@@ -7,6 +7,8 @@
 //! Grouped-query attention folds the query heads that share a KV head into extra query rows
 //! (`[seqs, kv_heads, group * q_len, head_dim]`), so keys and values are never repeated.
 
+use std::ops::Range;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -42,6 +44,17 @@ pub struct AttentionPlan<B: Backend> {
     output_rows: Option<Tensor<B, 1, Int>>,
     /// Where this pass's new keys and values go.
     pub write_runs: Vec<RowRun>,
+    /// Threads to split a group's sequences over.
+    workers: usize,
+}
+
+/// `0..n` cut into at most `parts` contiguous, non-empty ranges of near-equal length.
+fn split_evenly(n: usize, parts: usize) -> Vec<Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    (0..parts)
+        .map(|i| (i * n / parts)..((i + 1) * n / parts))
+        .filter(|r| !r.is_empty())
+        .collect()
 }
 
 /// Head layout the plan needs.
@@ -121,6 +134,7 @@ impl<B: CacheBackend> AttentionPlan<B> {
             groups,
             output_rows: (!identity).then(|| int_tensor(output_rows, device)),
             write_runs,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
@@ -153,29 +167,82 @@ impl<B: CacheBackend> AttentionPlan<B> {
             .map(|g| {
                 let (s, lq, lk) = (g.num_seqs, g.q_len, g.kv_len);
                 let q_rows = queries.clone().select(0, g.q_rows.clone());
-                let per_head: Vec<Tensor<B, 2>> = (0..num_kv_heads)
-                    .map(|h| {
-                        let q = q_rows
-                            .clone()
-                            .narrow(1, h * group_width, group_width)
-                            .reshape([s, 1, lq * per_kv, head_dim]);
-                        let gather = |pool: &Tensor<B, 2>| {
-                            pool.clone()
-                                .select(0, g.kv_slots.clone())
-                                .reshape([s, 1, lk, head_dim])
-                        };
-                        attention(
-                            q,
-                            gather(&pools.keys[h]),
-                            gather(&pools.values[h]),
-                            Some(g.mask.clone()),
-                            None,
-                            AttentionModuleOptions::default(),
-                        )
-                        .reshape([s * lq, group_width])
-                    })
-                    .collect();
-                Tensor::cat(per_head, 1)
+                // One attention call per KV head, for sequences `seqs` and, within them,
+                // query tokens `tokens`.
+                let attend_part = |seqs: Range<usize>, tokens: Range<usize>| -> Tensor<B, 2> {
+                    let (n, nq) = (seqs.len(), tokens.len());
+                    let q_rows = if nq == lq {
+                        q_rows.clone().narrow(0, seqs.start * lq, n * lq)
+                    } else {
+                        // Only ever a single sequence (see below): its rows are contiguous.
+                        q_rows.clone().narrow(0, tokens.start, nq)
+                    };
+                    let slots = g.kv_slots.clone().narrow(0, seqs.start * lk, n * lk);
+                    let mask = g.mask.clone().narrow(0, seqs.start, n).narrow(
+                        2,
+                        tokens.start * per_kv,
+                        nq * per_kv,
+                    );
+                    let per_head: Vec<Tensor<B, 2>> = (0..num_kv_heads)
+                        .map(|h| {
+                            let q = q_rows
+                                .clone()
+                                .narrow(1, h * group_width, group_width)
+                                .reshape([n, 1, nq * per_kv, head_dim]);
+                            let gather = |pool: &Tensor<B, 2>| {
+                                pool.clone()
+                                    .select(0, slots.clone())
+                                    .reshape([n, 1, lk, head_dim])
+                            };
+                            attention(
+                                q,
+                                gather(&pools.keys[h]),
+                                gather(&pools.values[h]),
+                                Some(mask.clone()),
+                                None,
+                                AttentionModuleOptions::default(),
+                            )
+                            .reshape([n * nq, group_width])
+                        })
+                        .collect();
+                    Tensor::cat(per_head, 1)
+                };
+                // flex runs attention on one core. Sequences, and the query rows of one
+                // sequence, are independent, so split them across cores.
+                let parts: Vec<(Range<usize>, Range<usize>)> = if s > 1 {
+                    split_evenly(s, self.workers)
+                        .into_iter()
+                        .map(|seqs| (seqs, 0..lq))
+                        .collect()
+                } else {
+                    split_evenly(lq, self.workers)
+                        .into_iter()
+                        .map(|tokens| (0..1, tokens))
+                        .collect()
+                };
+                if parts.len() == 1 {
+                    attend_part(0..s, 0..lq)
+                } else {
+                    let outputs: Vec<Tensor<B, 2>> = std::thread::scope(|scope| {
+                        let handles: Vec<_> = parts[1..]
+                            .iter()
+                            .map(|(seqs, tokens)| {
+                                let (seqs, tokens) = (seqs.clone(), tokens.clone());
+                                let attend_part = &attend_part;
+                                scope.spawn(move || attend_part(seqs, tokens))
+                            })
+                            .collect();
+                        let (seqs, tokens) = parts[0].clone();
+                        let mut outputs = vec![attend_part(seqs, tokens)];
+                        outputs.extend(
+                            handles
+                                .into_iter()
+                                .map(|h| h.join().expect("attention worker panicked")),
+                        );
+                        outputs
+                    });
+                    Tensor::cat(outputs, 0)
+                }
             })
             .collect();
         let stacked = if outputs.len() == 1 {
