@@ -126,6 +126,18 @@ async fn completions_and_chat_work_streaming_and_not() {
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(usage["usage"]["completion_tokens"], 5);
 
+    // The same long prompt twice: the second is served from the prefix cache.
+    let prompt = "a prompt long enough to fill several four-token cache blocks";
+    let body = json!({"prompt": prompt, "max_tokens": 2, "temperature": 0});
+    let (_, first) = post(&format!("{}/v1/completions", server.url), body.clone()).await;
+    let (_, second) = post(&format!("{}/v1/completions", server.url), body).await;
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(cached >= 48, "{second}");
+    assert_eq!(first["choices"][0]["text"], second["choices"][0]["text"]);
+
     // Token-id prompts outside the vocabulary and prompts beyond the context are 400s.
     let (status, body) = post(
         &format!("{}/v1/completions", server.url),

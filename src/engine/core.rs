@@ -410,7 +410,18 @@ impl<R: ModelRunner> Engine<R> {
             }
         }
         let error = error.or(out.detokenize_error.take());
-        let _ = out.span.enter();
+        let _entered = out.span.enter();
+        tracing::debug!(
+            request_id = request.request_id(),
+            finish_reason = reason.as_str(),
+            prompt_tokens = request.num_prompt_tokens(),
+            output_tokens = request.num_output_tokens(),
+            num_preemptions = request.num_preemptions(),
+            blocks_allocated = request.num_blocks_allocated(),
+            blocks_from_prefix_cache = request.num_cached_blocks_hit(),
+            prompt_tokens_computed = request.num_computed_prompt_tokens(),
+            "request finished"
+        );
         let _ = out.sender.send(StreamEvent::Finished(FinishedInfo {
             reason: if error.is_some() {
                 FinishReason::Error
