@@ -123,6 +123,14 @@ struct ServeArgs {
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before aborting them.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
+    /// Emit each request's journey (arrival, queueing, scheduling, preemption, first token,
+    /// finish) as tracing spans and events; `RUST_LOG=waypoint::journey=debug` prints them.
+    #[arg(long)]
+    enable_journey_tracing: bool,
+    /// Fraction of requests whose journey is traced, decided once per request
+    /// (`x-waypoint-trace: 1` forces it).
+    #[arg(long, default_value_t = 1.0)]
+    journey_tracing_sample_rate: f64,
 }
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -143,6 +151,10 @@ fn serve_on<B: CacheBackend>(args: ServeArgs, device: B::Device) -> anyhow::Resu
 where
     waypoint::engine::BurnRunner<B>: waypoint::engine::ModelRunner,
 {
+    let rate = args.journey_tracing_sample_rate;
+    if !(0.0..=1.0).contains(&rate) {
+        bail!("--journey-tracing-sample-rate must be in [0, 1], got {rate}");
+    }
     let files = waypoint::loader::open(&args.model)?;
     let pool = args.cache.pool(&files.config).map_err(anyhow::Error::msg)?;
     let name = args
@@ -188,6 +200,7 @@ where
             port: args.port,
             api_key: args.api_key.clone(),
             max_request_bytes: args.max_request_bytes,
+            journey_sample_rate: args.enable_journey_tracing.then_some(rate),
             ..Default::default()
         };
         let state = waypoint::server::AppState::new(engine.handle.clone(), config);

@@ -18,6 +18,7 @@ use super::handle::{
     EngineCommand, EngineHandle, EngineRequest, FinishReason, FinishedInfo, ModelInfo, StreamEvent,
     TokenLogprob,
 };
+use super::journey::Journey;
 use super::output::SchedulerOutput;
 use super::request::Request;
 use super::runner::ModelRunner;
@@ -107,6 +108,7 @@ pub fn start<R: ModelRunner>(
         aborted: 0,
         step_time: Duration::ZERO,
         model_time: Duration::ZERO,
+        scheduler_step: 0,
     };
     let thread = std::thread::Builder::new()
         .name("waypoint-engine".into())
@@ -131,6 +133,8 @@ struct RequestOutput {
     stopped_by_string: bool,
     detokenize_error: Option<String>,
     span: tracing::Span,
+    /// Present when the request's journey is traced.
+    journey: Option<Journey>,
 }
 
 struct Engine<R: ModelRunner> {
@@ -144,6 +148,8 @@ struct Engine<R: ModelRunner> {
     aborted: u64,
     step_time: Duration,
     model_time: Duration,
+    /// The scheduler's latest step number, for journey events between steps.
+    scheduler_step: u64,
 }
 
 impl<R: ModelRunner> Engine<R> {
@@ -252,6 +258,7 @@ impl<R: ModelRunner> Engine<R> {
             params,
             priority,
             arrival,
+            traced,
         } = request;
         let scheduled = Request::new(request_id.clone(), prompt_ids.clone(), params.max_tokens)
             .with_priority(priority)
@@ -266,6 +273,10 @@ impl<R: ModelRunner> Engine<R> {
                 error: Some(error.to_string()),
             }));
             return;
+        }
+        let journey = traced.then(|| Journey::start(&span, &request_id));
+        if let (Some(journey), Some(request)) = (&journey, self.scheduler.request(&request_id)) {
+            journey.queued(request, self.scheduler_step);
         }
         let eos_token_ids = if params.ignore_eos {
             Vec::new()
@@ -286,6 +297,7 @@ impl<R: ModelRunner> Engine<R> {
                 stopped_by_string: false,
                 detokenize_error: None,
                 span,
+                journey,
             },
         );
     }
@@ -310,6 +322,8 @@ impl<R: ModelRunner> Engine<R> {
 
     fn step(&mut self, output: &SchedulerOutput) {
         self.steps += 1;
+        self.scheduler_step = output.step;
+        self.report_scheduling(output);
         let batch = forward_batch(output);
         let model_started = Instant::now();
         let result = self.runner.execute(&batch);
@@ -372,6 +386,17 @@ impl<R: ModelRunner> Engine<R> {
         };
         for (request_id, token) in &update.new_tokens {
             if let Some(out) = self.outputs.get_mut(request_id) {
+                if let Some(journey) = &mut out.journey {
+                    let request = self.scheduler.request(request_id).or_else(|| {
+                        update
+                            .finished
+                            .iter()
+                            .find(|r| r.request_id() == request_id)
+                    });
+                    if let Some(request) = request {
+                        journey.token(request, output.step);
+                    }
+                }
                 let event = StreamEvent::Delta {
                     text: std::mem::take(&mut out.pending_text),
                     token_ids: vec![*token],
@@ -382,6 +407,24 @@ impl<R: ModelRunner> Engine<R> {
         }
         for request in &update.finished {
             self.finish(request, None);
+        }
+    }
+
+    /// Journey events for what `schedule()` decided: admissions and preemptions.
+    fn report_scheduling(&self, output: &SchedulerOutput) {
+        let traced = |id: &str| self.outputs.get(id).and_then(|out| out.journey.as_ref());
+        for new in &output.scheduled_new {
+            if let (Some(journey), Some(request)) = (
+                traced(&new.request_id),
+                self.scheduler.request(&new.request_id),
+            ) {
+                journey.scheduled(request, output.step);
+            }
+        }
+        for id in &output.preempted {
+            if let (Some(journey), Some(request)) = (traced(id), self.scheduler.request(id)) {
+                journey.preempted(request, output.step);
+            }
         }
     }
 
@@ -410,6 +453,14 @@ impl<R: ModelRunner> Engine<R> {
             }
         }
         let error = error.or(out.detokenize_error.take());
+        if let Some(journey) = out.journey.take() {
+            let status = if error.is_some() {
+                FinishReason::Error
+            } else {
+                reason
+            };
+            journey.finished(request, self.scheduler_step, status);
+        }
         let _entered = out.span.enter();
         tracing::debug!(
             request_id = request.request_id(),

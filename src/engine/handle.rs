@@ -51,6 +51,8 @@ pub struct EngineRequest {
     pub priority: i64,
     /// When the API received it.
     pub arrival: Instant,
+    /// Whether this request's journey is traced (decided once, at the API).
+    pub traced: bool,
 }
 
 /// Log-probability information for one generated token.

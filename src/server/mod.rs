@@ -78,6 +78,10 @@ pub struct ServerConfig {
     /// request that forgot the field hold a slot for the whole context (128k tokens on
     /// recent models), and OpenAI's 16 cuts answers mid-sentence.
     pub default_max_tokens: usize,
+    /// Fraction of requests whose journey is traced, in [0, 1]; `None` turns journey tracing
+    /// off. A request header `x-waypoint-trace: 1` forces it on for that request while
+    /// tracing is enabled. By default off.
+    pub journey_sample_rate: Option<f64>,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +92,7 @@ impl Default for ServerConfig {
             api_key: None,
             max_request_bytes: 4 * 1024 * 1024,
             default_max_tokens: 4096,
+            journey_sample_rate: None,
         }
     }
 }

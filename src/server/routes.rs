@@ -22,6 +22,8 @@ use crate::engine::{EngineHandle, FinishReason, RequestStream, StreamEvent};
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::openai::{ChatCompletionRequest, CompletionRequest, ModelCard, ModelList};
+use axum::http::HeaderMap;
+
 use super::output::{Api, ResponseBuilder};
 use super::validation::{validate_chat, validate_completion, ValidatedRequest};
 use super::{sse, unix_now, AppState, ServerConfig};
@@ -42,13 +44,17 @@ use super::{sse, unix_now, AppState, ServerConfig};
 )]
 pub async fn completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<ApiJson<CompletionRequest>, ApiError>,
 ) -> Response {
     let result = match body {
         Ok(ApiJson(body)) => {
-            generate(state, Api::Completions, move |engine, config, id, at| {
-                validate_completion(engine, config, body, id, at)
-            })
+            generate(
+                state,
+                &headers,
+                Api::Completions,
+                move |engine, config, id, at| validate_completion(engine, config, body, id, at),
+            )
             .await
         }
         Err(err) => Err(err),
@@ -72,11 +78,12 @@ pub async fn completions(
 )]
 pub async fn chat_completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<ApiJson<ChatCompletionRequest>, ApiError>,
 ) -> Response {
     let result = match body {
         Ok(ApiJson(body)) => {
-            generate(state, Api::Chat, move |engine, config, id, at| {
+            generate(state, &headers, Api::Chat, move |engine, config, id, at| {
                 validate_chat(engine, config, body, id, at)
             })
             .await
@@ -88,7 +95,12 @@ pub async fn chat_completions(
 
 /// The steps both generation endpoints share; `validate` turns the body into an engine
 /// request with the given id and arrival time.
-async fn generate<F>(state: AppState, api: Api, validate: F) -> Result<Response, ApiError>
+async fn generate<F>(
+    state: AppState,
+    headers: &HeaderMap,
+    api: Api,
+    validate: F,
+) -> Result<Response, ApiError>
 where
     F: FnOnce(&EngineHandle, &ServerConfig, String, Instant) -> Result<ValidatedRequest, ApiError>
         + Send
@@ -99,6 +111,18 @@ where
     let id = format!("{}-{:032x}", api.id_prefix(), rand::random::<u128>());
     let span = Span::current();
     span.record("request_id", id.as_str());
+    // Decided once, here: a sampled-out request gets no journey span and no journey event.
+    let journey = is_journey_traced(&state.config, headers).then(|| {
+        let journey = tracing::info_span!(
+            target: "waypoint::api",
+            "llm_request",
+            otel.kind = "server",
+            gen_ai.request.id = id.as_str(),
+            gen_ai.request.model = state.engine.model().name.as_str(),
+        );
+        api_event(&journey, &id, "ARRIVED");
+        journey
+    });
 
     let engine = state.engine.clone();
     let config = state.config.clone();
@@ -112,14 +136,52 @@ where
     span.record("stream", validated.stream.is_some());
 
     let stream_mode = validated.stream;
-    let mut builder =
-        ResponseBuilder::new(api, id, created, state.engine.clone(), validated.logprobs);
-    // Submitted inside the request's span, which the engine attaches its events to.
-    let events = state.engine.submit(validated.request)?;
+    let mut builder = ResponseBuilder::new(
+        api,
+        id.clone(),
+        created,
+        state.engine.clone(),
+        validated.logprobs,
+    );
+    let mut request = validated.request;
+    request.traced = journey.is_some();
+    // Submitted inside the journey span, which the engine's `llm_core` span hangs under.
+    let events = match &journey {
+        Some(journey) => {
+            api_event(journey, &id, "HANDOFF_TO_CORE");
+            journey.in_scope(|| state.engine.submit(request))?
+        }
+        None => state.engine.submit(request)?,
+    };
     match stream_mode {
         Some(mode) => Ok(sse::response(events, builder, mode, span)),
         None => collect(events, &mut builder, &span).await,
     }
+}
+
+/// Whether this request's journey is traced: tracing on, and the header forces it or the
+/// sample says so.
+fn is_journey_traced(config: &ServerConfig, headers: &HeaderMap) -> bool {
+    let Some(rate) = config.journey_sample_rate else {
+        return false;
+    };
+    let forced = headers
+        .get("x-waypoint-trace")
+        .is_some_and(|v| v.as_bytes() == b"1");
+    forced || (rate > 0.0 && (rate >= 1.0 || rand::random::<f64>() < rate))
+}
+
+/// An API-side journey event on the request's `llm_request` span.
+fn api_event(journey: &Span, request_id: &str, kind: &'static str) {
+    tracing::event!(
+        target: "waypoint::api",
+        parent: journey,
+        tracing::Level::DEBUG,
+        request_id,
+        event.type = kind,
+        event.ts.monotonic = crate::engine::journey::monotonic_seconds(),
+        "api {kind}"
+    );
 }
 
 /// Waits for the whole answer. If the client disconnects meanwhile, hyper drops this

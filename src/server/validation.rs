@@ -446,6 +446,8 @@ fn finish(
             params: checked.params,
             priority: checked.priority,
             arrival,
+            // Sampling is decided by the handler, which sees the headers.
+            traced: false,
         },
         stream: checked.stream,
         logprobs,
