@@ -168,7 +168,8 @@ where
         .map_err(anyhow::Error::msg)?;
     let model_info = waypoint::engine::ModelInfo {
         name: name.clone(),
-        max_context: engine_config.scheduler.max_model_len,
+        // A sequence can never outgrow the KV pool either.
+        max_context: engine_config.scheduler.max_model_len.min(pool.num_slots()),
         vocab_size: model.config().vocab_size,
     };
     tracing::info!(

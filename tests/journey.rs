@@ -9,8 +9,11 @@ use serde_json::json;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
-use waypoint::engine::{BurnRunner, EngineConfig, ModelInfo, SchedulerConfig};
+use waypoint::engine::{
+    BurnRunner, EngineConfig, EngineRequest, ModelInfo, SchedulerConfig, StreamEvent,
+};
 use waypoint::model::KvCacheConfig;
+use waypoint::sampling::SamplingParams;
 use waypoint::server::{AppState, ServerConfig};
 
 type Fields = BTreeMap<String, String>;
@@ -33,11 +36,13 @@ impl Visit for FieldsVisitor<'_> {
 
 impl<S: tracing::Subscriber> Layer<S> for Capture {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        if !event.metadata().target().starts_with("waypoint::journey") {
+        let target = event.metadata().target();
+        if target != "waypoint::journey" && target != "waypoint::api" {
             return;
         }
         let mut fields = Fields::new();
         event.record(&mut FieldsVisitor(&mut fields));
+        fields.insert("target".into(), target.into());
         let id = fields.get("request_id").cloned().unwrap_or_default();
         self.0.lock().unwrap().entry(id).or_default().push(fields);
     }
@@ -49,8 +54,16 @@ fn num(fields: &Fields, name: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{name} is not an integer: {fields:?}"))
 }
 
+fn kinds<'a>(events: &'a [Fields], target: &str) -> Vec<&'a str> {
+    events
+        .iter()
+        .filter(|e| e["target"] == target)
+        .map(|e| e["event.type"].as_str())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_preempted_request_reports_its_whole_journey_in_order() {
+async fn journeys_are_reported_in_order_through_preemption_sampling_and_abort() {
     let capture = Capture::default();
     // The engine runs on its own thread, so the subscriber must be global.
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(capture.clone()))
@@ -58,7 +71,7 @@ async fn a_preempted_request_reports_its_whole_journey_in_order() {
 
     let files = waypoint::loader::open("tiny").unwrap();
     let (model, tokenizer, name) = files.load::<Flex>(&Default::default()).unwrap();
-    let mut scheduler = SchedulerConfig::new(12, 2048);
+    let mut scheduler = SchedulerConfig::new(24, 2048);
     scheduler.block_size = 4;
     let info = ModelInfo {
         name,
@@ -66,7 +79,7 @@ async fn a_preempted_request_reports_its_whole_journey_in_order() {
         vocab_size: model.config().vocab_size,
     };
     let engine = waypoint::engine::start(
-        BurnRunner::new(model, KvCacheConfig::with_blocks(4, 12)),
+        BurnRunner::new(model, KvCacheConfig::with_blocks(4, 24)),
         Arc::new(tokenizer),
         info,
         EngineConfig {
@@ -75,27 +88,31 @@ async fn a_preempted_request_reports_its_whole_journey_in_order() {
         },
     )
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1/completions", listener.local_addr().unwrap());
-    let config = ServerConfig {
-        journey_sample_rate: Some(1.0),
-        ..Default::default()
-    };
-    let state = AppState::new(engine.handle.clone(), config);
-    tokio::spawn(waypoint::server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
 
-    // Three requests growing to ~20 tokens each in a pool of 48 token slots.
-    let client = reqwest::Client::new();
-    let body =
-        |i: usize| json!({"prompt": format!("journey {i}"), "max_tokens": 12, "ignore_eos": true});
-    let responses =
-        futures::future::join_all((0..3).map(|i| client.post(&url).json(&body(i)).send())).await;
-    for response in responses {
-        assert_eq!(response.unwrap().status(), 200);
+    // Three requests growing to 85 tokens each in a pool of 96 token slots, submitted
+    // together so the engine takes them in the same step: preemption is certain.
+    let mut streams = Vec::new();
+    for i in 0..3u32 {
+        let request = EngineRequest {
+            request_id: format!("journey-{i}"),
+            prompt_ids: vec![256, 10 + i, 20, 30, 40],
+            params: SamplingParams {
+                max_tokens: 80,
+                ignore_eos: true,
+                ..SamplingParams::greedy()
+            },
+            priority: 0,
+            arrival: std::time::Instant::now(),
+            traced: true,
+        };
+        streams.push(engine.handle.submit(request).unwrap());
+    }
+    for mut stream in streams {
+        while let Some(event) = stream.next().await {
+            if let StreamEvent::Finished(info) = event {
+                assert_eq!(info.completion_tokens, 80);
+            }
+        }
     }
     assert!(
         engine.handle.stats().await.unwrap().total_preemptions > 0,
@@ -106,7 +123,8 @@ async fn a_preempted_request_reports_its_whole_journey_in_order() {
     assert_eq!(journeys.len(), 3, "{journeys:?}");
     let mut saw_resume = false;
     for events in journeys.values() {
-        let kinds: Vec<&str> = events.iter().map(|e| e["event.type"].as_str()).collect();
+        let kinds = kinds(events, "waypoint::journey");
+        assert_eq!(kinds.len(), events.len());
         assert_eq!(kinds.first(), Some(&"QUEUED"), "{kinds:?}");
         assert_eq!(kinds.last(), Some(&"FINISHED"), "{kinds:?}");
         assert_eq!(events.last().unwrap()["finish.status"], "length");
@@ -131,23 +149,23 @@ async fn a_preempted_request_reports_its_whole_journey_in_order() {
             }
         }
         assert_eq!(num(events.last().unwrap(), "num_preemptions"), preemptions);
-        // Progress never goes backwards in decode, and the numbers are the request's.
-        let mut decoded = 0;
-        let mut step = 0;
+        // Progress never goes backwards in decode or steps, and the numbers are the request's.
+        let (mut decoded, mut step) = (0, 0);
         for event in events {
             assert!(num(event, "decode.done_tokens") >= decoded, "{events:?}");
             decoded = num(event, "decode.done_tokens");
             assert!(num(event, "scheduler.step") >= step, "{events:?}");
             step = num(event, "scheduler.step");
-            assert_eq!(num(event, "decode.max_tokens"), 12);
-            assert!(num(event, "prefill.done_tokens") <= num(event, "prefill.total_tokens"));
+            assert_eq!(num(event, "decode.max_tokens"), 80);
+            assert_eq!(num(event, "prefill.total_tokens"), 5);
+            assert!(num(event, "prefill.done_tokens") <= 5);
             assert!(event["ts.monotonic"].parse::<f64>().unwrap() >= 0.0);
         }
-        assert_eq!(decoded, 12);
+        assert_eq!(decoded, 80);
     }
     assert!(saw_resume);
 
-    // Sampled out: tracing off for a request means no journey events at all.
+    // Over HTTP. Sampled out (rate 0): no journey events at all.
     capture.0.lock().unwrap().clear();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1/completions", listener.local_addr().unwrap());
@@ -155,22 +173,84 @@ async fn a_preempted_request_reports_its_whole_journey_in_order() {
         journey_sample_rate: Some(0.0),
         ..Default::default()
     };
+    let state = AppState::new(engine.handle.clone(), config);
     tokio::spawn(waypoint::server::serve(
         listener,
-        AppState::new(engine.handle.clone(), config),
+        state,
         std::future::pending(),
     ));
-    let response = client.post(&url).json(&body(9)).send().await.unwrap();
+    let client = reqwest::Client::new();
+    let body = json!({"prompt": "journey", "max_tokens": 12, "ignore_eos": true});
+    let response = client.post(&url).json(&body).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(capture.0.lock().unwrap().is_empty());
-    // ... unless the header forces it.
+
+    // ... unless the header forces it; then the API's events come too, in order.
     let response = client
         .post(&url)
         .header("x-waypoint-trace", "1")
-        .json(&body(10))
+        .json(&body)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(capture.0.lock().unwrap().len(), 1);
+    let journeys = capture.0.lock().unwrap().clone();
+    assert_eq!(journeys.len(), 1);
+    let all = journeys.values().next().unwrap();
+    assert_eq!(
+        kinds(all, "waypoint::api"),
+        [
+            "ARRIVED",
+            "HANDOFF_TO_CORE",
+            "FIRST_RESPONSE_FROM_CORE",
+            "DEPARTED"
+        ]
+    );
+    assert_eq!(
+        kinds(all, "waypoint::journey"),
+        ["QUEUED", "SCHEDULED", "FIRST_TOKEN", "FINISHED"]
+    );
+
+    // A client that leaves mid-stream: ABORTED at the API, FINISHED aborted in the engine.
+    capture.0.lock().unwrap().clear();
+    let response = client
+        .post(&url)
+        .header("x-waypoint-trace", "1")
+        .json(&json!({"prompt": "leave", "max_tokens": 2000, "ignore_eos": true, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    futures::StreamExt::next(&mut body).await.unwrap().unwrap();
+    drop(body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let done = capture
+            .0
+            .lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .any(|e| e["event.type"] == "FINISHED");
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the aborted request never finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let journeys = capture.0.lock().unwrap().clone();
+    let events = journeys.values().next().unwrap();
+    let aborted = events
+        .iter()
+        .find(|e| e["event.type"] == "ABORTED")
+        .expect("api ABORTED");
+    assert_eq!(aborted["abort.reason"], "client_disconnected");
+    let finished = events
+        .iter()
+        .find(|e| e["event.type"] == "FINISHED")
+        .unwrap();
+    assert_eq!(finished["finish.status"], "aborted");
 }

@@ -252,14 +252,15 @@ async fn greedy_output_through_the_server_equals_generate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tiny_pool_preempts_yet_every_request_finishes_correctly() {
-    // 24 blocks of 4 tokens for 6 requests of ~60 tokens each: preemption is unavoidable.
+    // 24 blocks of 4 tokens (96 slots) for 6 requests of ~90 tokens each: any two that overlap
+    // cannot both finish without a preemption.
     let server = start(24, 6).await;
     let url = format!("{}/v1/completions", server.url);
     let prompts: Vec<String> = (0..6)
         .map(|i| format!("prompt number {i}: tell me"))
         .collect();
     let body =
-        |p: &str| json!({"prompt": p, "max_tokens": 40, "temperature": 0, "ignore_eos": true});
+        |p: &str| json!({"prompt": p, "max_tokens": 80, "temperature": 0, "ignore_eos": true});
     let together = futures::future::join_all(prompts.iter().map(|p| post(&url, body(p)))).await;
     let preemptions = server.engine.stats().await.unwrap().total_preemptions;
     assert!(preemptions > 0, "the pool was meant to be too small");

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::handle::{
-    EngineCommand, EngineHandle, EngineRequest, FinishReason, FinishedInfo, ModelInfo, StreamEvent,
-    TokenLogprob,
+    EngineCommand, EngineHandle, EngineRequest, EngineTimings, FinishReason, FinishedInfo,
+    ModelInfo, StreamEvent, TokenLogprob,
 };
 use super::journey::Journey;
 use super::output::SchedulerOutput;
@@ -135,6 +135,9 @@ struct RequestOutput {
     span: tracing::Span,
     /// Present when the request's journey is traced.
     journey: Option<Journey>,
+    arrival: Instant,
+    first_scheduled: Option<Instant>,
+    first_token: Option<Instant>,
 }
 
 struct Engine<R: ModelRunner> {
@@ -271,6 +274,7 @@ impl<R: ModelRunner> Engine<R> {
                 cached_prompt_tokens: 0,
                 num_preemptions: 0,
                 error: Some(error.to_string()),
+                timings: EngineTimings::default(),
             }));
             return;
         }
@@ -298,6 +302,9 @@ impl<R: ModelRunner> Engine<R> {
                 detokenize_error: None,
                 span,
                 journey,
+                arrival,
+                first_scheduled: None,
+                first_token: None,
             },
         );
     }
@@ -324,6 +331,12 @@ impl<R: ModelRunner> Engine<R> {
         self.steps += 1;
         self.scheduler_step = output.step;
         self.report_scheduling(output);
+        let now = Instant::now();
+        for new in &output.scheduled_new {
+            if let Some(out) = self.outputs.get_mut(&new.request_id) {
+                out.first_scheduled.get_or_insert(now);
+            }
+        }
         let batch = forward_batch(output);
         let model_started = Instant::now();
         let result = self.runner.execute(&batch);
@@ -384,8 +397,10 @@ impl<R: ModelRunner> Engine<R> {
                 return;
             }
         };
+        let now = Instant::now();
         for (request_id, token) in &update.new_tokens {
             if let Some(out) = self.outputs.get_mut(request_id) {
+                out.first_token.get_or_insert(now);
                 if let Some(journey) = &mut out.journey {
                     let request = self.scheduler.request(request_id).or_else(|| {
                         update
@@ -484,7 +499,24 @@ impl<R: ModelRunner> Engine<R> {
             cached_prompt_tokens: request.num_cached_prompt_tokens(),
             num_preemptions: request.num_preemptions(),
             error,
+            timings: out.timings(),
         }));
+    }
+}
+
+impl RequestOutput {
+    /// Seconds in queue, prefill and decode, as far as the request got.
+    fn timings(&self) -> EngineTimings {
+        let seconds = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64();
+        let end = Instant::now();
+        EngineTimings {
+            queue: self.first_scheduled.map(|s| seconds(self.arrival, s)),
+            prefill: self
+                .first_scheduled
+                .zip(self.first_token)
+                .map(|(s, t)| seconds(s, t)),
+            decode: self.first_token.map(|t| seconds(t, end)),
+        }
     }
 }
 

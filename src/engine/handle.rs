@@ -81,6 +81,19 @@ pub struct FinishedInfo {
     pub num_preemptions: u32,
     /// What went wrong, for `FinishReason::Error`.
     pub error: Option<String>,
+    /// Where the request's time went inside the engine; `None` for phases it never reached.
+    pub timings: EngineTimings,
+}
+
+/// Seconds a request spent in each engine phase.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineTimings {
+    /// From arrival at the API to its first scheduling.
+    pub queue: Option<f64>,
+    /// From its first scheduling to its first token.
+    pub prefill: Option<f64>,
+    /// From its first token to its end.
+    pub decode: Option<f64>,
 }
 
 /// One message on a request's stream.

@@ -33,6 +33,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod journey;
 pub mod openai;
 pub mod output;
 pub mod routes;

@@ -24,6 +24,7 @@ use super::extract::ApiJson;
 use super::openai::{ChatCompletionRequest, CompletionRequest, ModelCard, ModelList};
 use axum::http::HeaderMap;
 
+use super::journey::ApiJourney;
 use super::output::{Api, ResponseBuilder};
 use super::validation::{validate_chat, validate_completion, ValidatedRequest};
 use super::{sse, unix_now, AppState, ServerConfig};
@@ -112,17 +113,13 @@ where
     let span = Span::current();
     span.record("request_id", id.as_str());
     // Decided once, here: a sampled-out request gets no journey span and no journey event.
-    let journey = is_journey_traced(&state.config, headers).then(|| {
-        let journey = tracing::info_span!(
-            target: "waypoint::api",
-            "llm_request",
-            otel.kind = "server",
-            gen_ai.request.id = id.as_str(),
-            gen_ai.request.model = state.engine.model().name.as_str(),
-        );
-        api_event(&journey, &id, "ARRIVED");
-        journey
-    });
+    let journey = ApiJourney::start(
+        &state.config,
+        headers,
+        &id,
+        &state.engine.model().name,
+        arrival,
+    );
 
     let engine = state.engine.clone();
     let config = state.config.clone();
@@ -148,40 +145,15 @@ where
     // Submitted inside the journey span, which the engine's `llm_core` span hangs under.
     let events = match &journey {
         Some(journey) => {
-            api_event(journey, &id, "HANDOFF_TO_CORE");
-            journey.in_scope(|| state.engine.submit(request))?
+            journey.handoff(&request);
+            journey.span().in_scope(|| state.engine.submit(request))?
         }
         None => state.engine.submit(request)?,
     };
     match stream_mode {
-        Some(mode) => Ok(sse::response(events, builder, mode, span)),
-        None => collect(events, &mut builder, &span).await,
+        Some(mode) => Ok(sse::response(events, builder, mode, span, journey)),
+        None => collect(events, &mut builder, &span, journey).await,
     }
-}
-
-/// Whether this request's journey is traced: tracing on, and the header forces it or the
-/// sample says so.
-fn is_journey_traced(config: &ServerConfig, headers: &HeaderMap) -> bool {
-    let Some(rate) = config.journey_sample_rate else {
-        return false;
-    };
-    let forced = headers
-        .get("x-waypoint-trace")
-        .is_some_and(|v| v.as_bytes() == b"1");
-    forced || (rate > 0.0 && (rate >= 1.0 || rand::random::<f64>() < rate))
-}
-
-/// An API-side journey event on the request's `llm_request` span.
-fn api_event(journey: &Span, request_id: &str, kind: &'static str) {
-    tracing::event!(
-        target: "waypoint::api",
-        parent: journey,
-        tracing::Level::DEBUG,
-        request_id,
-        event.type = kind,
-        event.ts.monotonic = crate::engine::journey::monotonic_seconds(),
-        "api {kind}"
-    );
 }
 
 /// Waits for the whole answer. If the client disconnects meanwhile, hyper drops this
@@ -190,6 +162,7 @@ async fn collect(
     mut events: RequestStream,
     builder: &mut ResponseBuilder,
     span: &Span,
+    mut journey: Option<ApiJourney>,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
     let mut logprobs = Vec::new();
@@ -200,6 +173,9 @@ async fn collect(
                 logprobs: new_logprobs,
                 ..
             }) => {
+                if let Some(journey) = &mut journey {
+                    journey.response();
+                }
                 text.push_str(&new_text);
                 logprobs.extend(new_logprobs);
             }
@@ -212,6 +188,14 @@ async fn collect(
         }
     };
     sse::record_finish(span, &info);
+    if let Some(journey) = journey {
+        let status = if info.reason == FinishReason::Error {
+            500
+        } else {
+            200
+        };
+        journey.finished(&info, status);
+    }
     if info.reason == FinishReason::Error {
         let detail = info.error.as_deref().unwrap_or("no detail");
         return Err(ApiError::Internal(format!("the engine failed: {detail}")));

@@ -18,6 +18,7 @@ use tracing::Span;
 use crate::engine::{FinishReason, FinishedInfo, RequestStream, StreamEvent};
 
 use super::error::ApiError;
+use super::journey::ApiJourney;
 use super::output::{to_json, ResponseBuilder};
 use super::validation::StreamMode;
 
@@ -28,6 +29,7 @@ pub fn response(
     builder: ResponseBuilder,
     mode: StreamMode,
     span: Span,
+    journey: Option<ApiJourney>,
 ) -> Response {
     let mut state = SseState {
         events,
@@ -36,6 +38,7 @@ pub fn response(
         pending: VecDeque::new(),
         done: false,
         span,
+        journey,
     };
     state.pending.extend(state.builder.first_chunk());
     let stream = futures::stream::unfold(state, |mut state| async move {
@@ -54,6 +57,8 @@ struct SseState {
     /// Whether the engine's part is over (only `pending` is left).
     done: bool,
     span: Span,
+    /// Dropped with the stream, so a client hanging up ends the journey as aborted.
+    journey: Option<ApiJourney>,
 }
 
 impl SseState {
@@ -68,6 +73,9 @@ impl SseState {
             }
             match self.events.next().await {
                 Some(StreamEvent::Delta { text, logprobs, .. }) => {
+                    if let Some(journey) = &mut self.journey {
+                        journey.response();
+                    }
                     self.pending
                         .extend(self.builder.delta_chunk(text, &logprobs));
                 }
@@ -85,6 +93,10 @@ impl SseState {
     fn finish(&mut self, info: &FinishedInfo) {
         self.done = true;
         record_finish(&self.span, info);
+        if let Some(journey) = self.journey.take() {
+            // The status line went out as 200 before the stream began.
+            journey.finished(info, 200);
+        }
         if info.reason == FinishReason::Error {
             let detail = info.error.as_deref().unwrap_or("no detail");
             self.fail(ApiError::Internal(format!("the engine failed: {detail}")));

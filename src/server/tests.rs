@@ -105,6 +105,7 @@ fn finished(reason: FinishReason, prompt_tokens: usize, completion_tokens: usize
         cached_prompt_tokens: 0,
         num_preemptions: 0,
         error: None,
+        timings: Default::default(),
     }
 }
 

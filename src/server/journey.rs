@@ -1,0 +1,172 @@
+//! The API side of a request's journey: the `llm_request` span and its events.
+//!
+//! Created only for requests that journey sampling picks (decided once, here). Events go to
+//! target `waypoint::api` inside the span: `ARRIVED`, `HANDOFF_TO_CORE`,
+//! `FIRST_RESPONSE_FROM_CORE`, then `DEPARTED`, or `ABORTED` (with `abort.reason`) if the
+//! request ends any other way, including the client hanging up (the journey is dropped
+//! with the response). Attributes are recorded on the span as they become known.
+
+use std::time::Instant;
+
+use axum::http::HeaderMap;
+use tracing::field::Empty;
+use tracing::Span;
+
+use crate::engine::journey::monotonic_seconds;
+use crate::engine::{EngineRequest, FinishReason, FinishedInfo};
+
+use super::ServerConfig;
+
+/// Target of the API's journey events.
+pub const TARGET: &str = "waypoint::api";
+
+/// One sampled request's `llm_request` span.
+#[derive(Debug)]
+pub struct ApiJourney {
+    span: Span,
+    request_id: String,
+    arrival: Instant,
+    first_response: Option<Instant>,
+    ended: bool,
+}
+
+fn event(span: &Span, request_id: &str, kind: &'static str) {
+    tracing::event!(
+        target: TARGET,
+        parent: span,
+        tracing::Level::DEBUG,
+        request_id,
+        event.type = kind,
+        event.ts.monotonic = monotonic_seconds(),
+        "api {kind}"
+    );
+}
+
+impl ApiJourney {
+    /// Starts the journey if tracing is on and the request is sampled: the header
+    /// `x-waypoint-trace: 1` forces it, otherwise a draw against the sample rate decides.
+    pub fn start(
+        config: &ServerConfig,
+        headers: &HeaderMap,
+        request_id: &str,
+        model: &str,
+        arrival: Instant,
+    ) -> Option<Self> {
+        let rate = config.journey_sample_rate?;
+        let forced = headers
+            .get("x-waypoint-trace")
+            .is_some_and(|v| v.as_bytes() == b"1");
+        let sampled = forced || rate >= 1.0 || (rate > 0.0 && rand::random::<f64>() < rate);
+        if !sampled {
+            return None;
+        }
+        let span = tracing::info_span!(
+            target: TARGET,
+            "llm_request",
+            otel.kind = "server",
+            gen_ai.request.id = request_id,
+            gen_ai.request.model = model,
+            gen_ai.request.max_tokens = Empty,
+            gen_ai.request.temperature = Empty,
+            gen_ai.request.top_p = Empty,
+            gen_ai.usage.input_tokens = Empty,
+            gen_ai.usage.output_tokens = Empty,
+            gen_ai.response.finish_reasons = Empty,
+            gen_ai.latency.time_to_first_token = Empty,
+            gen_ai.latency.e2e = Empty,
+            gen_ai.latency.time_in_queue = Empty,
+            gen_ai.latency.time_in_model_prefill = Empty,
+            gen_ai.latency.time_in_model_decode = Empty,
+            http.response.status_code = Empty,
+        );
+        event(&span, request_id, "ARRIVED");
+        Some(Self {
+            span,
+            request_id: request_id.to_string(),
+            arrival,
+            first_response: None,
+            ended: false,
+        })
+    }
+
+    /// The span the engine's `llm_core` span hangs under.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The validated request goes to the engine.
+    pub fn handoff(&self, request: &EngineRequest) {
+        let params = &request.params;
+        self.span
+            .record("gen_ai.request.max_tokens", params.max_tokens as u64)
+            .record("gen_ai.request.temperature", f64::from(params.temperature))
+            .record("gen_ai.request.top_p", f64::from(params.top_p));
+        event(&self.span, &self.request_id, "HANDOFF_TO_CORE");
+    }
+
+    /// Output arrived from the engine; only the first time counts.
+    pub fn response(&mut self) {
+        if self.first_response.is_none() {
+            self.first_response = Some(Instant::now());
+            event(&self.span, &self.request_id, "FIRST_RESPONSE_FROM_CORE");
+        }
+    }
+
+    /// The request ended with `info`, answered with `status`.
+    pub fn finished(mut self, info: &FinishedInfo, status: u16) {
+        self.ended = true;
+        let now = Instant::now();
+        let span = &self.span;
+        span.record("gen_ai.usage.input_tokens", info.prompt_tokens as u64)
+            .record("gen_ai.usage.output_tokens", info.completion_tokens as u64)
+            .record("gen_ai.response.finish_reasons", info.reason.as_str())
+            .record("http.response.status_code", u64::from(status))
+            .record(
+                "gen_ai.latency.e2e",
+                now.duration_since(self.arrival).as_secs_f64(),
+            );
+        if let Some(first) = self.first_response {
+            span.record(
+                "gen_ai.latency.time_to_first_token",
+                first.duration_since(self.arrival).as_secs_f64(),
+            );
+        }
+        let timings = &info.timings;
+        for (field, value) in [
+            ("gen_ai.latency.time_in_queue", timings.queue),
+            ("gen_ai.latency.time_in_model_prefill", timings.prefill),
+            ("gen_ai.latency.time_in_model_decode", timings.decode),
+        ] {
+            if let Some(seconds) = value {
+                span.record(field, seconds);
+            }
+        }
+        if info.reason == FinishReason::Abort {
+            self.aborted("engine_abort");
+        } else {
+            event(span, &self.request_id, "DEPARTED");
+        }
+    }
+
+    fn aborted(&self, reason: &'static str) {
+        tracing::event!(
+            target: TARGET,
+            parent: &self.span,
+            tracing::Level::DEBUG,
+            request_id = self.request_id.as_str(),
+            event.type = "ABORTED",
+            event.ts.monotonic = monotonic_seconds(),
+            abort.reason = reason,
+            "api ABORTED"
+        );
+    }
+}
+
+impl Drop for ApiJourney {
+    fn drop(&mut self) {
+        // Dropped without an answer: the client went away (or the handler failed).
+        if !self.ended {
+            self.aborted("client_disconnected");
+        }
+    }
+}
