@@ -8,9 +8,6 @@
 //! OpenTelemetry; layers translate the events. A request that was not sampled has no
 //! [`Journey`], so it costs one `Option` check per point.
 
-use std::sync::OnceLock;
-use std::time::Instant;
-
 use tracing::Span;
 
 use super::handle::FinishReason;
@@ -19,11 +16,9 @@ use super::request::{Request, RequestStatus};
 /// Target of every journey event.
 pub const TARGET: &str = "waypoint::journey";
 
-/// Seconds on the process's monotonic clock (the same anchor for every event).
-pub fn monotonic_seconds() -> f64 {
-    static ANCHOR: OnceLock<Instant> = OnceLock::new();
-    ANCHOR.get_or_init(Instant::now).elapsed().as_secs_f64()
-}
+/// Seconds on the process's monotonic clock: the clock `waypoint-layers` maps to wall time
+/// through its one anchor per process, so exported timestamps match `ts.monotonic`.
+pub use waypoint_layers::monotonic_seconds;
 
 /// The `llm_core` span of a traced request, and what has been said about it.
 #[derive(Debug)]
