@@ -18,6 +18,10 @@ use waypoint::tokenizer::ChatMessage;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    /// Console log format on stderr: `text` for people, `json` (one object per line) for
+    /// log collectors. What is logged follows `RUST_LOG` (default `info`).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,12 +77,7 @@ struct GenerateArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_console_logging(&cli.log_format);
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
         Command::Bench(args) => run_bench(args),
@@ -246,6 +245,35 @@ async fn shutdown_signal() {
         _ = interrupt => {},
         _ = terminate => {},
     }
+}
+
+/// The console layer, with its own `RUST_LOG` filter, so that layers added later (exporters)
+/// filter independently of what the console shows.
+fn init_console_logging(format: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) => EnvFilter::try_new(&directives).unwrap_or_else(|error| {
+            eprintln!("warning: ignoring RUST_LOG={directives:?}: {error}");
+            EnvFilter::new("info")
+        }),
+        Err(_) => EnvFilter::new("info"),
+    };
+    let console = if format == "json" {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    tracing_subscriber::registry()
+        .with(console.with_filter(filter))
+        .init();
 }
 
 fn run_bench(args: waypoint::bench::BenchArgs) -> anyhow::Result<()> {
