@@ -339,7 +339,18 @@ impl<R: ModelRunner> Engine<R> {
         }
         let batch = forward_batch(output);
         let model_started = Instant::now();
-        let result = self.runner.execute(&batch);
+        // A panic in the backend must not take the engine thread (and every request) down:
+        // the batch fails with an error instead, and the server stays up to say so.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.runner.execute(&batch)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".to_string());
+                    Err(format!("the model panicked: {what}"))
+                });
         self.model_time += model_started.elapsed();
         let logits = match result {
             Ok(logits) => logits,
@@ -560,4 +571,89 @@ fn forward_batch(output: &SchedulerOutput) -> ForwardBatch {
         });
     }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Logits;
+    use crate::tokenizer::TINY_VOCAB_SIZE;
+
+    /// Panics on its first call, then always predicts byte `A`.
+    struct FlakyRunner {
+        calls: usize,
+    }
+
+    impl ModelRunner for FlakyRunner {
+        fn execute(&mut self, batch: &ForwardBatch) -> Result<Logits, String> {
+            self.calls += 1;
+            if self.calls == 1 {
+                panic!("backend exploded");
+            }
+            let mut data = vec![0.0; batch.sequences.len() * TINY_VOCAB_SIZE];
+            for row in 0..batch.sequences.len() {
+                data[row * TINY_VOCAB_SIZE + usize::from(b'A')] = 10.0;
+            }
+            Ok(Logits {
+                data,
+                vocab_size: TINY_VOCAB_SIZE,
+            })
+        }
+    }
+
+    fn request(id: &str) -> EngineRequest {
+        EngineRequest {
+            request_id: id.to_string(),
+            prompt_ids: vec![1, 2, 3],
+            params: SamplingParams {
+                max_tokens: 3,
+                ..SamplingParams::greedy()
+            },
+            priority: 0,
+            arrival: Instant::now(),
+            traced: false,
+        }
+    }
+
+    async fn finish(mut stream: crate::engine::RequestStream) -> (String, FinishedInfo) {
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            match event {
+                StreamEvent::Delta { text: t, .. } => text.push_str(&t),
+                StreamEvent::Finished(info) => return (text, info),
+            }
+        }
+        panic!("stream ended without Finished");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_model_fails_its_batch_and_the_engine_lives_on() {
+        let engine = start(
+            FlakyRunner { calls: 0 },
+            Arc::new(Tokenizer::tiny()),
+            ModelInfo {
+                name: "flaky".into(),
+                max_context: 64,
+                vocab_size: TINY_VOCAB_SIZE,
+            },
+            EngineConfig {
+                scheduler: SchedulerConfig::new(16, 64),
+                max_waiting_requests: 8,
+            },
+        )
+        .unwrap();
+        let (_, failed) = finish(engine.handle.submit(request("first")).unwrap()).await;
+        assert_eq!(failed.reason, FinishReason::Error);
+        assert!(failed.error.unwrap().contains("failed"));
+
+        let (text, ok) = finish(engine.handle.submit(request("second")).unwrap()).await;
+        assert_eq!(ok.reason, FinishReason::Length);
+        assert_eq!(text, "AAA");
+        let stats = engine.handle.stats().await.unwrap();
+        assert!(
+            stats.scheduler_empty && stats.live_outputs == 0,
+            "{stats:?}"
+        );
+        engine.shutdown();
+    }
 }

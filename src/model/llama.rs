@@ -42,6 +42,9 @@ pub enum ForwardError {
     /// The backend could not hand the logits back.
     #[error("reading logits from the device failed: {0}")]
     Readback(String),
+    /// An earlier pass failed midway (a backend panic) and took the cache pools with it.
+    #[error("the KV cache was lost when an earlier step failed; restart the server")]
+    CacheLost,
 }
 
 #[derive(Debug)]
@@ -284,6 +287,10 @@ impl<B: CacheBackend> Llama<B> {
 
         let mut x = self.embedding.clone().select(0, ids);
         let mut pools = cache.take_layers();
+        if pools.len() != self.layers.len() {
+            cache.restore_layers(pools);
+            return Err(ForwardError::CacheLost);
+        }
         for (layer, layer_pools) in self.layers.iter().zip(pools.iter_mut()) {
             x = self.layer_forward(layer, x, &rotary, &plan, layer_pools);
         }
