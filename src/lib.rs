@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod generate;
+pub mod journey_console;
 pub mod loader;
 pub mod model;
 pub mod sampling;

@@ -254,13 +254,11 @@ fn init_console_logging(format: &str) {
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
 
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) => EnvFilter::try_new(&directives).unwrap_or_else(|error| {
-            eprintln!("warning: ignoring RUST_LOG={directives:?}: {error}");
-            EnvFilter::new("info")
-        }),
-        Err(_) => EnvFilter::new("info"),
-    };
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+    let filter = || EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    if let Err(error) = EnvFilter::try_new(&directives) {
+        eprintln!("warning: ignoring RUST_LOG={directives:?}: {error}");
+    }
     let console = if format == "json" {
         tracing_subscriber::fmt::layer()
             .json()
@@ -271,8 +269,20 @@ fn init_console_logging(format: &str) {
             .with_writer(std::io::stderr)
             .boxed()
     };
+    // In text mode journey events get their own one-line format; JSON keeps them inline.
+    let text = format != "json";
+    let general = console
+        .with_filter(filter())
+        .with_filter(tracing_subscriber::filter::filter_fn(move |meta| {
+            !(text
+                && meta.is_event()
+                && waypoint::journey_console::is_journey_target(meta.target()))
+        }));
+    let journeys =
+        text.then(|| waypoint::journey_console::JourneyConsoleLayer.with_filter(filter()));
     tracing_subscriber::registry()
-        .with(console.with_filter(filter))
+        .with(general)
+        .with(journeys)
         .init();
 }
 
