@@ -352,7 +352,7 @@ impl<R: ModelRunner> Engine<R> {
                     Err(format!("the model panicked: {what}"))
                 });
         self.model_time += model_started.elapsed();
-        let logits = match result {
+        let mut logits = match result {
             Ok(logits) => logits,
             Err(error) => {
                 tracing::error!(step = output.step, %error, "model step failed");
@@ -373,9 +373,10 @@ impl<R: ModelRunner> Engine<R> {
             let request = self.scheduler.request(seq.request_id);
             match (request, self.outputs.get_mut(seq.request_id)) {
                 (Some(request), Some(out)) if seq.samples => {
-                    let mut logits_row = logits.row(row).to_vec();
+                    // Each row is sampled once, so the sampler may process it in place
+                    // (no vocab-sized copy per sequence per step).
                     let token = out.sampler.sample(
-                        &mut logits_row,
+                        logits.row_mut(row),
                         request.prompt_ids(),
                         request.output_ids(),
                         &out.eos_token_ids,

@@ -31,6 +31,11 @@ impl Logits {
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.vocab_size..(i + 1) * self.vocab_size]
     }
+
+    /// Row `i`, for processing in place (sampling penalties and masks).
+    pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        &mut self.data[i * self.vocab_size..(i + 1) * self.vocab_size]
+    }
 }
 
 /// Why a forward pass failed.
