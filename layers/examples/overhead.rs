@@ -1,6 +1,7 @@
 //! What one chosen event costs, in nanoseconds, inside (a) a span that is sampled out and
 //! (b) a span that records, with (c) an event of a target the layer does not choose, in a
-//! recording span, for comparison.
+//! recording span, for comparison; then what a step event costs `RotatingSpanLayer` when its
+//! span is (d) sampled out and (e) recording (rotations, every 1,000 events, included).
 //!
 //! ```text
 //! cargo run --release --example overhead [events per case]
@@ -17,7 +18,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider};
 use tracing::Level;
 use tracing_subscriber::prelude::*;
-use waypoint_layers::{monotonic_seconds, SpanEventLayer};
+use waypoint_layers::{monotonic_seconds, RotatingSpanLayer, SpanEventLayer};
 
 /// Events per span: the provider keeps them all, as a tuned deployment would.
 const EVENTS_PER_SPAN: usize = 1_000;
@@ -34,6 +35,10 @@ fn main() {
     println!("  (a) sampled-out span:                   {sampled_out:8.1}");
     println!("  (b) recording span:                     {recording:8.1}");
     println!("  (c) recording span, target not chosen:  {other_target:8.1}");
+    let rotating_out = median_of_runs(|| nanos_per_step_event(Sampler::AlwaysOff, events));
+    let rotating = median_of_runs(|| nanos_per_step_event(Sampler::AlwaysOn, events));
+    println!("  (d) rotating span, sampled out:         {rotating_out:8.1}");
+    println!("  (e) rotating span, recording:           {rotating:8.1}");
 }
 
 fn median_of_runs(mut run: impl FnMut() -> f64) -> f64 {
@@ -83,6 +88,51 @@ fn nanos_per_event(sampler: Sampler, chosen_target: bool, events: usize) -> f64 
         }
     });
     measured.as_nanos() as f64 / events as f64
+}
+
+fn nanos_per_step_event(sampler: Sampler, events: usize) -> f64 {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_max_events_per_span(EVENTS_PER_SPAN as u32)
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let steps = RotatingSpanLayer::new(provider.tracer("overhead"), "scheduler_steps")
+        .with_target("waypoint::step", "step")
+        .with_max_events(EVENTS_PER_SPAN);
+    let handle = steps.handle();
+    let subscriber = tracing_subscriber::registry().with(steps);
+
+    let mut measured = Duration::ZERO;
+    tracing::subscriber::with_default(subscriber, || {
+        let mut emitted = 0;
+        while emitted < events {
+            let batch = EVENTS_PER_SPAN.min(events - emitted);
+            let ts = monotonic_seconds();
+            let start = Instant::now();
+            for step in 0..batch {
+                emit_step(step, ts);
+            }
+            measured += start.elapsed();
+            emitted += batch;
+            exporter.reset();
+        }
+    });
+    handle.end_current();
+    measured.as_nanos() as f64 / events as f64
+}
+
+fn emit_step(step: usize, ts: f64) {
+    tracing::event!(
+        target: "waypoint::step",
+        Level::INFO,
+        "event.type" = "BATCH_SUMMARY",
+        ts.monotonic = ts,
+        step.id = black_box(step) as u64,
+        queue.running_depth = 17i64,
+        kv.usage_gpu_ratio = 0.5,
+        preempted = false,
+    );
 }
 
 fn emit_journey(step: usize, ts: f64) {

@@ -1,22 +1,20 @@
 //! [`SpanEventLayer`]: chosen `tracing` events become OpenTelemetry span events.
 
-use std::borrow::Cow;
-use std::fmt;
 use std::sync::OnceLock;
 
 use opentelemetry::trace::TraceContextExt as _;
-use opentelemetry::{Context as OtelContext, KeyValue, Value};
+use opentelemetry::Context as OtelContext;
 use tracing::dispatcher::WeakDispatch;
-use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Dispatch, Event, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 use tracing_subscriber::Layer;
 
-use crate::clock::{monotonic_seconds, wall_time_of};
+use crate::clock::wall_time_of;
+use crate::fields::EventFields;
 use crate::filter::ExceptSpanEvents;
-use crate::{EVENT_TYPE_FIELD, MESSAGE_FIELD, MONOTONIC_TIMESTAMP_FIELD, NAMESPACE_SEPARATOR};
+use crate::routes::Routes;
 
 /// A [`Layer`] that adds chosen `tracing` events to the OpenTelemetry span of their parent
 /// `tracing` span, as span events with typed attributes and the time the event says it
@@ -31,19 +29,10 @@ use crate::{EVENT_TYPE_FIELD, MESSAGE_FIELD, MONOTONIC_TIMESTAMP_FIELD, NAMESPAC
 /// does not add the same events a second time.
 #[derive(Debug, Default)]
 pub struct SpanEventLayer {
-    /// Longest prefix first, so that the first match is the most specific one.
-    routes: Vec<Route>,
+    routes: Routes,
     /// The dispatch this layer belongs to: `tracing_opentelemetry` finds a span's OpenTelemetry
     /// context through it. Weak, because the dispatch owns the layer.
     dispatch: OnceLock<WeakDispatch>,
-}
-
-/// Where the events of one target prefix go.
-#[derive(Debug)]
-struct Route {
-    target_prefix: Box<str>,
-    /// The namespace and its separator (`"journey."`), or nothing for an empty namespace.
-    name_prefix: Box<str>,
 }
 
 /// What this layer keeps on every span, from `on_new_span` to `on_close`.
@@ -79,20 +68,7 @@ impl SpanEventLayer {
     ///
     /// By default, no target is chosen and the layer adds nothing.
     pub fn with_target(mut self, target_prefix: &str, namespace: &str) -> Self {
-        let target_prefix = Box::<str>::from(target_prefix);
-        let name_prefix = if namespace.is_empty() {
-            Box::default()
-        } else {
-            format!("{namespace}{NAMESPACE_SEPARATOR}").into_boxed_str()
-        };
-        self.routes
-            .retain(|route| route.target_prefix != target_prefix);
-        self.routes.push(Route {
-            target_prefix,
-            name_prefix,
-        });
-        self.routes
-            .sort_by_key(|route| std::cmp::Reverse(route.target_prefix.len()));
+        self.routes.insert(target_prefix, namespace);
         self
     }
 
@@ -100,13 +76,7 @@ impl SpanEventLayer {
     /// layer chooses alone. Call it after the last [`with_target`](Self::with_target): it
     /// copies the prefixes given so far.
     pub fn otel_filter(&self) -> ExceptSpanEvents {
-        ExceptSpanEvents::new(self.routes.iter().map(|route| route.target_prefix.clone()))
-    }
-
-    fn route(&self, target: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|route| target.starts_with(&*route.target_prefix))
+        self.routes.otel_filter()
     }
 
     /// The span's OpenTelemetry context if it has a recording OpenTelemetry span, resolving and
@@ -132,8 +102,17 @@ impl SpanEventLayer {
     /// if nothing has started it yet (entering the span does too), which is when its sampler
     /// decides whether it records.
     fn resolve(&self, id: Id) -> Option<OtelContext> {
-        let dispatch = self.dispatch.get()?.upgrade()?;
-        let cx = tracing_opentelemetry::get_otel_context(&id, &dispatch)?;
+        let cx = match self.dispatch.get() {
+            Some(dispatch) => tracing_opentelemetry::get_otel_context(&id, &dispatch.upgrade()?)?,
+            // `tracing_subscriber` forwards `on_register_dispatch` through `Layered`, `Box`
+            // and `Filtered`, but not through `Vec<L>` or `Option<L>`; a layer inside those
+            // never learns its dispatch. The global default can still be read while it
+            // dispatches this event (a scoped one cannot: `tracing` blocks re-entry), so
+            // inside those wrappers the layer works under the global default only.
+            None => tracing::dispatcher::get_default(|dispatch| {
+                tracing_opentelemetry::get_otel_context(&id, dispatch)
+            })?,
+        };
         cx.span().is_recording().then_some(cx)
     }
 }
@@ -158,7 +137,7 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let metadata = event.metadata();
-        let Some(route) = self.route(metadata.target()) else {
+        let Some(route) = self.routes.find(metadata.target()) else {
             return;
         };
         let Some(span) = ctx.event_span(event) else {
@@ -174,145 +153,15 @@ where
             return;
         }
 
-        let declares_event_type = metadata.fields().field(EVENT_TYPE_FIELD).is_some();
-        let mut visitor = SpanEventVisitor {
-            attributes: Vec::with_capacity(metadata.fields().len()),
-            event_type: None,
-            wants_message: !declares_event_type,
-            message: None,
-            monotonic_seconds: None,
-        };
-        event.record(&mut visitor);
-        if visitor.event_type.is_none() && declares_event_type {
-            // `event.type` was declared but left `Empty`: the message names the event after all.
-            let mut fallback = MessageVisitor(None);
-            event.record(&mut fallback);
-            visitor.message = fallback.0;
-        }
-
-        let suffix = match (visitor.event_type, &visitor.message) {
-            (Some(index), _) => visitor.attributes[index].value.as_str(),
-            (None, Some(message)) => Cow::Borrowed(message.as_str()),
-            (None, None) => Cow::Borrowed(metadata.name()),
-        };
-        let name = [&*route.name_prefix, &*suffix].concat();
-        let seconds = visitor
-            .monotonic_seconds
-            .filter(|seconds| seconds.is_finite())
-            .unwrap_or_else(monotonic_seconds);
-        otel_span.add_event_with_timestamp(name, wall_time_of(seconds), visitor.attributes);
+        let fields = EventFields::record(event);
+        let name = [&*route.name_prefix, &*fields.name_suffix(metadata)].concat();
+        let timestamp = wall_time_of(fields.monotonic_seconds());
+        otel_span.add_event_with_timestamp(name, timestamp, fields.into_attributes());
     }
 
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         if let Some(span) = ctx.span(&id) {
             span.extensions_mut().remove::<SpanState>();
-        }
-    }
-}
-
-/// Turns one event's fields into a span event's attributes, and picks out what names and
-/// dates it.
-struct SpanEventVisitor {
-    attributes: Vec<KeyValue>,
-    /// Index in `attributes` of the `event.type` value.
-    event_type: Option<usize>,
-    /// Whether to keep the message: only when it may name the event.
-    wants_message: bool,
-    message: Option<String>,
-    monotonic_seconds: Option<f64>,
-}
-
-impl SpanEventVisitor {
-    fn push(&mut self, field: &Field, value: Value) {
-        if field.name() == EVENT_TYPE_FIELD {
-            self.event_type = Some(self.attributes.len());
-        }
-        self.attributes.push(KeyValue::new(field.name(), value));
-    }
-
-    fn note_seconds(&mut self, field: &Field, seconds: f64) {
-        if field.name() == MONOTONIC_TIMESTAMP_FIELD {
-            self.monotonic_seconds = Some(seconds);
-        }
-    }
-
-    /// Integers that `i64` cannot hold keep their exact value, as a decimal string.
-    fn push_integer<T>(&mut self, field: &Field, value: T)
-    where
-        T: Copy + fmt::Display + TryInto<i64>,
-    {
-        match value.try_into() {
-            Ok(value) => self.record_i64(field, value),
-            Err(_) => self.push(field, Value::String(value.to_string().into())),
-        }
-    }
-}
-
-impl Visit for SpanEventVisitor {
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.note_seconds(field, value);
-        self.push(field, Value::F64(value));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.note_seconds(field, value as f64);
-        self.push(field, Value::I64(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.push_integer(field, value);
-    }
-
-    fn record_i128(&mut self, field: &Field, value: i128) {
-        self.push_integer(field, value);
-    }
-
-    fn record_u128(&mut self, field: &Field, value: u128) {
-        self.push_integer(field, value);
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.push(field, Value::Bool(value));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == MESSAGE_FIELD {
-            if self.wants_message {
-                self.message = Some(value.to_owned());
-            }
-        } else {
-            self.push(field, Value::String(value.to_owned().into()));
-        }
-    }
-
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.push(field, Value::String(value.to_string().into()));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == MESSAGE_FIELD {
-            if self.wants_message {
-                self.message = Some(format!("{value:?}"));
-            }
-        } else {
-            self.push(field, Value::String(format!("{value:?}").into()));
-        }
-    }
-}
-
-/// Reads the message alone, to name an event whose `event.type` was declared but not recorded.
-struct MessageVisitor(Option<String>);
-
-impl Visit for MessageVisitor {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == MESSAGE_FIELD {
-            self.0 = Some(value.to_owned());
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == MESSAGE_FIELD {
-            self.0 = Some(format!("{value:?}"));
         }
     }
 }

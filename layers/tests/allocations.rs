@@ -1,4 +1,4 @@
-//! Sampled-out spans cost no allocation: the layer returns before building anything.
+//! Sampled-out spans cost no allocation: the layers return before building anything.
 //!
 //! Its own test binary, because it counts allocations with a global allocator (per thread,
 //! so the tests in this file can still run side by side).
@@ -11,7 +11,7 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider}
 use tracing::{field, Level};
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::prelude::*;
-use waypoint_layers::SpanEventLayer;
+use waypoint_layers::{RotatingSpanLayer, SpanEventLayer};
 
 struct CountingAllocator;
 
@@ -122,4 +122,48 @@ fn a_span_without_an_opentelemetry_span_costs_no_allocation() {
 fn a_recording_span_does_allocate() {
     // The counter sees the work that the two tests above prove is skipped.
     assert!(allocations_for_events(Case::Recording, 100) >= 100);
+}
+
+/// Allocations on this thread for `events` step events on a `RotatingSpanLayer`, after a first
+/// one (which starts the rotating span).
+fn allocations_for_step_events(sampler: Sampler, events: usize) -> usize {
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_simple_exporter(InMemorySpanExporter::default())
+        .build();
+    let steps = RotatingSpanLayer::new(provider.tracer("waypoint.scheduler.step"), "steps")
+        .with_target("waypoint::step", "step")
+        .with_max_events(events + 1);
+    let subscriber = tracing_subscriber::registry().with(steps);
+    tracing::subscriber::with_default(subscriber, || {
+        let emit = |step: usize| {
+            tracing::event!(
+                target: "waypoint::step",
+                Level::INFO,
+                "event.type" = "BATCH_SUMMARY",
+                ts.monotonic = 1.5,
+                step.id = step as u64,
+                model = "llama",
+                stage = ?("decode", step),
+                reason = field::Empty,
+                "step {step} of {events}"
+            );
+        };
+        emit(0);
+        let before = ALLOCATIONS.with(Cell::get);
+        for step in 1..=events {
+            emit(step);
+        }
+        ALLOCATIONS.with(Cell::get) - before
+    })
+}
+
+#[test]
+fn a_sampled_out_rotating_span_costs_no_allocation() {
+    assert_eq!(allocations_for_step_events(Sampler::AlwaysOff, 100), 0);
+}
+
+#[test]
+fn a_recording_rotating_span_does_allocate() {
+    assert!(allocations_for_step_events(Sampler::AlwaysOn, 100) >= 100);
 }
