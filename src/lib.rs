@@ -10,4 +10,5 @@ pub mod loader;
 pub mod model;
 pub mod sampling;
 pub mod server;
+pub mod telemetry;
 pub mod tokenizer;

@@ -5,12 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
-
 use waypoint::cli::{CacheArgs, Device};
 use waypoint::generate::generate;
 use waypoint::model::{CacheBackend, PagedKvCache};
 use waypoint::sampling::SamplingParams;
+use waypoint::telemetry::{ExportArgs, ExportConfig, LogFormat};
 use waypoint::tokenizer::ChatMessage;
 
 /// Waypoint: an LLM inference server in which every request can be followed from arrival to
@@ -20,8 +19,8 @@ use waypoint::tokenizer::ChatMessage;
 struct Cli {
     /// Console log format on stderr: `text` for people, `json` (one object per line) for
     /// log collectors. What is logged follows `RUST_LOG` (default `info`).
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,11 +76,16 @@ struct GenerateArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_console_logging(&cli.log_format);
     let result = match cli.command {
-        Command::Generate(args) => run_generate(args),
-        Command::Bench(args) => run_bench(args),
-        Command::Serve(args) => run_serve(args),
+        // `serve` installs its subscriber itself, inside its runtime (the exporter needs it).
+        Command::Serve(args) => run_serve(args, cli.log_format),
+        command => waypoint::telemetry::install(cli.log_format, None)
+            .map_err(anyhow::Error::msg)
+            .and_then(|_| match command {
+                Command::Generate(args) => run_generate(args),
+                Command::Bench(args) => run_bench(args),
+                Command::Serve(_) => unreachable!("handled above"),
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,30 +134,60 @@ struct ServeArgs {
     /// (`x-waypoint-trace: 1` forces it).
     #[arg(long, default_value_t = 1.0)]
     journey_tracing_sample_rate: f64,
+    #[command(flatten)]
+    export: ExportArgs,
 }
 
-fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    match args.device {
-        Device::Cpu => serve_on::<burn::backend::Flex>(args, Default::default()),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(index) => {
-            serve_on::<burn::backend::Cuda>(args, burn::backend::cuda::CudaDevice::new(index))
-        }
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda(_) => {
-            bail!("this waypoint was built without CUDA support; rebuild with `--features cuda`")
-        }
-    }
-}
-
-fn serve_on<B: CacheBackend>(args: ServeArgs, device: B::Device) -> anyhow::Result<()>
-where
-    waypoint::engine::BurnRunner<B>: waypoint::engine::ModelRunner,
-{
+fn run_serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let rate = args.journey_tracing_sample_rate;
     if !(0.0..=1.0).contains(&rate) {
         bail!("--journey-tracing-sample-rate must be in [0, 1], got {rate}");
     }
+    let export = ExportConfig::from_args(&args.export).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let telemetry = {
+        // The gRPC exporter's connection lives on this runtime.
+        let _entered = runtime.enter();
+        let journeys = args.enable_journey_tracing.then_some(&export);
+        waypoint::telemetry::install(log_format, journeys).map_err(anyhow::Error::msg)?
+    };
+    if !args.enable_journey_tracing && export.target.is_some() {
+        tracing::warn!(
+            "an OTLP endpoint is set but journey tracing is off: nothing will be exported \
+             (add --enable-journey-tracing)"
+        );
+    }
+    let served = match args.device {
+        Device::Cpu => serve_on::<burn::backend::Flex>(args, Default::default(), &runtime),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(index) => serve_on::<burn::backend::Cuda>(
+            args,
+            burn::backend::cuda::CudaDevice::new(index),
+            &runtime,
+        ),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(anyhow::anyhow!(
+            "this waypoint was built without CUDA support; rebuild with `--features cuda`"
+        )),
+    };
+    // Flush what is queued, whatever happened; blocking, so off the runtime's workers.
+    let flushed = runtime.spawn_blocking(move || telemetry.shutdown());
+    let _ = runtime.block_on(flushed);
+    runtime.shutdown_background();
+    served
+}
+
+fn serve_on<B: CacheBackend>(
+    args: ServeArgs,
+    device: B::Device,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()>
+where
+    waypoint::engine::BurnRunner<B>: waypoint::engine::ModelRunner,
+{
+    let rate = args.journey_tracing_sample_rate;
     let files = waypoint::loader::open(&args.model)?;
     let pool = args.cache.pool(&files.config).map_err(anyhow::Error::msg)?;
     let name = args
@@ -187,9 +221,7 @@ where
     )
     .map_err(anyhow::Error::msg)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let (serving_done, serving_done_rx) = tokio::sync::oneshot::channel::<()>();
     runtime.block_on(async {
         let address = format!("{}:{}", args.host, args.port);
         let listener = tokio::net::TcpListener::bind(&address)
@@ -210,20 +242,25 @@ where
         let shutdown = async move {
             shutdown_signal().await;
             // In-flight requests get `grace` to finish; then the rest are aborted, which ends
-            // their streams and lets the server's drain complete.
+            // their streams and lets the server's drain complete. The timer ends early when
+            // serving is done, so that its engine handle does not hold the engine up.
             tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                tracing::warn!("shutdown timeout reached: aborting requests in flight");
-                handle.abort_all();
+                tokio::select! {
+                    _ = tokio::time::sleep(grace) => {
+                        tracing::warn!("shutdown timeout reached: aborting requests in flight");
+                        handle.abort_all();
+                    }
+                    _ = serving_done_rx => {}
+                }
             });
         };
-        waypoint::server::serve(listener, state, shutdown).await?;
+        let served = waypoint::server::serve(listener, state, shutdown).await;
+        drop(serving_done);
+        served?;
+        // The engine thread ends once every handle is gone; joining it blocks.
+        tokio::task::spawn_blocking(move || engine.shutdown()).await?;
         anyhow::Ok(())
     })?;
-    // The runtime's leftover tasks (the abort timer) hold engine handles; the engine thread
-    // ends only when every handle is gone.
-    runtime.shutdown_background();
-    engine.shutdown();
     tracing::info!("waypoint stopped");
     Ok(())
 }
@@ -245,45 +282,6 @@ async fn shutdown_signal() {
         _ = interrupt => {},
         _ = terminate => {},
     }
-}
-
-/// The console layer, with its own `RUST_LOG` filter, so that layers added later (exporters)
-/// filter independently of what the console shows.
-fn init_console_logging(format: &str) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-
-    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
-    let filter = || EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
-    if let Err(error) = EnvFilter::try_new(&directives) {
-        eprintln!("warning: ignoring RUST_LOG={directives:?}: {error}");
-    }
-    let console = if format == "json" {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .boxed()
-    } else {
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .boxed()
-    };
-    // In text mode journey events get their own one-line format; JSON keeps them inline.
-    let text = format != "json";
-    let general = console
-        .with_filter(filter())
-        .with_filter(tracing_subscriber::filter::filter_fn(move |meta| {
-            !(text
-                && meta.is_event()
-                && waypoint::journey_console::is_journey_target(meta.target()))
-        }));
-    let journeys =
-        text.then(|| waypoint::journey_console::JourneyConsoleLayer.with_filter(filter()));
-    tracing_subscriber::registry()
-        .with(general)
-        .with(journeys)
-        .init();
 }
 
 fn run_bench(args: waypoint::bench::BenchArgs) -> anyhow::Result<()> {

@@ -16,6 +16,9 @@ use super::request::{Request, RequestStatus};
 /// Target of every journey event.
 pub const TARGET: &str = "waypoint::journey";
 
+/// Name of the per-request engine span.
+pub const CORE_SPAN_NAME: &str = "llm_core";
+
 /// Seconds on the process's monotonic clock: the clock `waypoint-layers` maps to wall time
 /// through its one anchor per process, so exported timestamps match `ts.monotonic`.
 pub use waypoint_layers::monotonic_seconds;
@@ -76,7 +79,7 @@ impl Journey {
         let span = tracing::info_span!(
             target: TARGET,
             parent: parent,
-            "llm_core",
+            CORE_SPAN_NAME,
             otel.kind = "internal",
             gen_ai.request.id = request_id,
         );

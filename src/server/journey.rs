@@ -14,13 +14,22 @@ use tracing::Span;
 
 use crate::engine::journey::monotonic_seconds;
 use crate::engine::{EngineRequest, FinishReason, FinishedInfo};
+use crate::telemetry::propagation::{RemoteParent, TraceHeaders};
 
 use super::ServerConfig;
 
 /// Target of the API's journey events.
 pub const TARGET: &str = "waypoint::api";
 
+/// The request header that forces journey tracing for one request (`1`).
+pub const FORCE_TRACE_HEADER: &str = "x-waypoint-trace";
+
+const TRACEPARENT: &str = crate::telemetry::propagation::TRACEPARENT;
+
 /// One sampled request's `llm_request` span.
+///
+/// Integers are recorded as `i64`: `tracing_opentelemetry` turns a span field recorded as
+/// `u64` into a string attribute.
 #[derive(Debug)]
 pub struct ApiJourney {
     span: Span,
@@ -44,7 +53,9 @@ fn event(span: &Span, request_id: &str, kind: &'static str) {
 
 impl ApiJourney {
     /// Starts the journey if tracing is on and the request is sampled: the header
-    /// `x-waypoint-trace: 1` forces it, otherwise a draw against the sample rate decides.
+    /// `x-waypoint-trace: 1` forces it; otherwise a caller's `traceparent` decides (its
+    /// sampled flag is respected), and without one a draw against the sample rate. The span
+    /// becomes the child of the caller's span when there is one.
     pub fn start(
         config: &ServerConfig,
         headers: &HeaderMap,
@@ -54,9 +65,18 @@ impl ApiJourney {
     ) -> Option<Self> {
         let rate = config.journey_sample_rate?;
         let forced = headers
-            .get("x-waypoint-trace")
+            .get(FORCE_TRACE_HEADER)
             .is_some_and(|v| v.as_bytes() == b"1");
-        let sampled = forced || rate >= 1.0 || (rate > 0.0 && rand::random::<f64>() < rate);
+        let remote_parent = if headers.contains_key(TRACEPARENT) {
+            RemoteParent::from_headers(headers)
+        } else {
+            None
+        };
+        let sampled = forced
+            || match &remote_parent {
+                Some(parent) => parent.is_sampled(),
+                None => rate >= 1.0 || (rate > 0.0 && rand::random::<f64>() < rate),
+            };
         if !sampled {
             return None;
         }
@@ -79,6 +99,10 @@ impl ApiJourney {
             gen_ai.latency.time_in_model_decode = Empty,
             http.response.status_code = Empty,
         );
+        // Before the span's first event starts its OpenTelemetry span.
+        if let Some(parent) = &remote_parent {
+            parent.adopt(&span, forced);
+        }
         event(&span, request_id, "ARRIVED");
         Some(Self {
             span,
@@ -94,13 +118,30 @@ impl ApiJourney {
         &self.span
     }
 
+    /// The trace this journey belongs to, for the response headers (none without an
+    /// OpenTelemetry layer).
+    pub fn trace_headers(&self) -> Option<TraceHeaders> {
+        TraceHeaders::of(&self.span)
+    }
+
+    /// The request was refused before reaching the engine (invalid, queue full): it departs
+    /// with `status` and no engine span.
+    pub fn rejected(mut self, status: u16) {
+        self.ended = true;
+        self.span
+            .record("http.response.status_code", i64::from(status))
+            .record("gen_ai.latency.e2e", self.arrival.elapsed().as_secs_f64());
+        event(&self.span, &self.request_id, "DEPARTED");
+    }
+
     /// The validated request goes to the engine.
     pub fn handoff(&self, request: &EngineRequest) {
         let params = &request.params;
         self.span
-            .record("gen_ai.request.max_tokens", params.max_tokens as u64)
+            .record("gen_ai.request.max_tokens", params.max_tokens as i64)
             .record("gen_ai.request.temperature", f64::from(params.temperature))
-            .record("gen_ai.request.top_p", f64::from(params.top_p));
+            .record("gen_ai.request.top_p", f64::from(params.top_p))
+            .record("gen_ai.usage.input_tokens", request.prompt_ids.len() as i64);
         event(&self.span, &self.request_id, "HANDOFF_TO_CORE");
     }
 
@@ -117,10 +158,10 @@ impl ApiJourney {
         self.ended = true;
         let now = Instant::now();
         let span = &self.span;
-        span.record("gen_ai.usage.input_tokens", info.prompt_tokens as u64)
-            .record("gen_ai.usage.output_tokens", info.completion_tokens as u64)
+        span.record("gen_ai.usage.input_tokens", info.prompt_tokens as i64)
+            .record("gen_ai.usage.output_tokens", info.completion_tokens as i64)
             .record("gen_ai.response.finish_reasons", info.reason.as_str())
-            .record("http.response.status_code", u64::from(status))
+            .record("http.response.status_code", i64::from(status))
             .record(
                 "gen_ai.latency.e2e",
                 now.duration_since(self.arrival).as_secs_f64(),
@@ -166,6 +207,8 @@ impl Drop for ApiJourney {
     fn drop(&mut self) {
         // Dropped without an answer: the client went away (or the handler failed).
         if !self.ended {
+            self.span
+                .record("gen_ai.latency.e2e", self.arrival.elapsed().as_secs_f64());
             self.aborted("client_disconnected");
         }
     }

@@ -95,7 +95,8 @@ pub async fn chat_completions(
 }
 
 /// The steps both generation endpoints share; `validate` turns the body into an engine
-/// request with the given id and arrival time.
+/// request with the given id and arrival time. A traced request's response, error or not,
+/// names its trace in `x-trace-id` and `traceparent`.
 async fn generate<F>(
     state: AppState,
     headers: &HeaderMap,
@@ -108,10 +109,8 @@ where
         + 'static,
 {
     let arrival = Instant::now();
-    let created = unix_now();
     let id = format!("{}-{:032x}", api.id_prefix(), rand::random::<u128>());
-    let span = Span::current();
-    span.record("request_id", id.as_str());
+    Span::current().record("request_id", id.as_str());
     // Decided once, here: a sampled-out request gets no journey span and no journey event.
     let journey = ApiJourney::start(
         &state.config,
@@ -120,7 +119,33 @@ where
         &state.engine.model().name,
         arrival,
     );
+    let trace = journey.as_ref().and_then(ApiJourney::trace_headers);
+    let mut response = match submit(state, api, validate, id, arrival, journey).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    if let Some(trace) = trace {
+        trace.insert_into(response.headers_mut());
+    }
+    Ok(response)
+}
 
+/// Validates, submits, and answers (streaming or not).
+async fn submit<F>(
+    state: AppState,
+    api: Api,
+    validate: F,
+    id: String,
+    arrival: Instant,
+    journey: Option<ApiJourney>,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(&EngineHandle, &ServerConfig, String, Instant) -> Result<ValidatedRequest, ApiError>
+        + Send
+        + 'static,
+{
+    let created = unix_now();
+    let span = Span::current();
     let engine = state.engine.clone();
     let config = state.config.clone();
     let validation_span = span.clone();
@@ -129,31 +154,43 @@ where
         validation_span.in_scope(|| validate(&engine, &config, request_id, arrival))
     })
     .await
-    .map_err(|err| ApiError::Internal(format!("the validation task failed: {err}")))??;
+    .map_err(|err| ApiError::Internal(format!("the validation task failed: {err}")))
+    .and_then(|validated| validated);
+    let validated = match validated {
+        Ok(validated) => validated,
+        Err(error) => return Err(rejected(journey, error)),
+    };
     span.record("stream", validated.stream.is_some());
 
     let stream_mode = validated.stream;
-    let mut builder = ResponseBuilder::new(
-        api,
-        id.clone(),
-        created,
-        state.engine.clone(),
-        validated.logprobs,
-    );
+    let mut builder =
+        ResponseBuilder::new(api, id, created, state.engine.clone(), validated.logprobs);
     let mut request = validated.request;
     request.traced = journey.is_some();
     // Submitted inside the journey span, which the engine's `llm_core` span hangs under.
-    let events = match &journey {
+    let submitted = match &journey {
         Some(journey) => {
             journey.handoff(&request);
-            journey.span().in_scope(|| state.engine.submit(request))?
+            journey.span().in_scope(|| state.engine.submit(request))
         }
-        None => state.engine.submit(request)?,
+        None => state.engine.submit(request),
+    };
+    let events = match submitted {
+        Ok(events) => events,
+        Err(error) => return Err(rejected(journey, error.into())),
     };
     match stream_mode {
         Some(mode) => Ok(sse::response(events, builder, mode, span, journey)),
         None => collect(events, &mut builder, &span, journey).await,
     }
+}
+
+/// Ends the journey of a request refused before the engine took it.
+fn rejected(journey: Option<ApiJourney>, error: ApiError) -> ApiError {
+    if let Some(journey) = journey {
+        journey.rejected(error.status().as_u16());
+    }
+    error
 }
 
 /// Waits for the whole answer. If the client disconnects meanwhile, hyper drops this

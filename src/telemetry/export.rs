@@ -1,0 +1,391 @@
+//! Where spans go: the OTLP exporter, chosen by flags or the standard `OTEL_*` variables,
+//! behind a batch processor, with export errors logged at most once per interval.
+//!
+//! A collector that is down or slow must never block or slow serving. Ending a span only
+//! queues it for the batch processor's own thread (a bounded queue: when it is full, spans
+//! are dropped, so memory stays bounded); that thread exports with a timeout.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanData, SpanExporter};
+use opentelemetry_sdk::Resource;
+
+/// How long one export may take before it is abandoned.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Export failures are logged at most once per this interval, with a count of the rest.
+pub const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (a collector's port 4317).
+    #[value(name = "grpc")]
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (a collector's port 4318, path `/v1/traces`).
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    fn parse(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            other => Err(format!(
+                "unsupported OTLP protocol {other:?}: use grpc or http/protobuf"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for OtlpProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        })
+    }
+}
+
+/// A resolved export destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportTarget {
+    /// The URL spans are sent to, as the exporter takes it.
+    pub endpoint: String,
+    /// The transport.
+    pub protocol: OtlpProtocol,
+}
+
+/// Resolves the destination the way the OpenTelemetry specification describes, the flags
+/// taking the place of the signal-specific variables:
+/// - endpoint: `--otlp-traces-endpoint`, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (both used
+///   as given), else `OTEL_EXPORTER_OTLP_ENDPOINT` (a base URL: for HTTP, `/v1/traces` is
+///   appended). A traces endpoint for HTTP given without a path also gets `/v1/traces`, since
+///   a bare collector address is the common mistake and a collector serves nothing at `/`.
+/// - protocol: `--otlp-protocol`, else `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else
+///   `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC.
+///
+/// `None` when no endpoint is set anywhere: export is off. Empty values count as unset.
+pub fn resolve_target(
+    endpoint_flag: Option<&str>,
+    protocol_flag: Option<OtlpProtocol>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<ExportTarget>, String> {
+    let env = |name: &str| env(name).filter(|value| !value.trim().is_empty());
+    let protocol = match protocol_flag {
+        Some(protocol) => protocol,
+        None => match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        {
+            Some(value) => OtlpProtocol::parse(&value)?,
+            None => OtlpProtocol::Grpc,
+        },
+    };
+    let signal_endpoint = endpoint_flag
+        .map(str::to_string)
+        .filter(|value| !value.trim().is_empty())
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"));
+    let (endpoint, is_base) = match signal_endpoint {
+        Some(endpoint) => (endpoint, false),
+        None => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            Some(endpoint) => (endpoint, true),
+            None => return Ok(None),
+        },
+    };
+    let endpoint = endpoint.trim().to_string();
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return Err(format!(
+            "OTLP endpoint {endpoint:?} is not a URL: expected http://host:port"
+        ));
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(format!(
+            "OTLP endpoint {endpoint:?}: scheme must be http or https"
+        ));
+    }
+    if scheme == "https" {
+        return Err(format!(
+            "OTLP endpoint {endpoint:?}: this build exports without TLS; \
+             use http:// to a local collector (which can forward over TLS)"
+        ));
+    }
+    let has_path = rest.find('/').is_some_and(|slash| rest.len() > slash + 1);
+    let endpoint = if protocol == OtlpProtocol::HttpProtobuf && (is_base || !has_path) {
+        format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+    } else {
+        endpoint
+    };
+    Ok(Some(ExportTarget { endpoint, protocol }))
+}
+
+/// The service name: `OTEL_SERVICE_NAME`, else `waypoint`.
+pub fn service_name(env: impl Fn(&str) -> Option<String>) -> String {
+    env("OTEL_SERVICE_NAME")
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| "waypoint".to_string())
+}
+
+/// The resource every span carries: the service name (and `OTEL_RESOURCE_ATTRIBUTES`,
+/// which the SDK reads).
+pub fn resource(service_name: String) -> Resource {
+    Resource::builder().with_service_name(service_name).build()
+}
+
+/// A batch processor exporting to `target`. For gRPC this must run inside a tokio runtime,
+/// which must outlive the processor: the channel's connection lives on it.
+pub fn batch_processor(target: &ExportTarget) -> Result<BatchSpanProcessor, String> {
+    let built = match target.protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(&target.endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build(),
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(&target.endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build(),
+    };
+    let exporter = built.map_err(|error| {
+        format!(
+            "cannot build the OTLP exporter for {}: {error}",
+            target.endpoint
+        )
+    })?;
+    let exporter = LoggedFailures::new(exporter, target.endpoint.clone(), ERROR_LOG_INTERVAL);
+    // The batch settings honour the OTEL_BSP_* variables (queue size, delay, batch size).
+    Ok(BatchSpanProcessor::builder(exporter).build())
+}
+
+/// A [`SpanExporter`] that logs its inner exporter's failures at most once per interval,
+/// with how many spans were lost since the last report.
+#[derive(Debug)]
+pub struct LoggedFailures<E> {
+    inner: E,
+    endpoint: String,
+    interval: Duration,
+    last_logged: Mutex<Option<Instant>>,
+    failed_batches: AtomicU64,
+    lost_spans: AtomicU64,
+}
+
+impl<E> LoggedFailures<E> {
+    /// Wraps `inner`, which exports to `endpoint`.
+    pub fn new(inner: E, endpoint: String, interval: Duration) -> Self {
+        Self {
+            inner,
+            endpoint,
+            interval,
+            last_logged: Mutex::new(None),
+            failed_batches: AtomicU64::new(0),
+            lost_spans: AtomicU64::new(0),
+        }
+    }
+
+    fn failed(&self, spans: usize, error: &dyn fmt::Display) {
+        self.failed_batches.fetch_add(1, Ordering::Relaxed);
+        self.lost_spans.fetch_add(spans as u64, Ordering::Relaxed);
+        let mut last = self
+            .last_logged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < self.interval) {
+            return;
+        }
+        *last = Some(now);
+        let batches = self.failed_batches.swap(0, Ordering::Relaxed);
+        let lost = self.lost_spans.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            endpoint = %self.endpoint,
+            failed_batches = batches,
+            lost_spans = lost,
+            "trace export failed: {error} (reported at most every {}s; serving goes on)",
+            self.interval.as_secs()
+        );
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for LoggedFailures<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        if let Err(error) = &result {
+            self.failed(spans, error);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn target(endpoint: &str, protocol: OtlpProtocol) -> Option<ExportTarget> {
+        Some(ExportTarget {
+            endpoint: endpoint.to_string(),
+            protocol,
+        })
+    }
+
+    #[test]
+    fn no_endpoint_anywhere_means_no_export() {
+        assert_eq!(resolve_target(None, None, env(&[])), Ok(None));
+        assert_eq!(
+            resolve_target(Some(" "), None, env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")])),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn the_flag_wins_over_the_variables_and_grpc_is_the_default() {
+        let vars = env(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4317"),
+        ]);
+        assert_eq!(
+            resolve_target(Some("http://flag:4317"), None, &vars),
+            Ok(target("http://flag:4317", OtlpProtocol::Grpc))
+        );
+        assert_eq!(
+            resolve_target(None, None, &vars),
+            Ok(target("http://traces:4317", OtlpProtocol::Grpc))
+        );
+        assert_eq!(
+            resolve_target(
+                None,
+                None,
+                env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4317")])
+            ),
+            Ok(target("http://base:4317", OtlpProtocol::Grpc))
+        );
+    }
+
+    #[test]
+    fn http_gets_the_traces_path_on_a_base_url_or_a_bare_address() {
+        let http = Some(OtlpProtocol::HttpProtobuf);
+        let base = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]);
+        assert_eq!(
+            resolve_target(None, http, base),
+            Ok(target(
+                "http://collector:4318/v1/traces",
+                OtlpProtocol::HttpProtobuf
+            ))
+        );
+        assert_eq!(
+            resolve_target(Some("http://collector:4318"), http, env(&[])),
+            Ok(target(
+                "http://collector:4318/v1/traces",
+                OtlpProtocol::HttpProtobuf
+            ))
+        );
+        // A signal endpoint with a path is used as given.
+        assert_eq!(
+            resolve_target(Some("http://collector:4318/custom"), http, env(&[])),
+            Ok(target(
+                "http://collector:4318/custom",
+                OtlpProtocol::HttpProtobuf
+            ))
+        );
+    }
+
+    #[test]
+    fn the_protocol_comes_from_the_signal_variable_first() {
+        let vars = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]);
+        assert_eq!(
+            resolve_target(None, None, vars),
+            Ok(target(
+                "http://c:4318/v1/traces",
+                OtlpProtocol::HttpProtobuf
+            ))
+        );
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let bad_protocol = resolve_target(
+            Some("http://c:4317"),
+            None,
+            env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
+        );
+        assert!(bad_protocol.unwrap_err().contains("http/json"));
+        assert!(resolve_target(Some("collector:4317"), None, env(&[]))
+            .unwrap_err()
+            .contains("not a URL"));
+        assert!(resolve_target(Some("ftp://c:4317"), None, env(&[]))
+            .unwrap_err()
+            .contains("scheme"));
+        assert!(resolve_target(Some("https://c:4317"), None, env(&[]))
+            .unwrap_err()
+            .contains("TLS"));
+    }
+
+    #[test]
+    fn the_service_name_defaults_to_waypoint() {
+        assert_eq!(service_name(env(&[])), "waypoint");
+        assert_eq!(
+            service_name(env(&[("OTEL_SERVICE_NAME", "llm-prod")])),
+            "llm-prod"
+        );
+    }
+
+    #[derive(Debug)]
+    struct FailingExporter;
+
+    impl SpanExporter for FailingExporter {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                "connection refused".into(),
+            ))
+        }
+    }
+
+    #[test]
+    fn failures_are_counted_between_reports() {
+        let exporter = LoggedFailures::new(
+            FailingExporter,
+            "http://down:4317".into(),
+            Duration::from_secs(3600),
+        );
+        for _ in 0..3 {
+            let result = futures::executor::block_on(exporter.export(Vec::new()));
+            assert!(result.is_err(), "the failure must reach the processor");
+        }
+        // The first failure was reported (and reset the counts); two wait for the next report.
+        assert_eq!(exporter.failed_batches.load(Ordering::Relaxed), 2);
+        assert!(exporter.last_logged.lock().unwrap().is_some());
+    }
+}

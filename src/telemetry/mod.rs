@@ -1,0 +1,211 @@
+//! The process's `tracing` subscriber: console output and OpenTelemetry export, as
+//! independent layers over one registry.
+//!
+//! - Console: `RUST_LOG` (default `info`) filters it; text or JSON lines on stderr; journey
+//!   events as one readable line each in text mode ([`crate::journey_console`]).
+//! - Export (only with `--enable-journey-tracing`): `tracing_opentelemetry`'s layer turns the
+//!   journey spans (`llm_request`, `llm_core`) into OpenTelemetry spans, each in its
+//!   instrumentation scope ([`scopes`]); `waypoint_layers::SpanEventLayer` turns journey
+//!   events into span events on them; spans leave through OTLP ([`export`]). These layers
+//!   filter for themselves, so journey events (DEBUG) are exported whatever `RUST_LOG` says,
+//!   and nothing else is.
+//!
+//! The API and the engine only emit `tracing` spans and events; apart from `traceparent`
+//! handling ([`propagation`]), OpenTelemetry is confined to this module.
+
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::{Metadata, Subscriber};
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::Identity;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+use waypoint_layers::SpanEventLayer;
+
+use crate::journey_console::{is_journey_target, JourneyConsoleLayer};
+
+pub mod export;
+pub mod propagation;
+pub mod scopes;
+
+pub use export::{ExportTarget, OtlpProtocol};
+
+/// Most events one exported span keeps (the SDK's default is 128; the rest would be dropped
+/// silently). A journey has a handful, plus two per preemption.
+pub const MAX_EVENTS_PER_SPAN: u32 = 1024;
+
+/// Console output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The export flags of `waypoint serve`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ExportArgs {
+    /// Where to send traces (OTLP), e.g. http://localhost:4317 for gRPC or
+    /// http://localhost:4318/v1/traces for HTTP. Default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    /// then $OTEL_EXPORTER_OTLP_ENDPOINT; none means no export.
+    #[arg(long)]
+    pub otlp_traces_endpoint: Option<String>,
+    /// OTLP transport. Default: $OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    /// $OTEL_EXPORTER_OTLP_PROTOCOL, then grpc.
+    #[arg(long, value_enum)]
+    pub otlp_protocol: Option<OtlpProtocol>,
+}
+
+/// What to export, resolved from flags and environment.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    /// `None`: spans are made (for trace ids) but go nowhere.
+    pub target: Option<ExportTarget>,
+    /// `service.name` of the resource (`OTEL_SERVICE_NAME`, default `waypoint`).
+    pub service_name: String,
+}
+
+impl ExportConfig {
+    /// Resolves `args` against the process environment.
+    pub fn from_args(args: &ExportArgs) -> Result<Self, String> {
+        let env = |name: &str| std::env::var(name).ok();
+        Ok(Self {
+            target: export::resolve_target(
+                args.otlp_traces_endpoint.as_deref(),
+                args.otlp_protocol,
+                env,
+            )?,
+            service_name: export::service_name(env),
+        })
+    }
+}
+
+/// The installed subscriber's export side, kept to flush it at shutdown.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// Installs the global subscriber: the console, and the journey export when `export` is
+/// given. With gRPC export this must run inside the tokio runtime that serves (the
+/// exporter's connection lives there).
+pub fn install(format: LogFormat, export: Option<&ExportConfig>) -> Result<Telemetry, String> {
+    let mut provider = None;
+    let mut exporting: BoxedLayer = Box::new(Identity::new());
+    if let Some(export) = export {
+        let mut builder = SdkTracerProvider::builder()
+            .with_resource(export::resource(export.service_name.clone()))
+            .with_max_events_per_span(MAX_EVENTS_PER_SPAN);
+        if let Some(target) = &export.target {
+            builder = builder.with_span_processor(export::batch_processor(target)?);
+        }
+        let tracer_provider = builder.build();
+        exporting = journey_export_layers(&tracer_provider);
+        provider = Some(tracer_provider);
+    }
+    tracing_subscriber::registry()
+        .with(console_layers(format).and_then(exporting))
+        .try_init()
+        .map_err(|error| format!("cannot install the tracing subscriber: {error}"))?;
+    if let Some(export) = export {
+        match &export.target {
+            Some(target) => tracing::info!(
+                endpoint = %target.endpoint,
+                protocol = %target.protocol,
+                service = %export.service_name,
+                "exporting journey traces"
+            ),
+            None => tracing::info!(
+                "journey tracing is on, but no OTLP endpoint is set (--otlp-traces-endpoint or \
+                 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT): journeys go to the console only, with \
+                 RUST_LOG=waypoint::journey=debug,waypoint::api=debug"
+            ),
+        }
+    }
+    Ok(Telemetry { provider })
+}
+
+impl Telemetry {
+    /// Ends export: flushes the spans still queued and stops the exporter. Blocks (up to the
+    /// export timeout): call it from `spawn_blocking` inside the serving runtime, after the
+    /// engine has stopped, so that every journey span has ended.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(error) = provider.shutdown() {
+                tracing::warn!("trace export did not shut down cleanly: {error}");
+            }
+        }
+    }
+}
+
+/// Layers are combined with `and_then` (and absent ones are `Identity`) rather than put in a
+/// `Vec` or an `Option`: those do not pass `on_register_dispatch` on, which
+/// `SpanEventLayer` uses to find OpenTelemetry spans under a scoped dispatcher.
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Whether `metadata` is a journey span (`llm_request`, `llm_core`) or event.
+fn is_journey(metadata: &Metadata<'_>) -> bool {
+    is_journey_target(metadata.target())
+}
+
+/// The two layers that export journeys, each with its own filter.
+fn journey_export_layers(provider: &SdkTracerProvider) -> BoxedLayer {
+    let span_events = SpanEventLayer::new()
+        .with_target(crate::engine::journey::TARGET, "journey")
+        .with_target(crate::server::journey::TARGET, "api");
+    // Only the journey spans, and no events: `span_events` adds the journey events, and
+    // other events (logs) do not belong in the trace.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(scopes::ScopedTracer::new(provider))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .with_filter(filter_fn(|metadata| {
+            metadata.is_span() && is_journey(metadata)
+        }));
+    otel.and_then(span_events.with_filter(filter_fn(is_journey)))
+        .boxed()
+}
+
+/// The console: general lines filtered by `RUST_LOG`, and in text mode journey events in
+/// their own one-line format.
+fn console_layers(format: LogFormat) -> BoxedLayer {
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+    if let Err(error) = EnvFilter::try_new(&directives) {
+        eprintln!("warning: ignoring RUST_LOG={directives:?}: {error}");
+    }
+    let env_filter = || EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    let text = format == LogFormat::Text;
+    let general = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let general = general
+        .with_filter(env_filter())
+        .with_filter(filter_fn(move |metadata| {
+            !(text && metadata.is_event() && is_journey(metadata))
+        }))
+        .boxed();
+    let journeys: BoxedLayer = if text {
+        JourneyConsoleLayer.with_filter(env_filter()).boxed()
+    } else {
+        Box::new(Identity::new())
+    };
+    general.and_then(journeys).boxed()
+}
+
+/// A subscriber with just the journey export layers, for tests and benchmarks that bring
+/// their own provider (for instance one with an in-memory exporter).
+pub fn journey_export_subscriber(
+    provider: &SdkTracerProvider,
+) -> impl Subscriber + for<'a> LookupSpan<'a> + Send + Sync {
+    tracing_subscriber::registry().with(journey_export_layers(provider))
+}
