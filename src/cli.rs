@@ -155,6 +155,7 @@ impl EngineArgs {
                 max_model_len,
             },
             max_waiting_requests: self.max_waiting_requests,
+            step_tracing: None,
         })
     }
 }

@@ -9,7 +9,7 @@ use waypoint::cli::{CacheArgs, Device};
 use waypoint::generate::generate;
 use waypoint::model::{CacheBackend, PagedKvCache};
 use waypoint::sampling::SamplingParams;
-use waypoint::telemetry::{ExportArgs, ExportConfig, LogFormat};
+use waypoint::telemetry::{ExportArgs, ExportConfig, LogFormat, Traces};
 use waypoint::tokenizer::ChatMessage;
 
 /// Waypoint: an LLM inference server in which every request can be followed from arrival to
@@ -134,8 +134,41 @@ struct ServeArgs {
     /// (`x-waypoint-trace: 1` forces it).
     #[arg(long, default_value_t = 1.0)]
     journey_tracing_sample_rate: f64,
+    /// Trace sampled scheduler steps: a batch summary per sampled step (and, subsampled,
+    /// a snapshot of each scheduled request) on rotating `scheduler_steps` spans.
+    #[arg(long)]
+    step_tracing_enabled: bool,
+    /// Fraction of scheduler steps traced.
+    #[arg(long, default_value_t = 0.01)]
+    step_tracing_sample_rate: f64,
+    /// Fraction of traced steps whose scheduled requests each get a snapshot.
+    #[arg(long, default_value_t = 0.001)]
+    step_tracing_rich_subsample_rate: f64,
+    /// Seconds a `scheduler_steps` span collects events before the next one starts (it also
+    /// ends early when it holds the most events a span may keep).
+    #[arg(long, default_value_t = 10.0)]
+    step_tracing_span_window: f64,
     #[command(flatten)]
     export: ExportArgs,
+}
+
+impl ServeArgs {
+    /// Step tracing's configuration, when it is on.
+    fn step_tracing(&self) -> anyhow::Result<Option<waypoint::engine::StepTracingConfig>> {
+        if !self.step_tracing_enabled {
+            return Ok(None);
+        }
+        let config = waypoint::engine::StepTracingConfig {
+            sample_rate: self.step_tracing_sample_rate,
+            rich_subsample_rate: self.step_tracing_rich_subsample_rate,
+        };
+        config.validate().map_err(anyhow::Error::msg)?;
+        let window = self.step_tracing_span_window;
+        if !(window.is_finite() && window > 0.0) {
+            bail!("--step-tracing-span-window must be a positive number of seconds, got {window}");
+        }
+        Ok(Some(config))
+    }
 }
 
 fn run_serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
@@ -143,6 +176,7 @@ fn run_serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&rate) {
         bail!("--journey-tracing-sample-rate must be in [0, 1], got {rate}");
     }
+    let step_tracing = args.step_tracing()?;
     let export = ExportConfig::from_args(&args.export).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -150,14 +184,29 @@ fn run_serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let telemetry = {
         // The gRPC exporter's connection lives on this runtime.
         let _entered = runtime.enter();
-        let journeys = args.enable_journey_tracing.then_some(&export);
-        waypoint::telemetry::install(log_format, journeys).map_err(anyhow::Error::msg)?
+        let traces = (args.enable_journey_tracing || step_tracing.is_some()).then(|| Traces {
+            export: &export,
+            journeys: args.enable_journey_tracing,
+            step_span_window: step_tracing
+                .map(|_| std::time::Duration::from_secs_f64(args.step_tracing_span_window)),
+        });
+        waypoint::telemetry::install(log_format, traces).map_err(anyhow::Error::msg)?
     };
-    if !args.enable_journey_tracing && export.target.is_some() {
+    if traces_off(&args) && export.target.is_some() {
         tracing::warn!(
-            "an OTLP endpoint is set but journey tracing is off: nothing will be exported \
-             (add --enable-journey-tracing)"
+            "an OTLP endpoint is set but no tracing is on: nothing will be exported \
+             (add --enable-journey-tracing and/or --step-tracing-enabled)"
         );
+    }
+    if let Some(rotator) = telemetry.step_span_rotator() {
+        // An idle server emits no step event that would rotate the open span.
+        runtime.spawn(async move {
+            let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                every_second.tick().await;
+                rotator.rotate_if_due();
+            }
+        });
     }
     let served = match args.device {
         Device::Cpu => serve_on::<burn::backend::Flex>(args, Default::default(), &runtime),
@@ -179,6 +228,10 @@ fn run_serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     served
 }
 
+fn traces_off(args: &ServeArgs) -> bool {
+    !args.enable_journey_tracing && !args.step_tracing_enabled
+}
+
 fn serve_on<B: CacheBackend>(
     args: ServeArgs,
     device: B::Device,
@@ -195,10 +248,11 @@ where
         .clone()
         .unwrap_or_else(|| files.name.clone());
     let (model, tokenizer, _) = files.load::<B>(&device)?;
-    let engine_config = args
+    let mut engine_config = args
         .engine
         .config(model.config(), pool)
         .map_err(anyhow::Error::msg)?;
+    engine_config.step_tracing = args.step_tracing()?;
     let model_info = waypoint::engine::ModelInfo {
         name: name.clone(),
         // A sequence can never outgrow the KV pool either.

@@ -85,6 +85,7 @@ async fn journeys_are_reported_in_order_through_preemption_sampling_and_abort() 
         EngineConfig {
             scheduler,
             max_waiting_requests: 100,
+            step_tracing: None,
         },
     )
     .unwrap();

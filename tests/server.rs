@@ -42,6 +42,7 @@ async fn start(num_blocks: usize, max_num_seqs: usize) -> TestServer {
         EngineConfig {
             scheduler,
             max_waiting_requests: 1000,
+            step_tracing: None,
         },
     )
     .unwrap();

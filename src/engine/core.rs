@@ -23,6 +23,7 @@ use super::output::SchedulerOutput;
 use super::request::Request;
 use super::runner::ModelRunner;
 use super::scheduler::{Scheduler, SchedulerConfig};
+use super::step_trace::{self, StepTracer, StepTracingConfig};
 use crate::model::{ForwardBatch, SequenceSlice};
 use crate::sampling::{Sampler, SamplingParams, StopStringMatcher};
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
@@ -34,6 +35,8 @@ pub struct EngineConfig {
     pub scheduler: SchedulerConfig,
     /// Requests allowed to wait before new ones are refused.
     pub max_waiting_requests: usize,
+    /// Step tracing, when on.
+    pub step_tracing: Option<StepTracingConfig>,
 }
 
 /// What the engine tracks right now (for health checks and leak tests).
@@ -109,6 +112,7 @@ pub fn start<R: ModelRunner>(
         step_time: Duration::ZERO,
         model_time: Duration::ZERO,
         scheduler_step: 0,
+        step_tracer: StepTracer::new(config.step_tracing),
     };
     let thread = std::thread::Builder::new()
         .name("waypoint-engine".into())
@@ -153,6 +157,7 @@ struct Engine<R: ModelRunner> {
     model_time: Duration,
     /// The scheduler's latest step number, for journey events between steps.
     scheduler_step: u64,
+    step_tracer: StepTracer,
 }
 
 impl<R: ModelRunner> Engine<R> {
@@ -191,7 +196,14 @@ impl<R: ModelRunner> Engine<R> {
                 }
                 continue;
             }
-            self.step(&output);
+            let traced_step = self.step_tracer.sample();
+            if traced_step.is_some() && self.step_tracer.sample_snapshots() {
+                self.snapshot_requests(&output);
+            }
+            let num_finished = self.step(&output);
+            if let Some(traced_step) = traced_step {
+                traced_step.batch_summary(&output.stats, num_finished);
+            }
             self.step_time += step_started.elapsed();
         }
         if self.steps > 0 {
@@ -327,7 +339,18 @@ impl<R: ModelRunner> Engine<R> {
         }
     }
 
-    fn step(&mut self, output: &SchedulerOutput) {
+    /// `REQUEST_SNAPSHOT`s of the requests scheduled in `output`, before the model runs.
+    fn snapshot_requests(&self, output: &SchedulerOutput) {
+        let block_size = self.scheduler.kv_cache().block_size();
+        for sequence in output.batch() {
+            if let Some(request) = self.scheduler.request(sequence.request_id) {
+                step_trace::request_snapshot(output.step, request, &sequence, block_size);
+            }
+        }
+    }
+
+    /// Runs one scheduled step; returns how many requests finished in it.
+    fn step(&mut self, output: &SchedulerOutput) -> usize {
         self.steps += 1;
         self.scheduler_step = output.step;
         self.report_scheduling(output);
@@ -362,7 +385,7 @@ impl<R: ModelRunner> Engine<R> {
                         self.finish(&request, Some("the model failed on this batch".into()));
                     }
                 }
-                return;
+                return output.num_sequences();
             }
         };
 
@@ -406,7 +429,7 @@ impl<R: ModelRunner> Engine<R> {
             Ok(update) => update,
             Err(error) => {
                 tracing::error!(%error, "scheduler update failed");
-                return;
+                return 0;
             }
         };
         let now = Instant::now();
@@ -435,6 +458,7 @@ impl<R: ModelRunner> Engine<R> {
         for request in &update.finished {
             self.finish(request, None);
         }
+        update.finished.len()
     }
 
     /// Journey events for what `schedule()` decided: admissions and preemptions.
@@ -640,6 +664,7 @@ mod tests {
             EngineConfig {
                 scheduler: SchedulerConfig::new(16, 64),
                 max_waiting_requests: 8,
+                step_tracing: None,
             },
         )
         .unwrap();

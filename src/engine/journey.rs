@@ -31,7 +31,7 @@ pub struct Journey {
 }
 
 /// Where a request is, as the events report it.
-fn phase(request: &Request) -> &'static str {
+pub(super) fn phase(request: &Request) -> &'static str {
     match request.status() {
         RequestStatus::Waiting => "WAITING",
         _ if request.num_computed_tokens() < request.num_tokens().saturating_sub(1) => "PREFILL",

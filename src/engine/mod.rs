@@ -10,9 +10,11 @@ pub mod queue;
 pub mod request;
 mod runner;
 pub mod scheduler;
+pub mod step_trace;
 
 pub use core::{start, EngineConfig, EngineStats, RunningEngine};
 pub use handle::*;
 pub use queue::SchedulingPolicy;
 pub use runner::{BurnRunner, ModelRunner};
 pub use scheduler::{Scheduler, SchedulerConfig};
+pub use step_trace::StepTracingConfig;

@@ -21,7 +21,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
-use waypoint_layers::SpanEventLayer;
+use waypoint_layers::{RotatingSpanHandle, RotatingSpanLayer, SpanEventLayer};
 
 use crate::journey_console::{is_journey_target, JourneyConsoleLayer};
 
@@ -31,9 +31,19 @@ pub mod scopes;
 
 pub use export::{ExportTarget, OtlpProtocol};
 
-/// Most events one exported span keeps (the SDK's default is 128; the rest would be dropped
-/// silently). A journey has a handful, plus two per preemption.
+/// Most events one exported span keeps, unless `OTEL_SPAN_EVENT_COUNT_LIMIT` says otherwise
+/// (the SDK's own default is 128, and it drops the rest silently). A journey has a handful,
+/// plus two per preemption; a step span rotates before it reaches the limit.
 pub const MAX_EVENTS_PER_SPAN: u32 = 1024;
+
+/// The per-span event limit: `OTEL_SPAN_EVENT_COUNT_LIMIT` if it is a positive integer, else
+/// [`MAX_EVENTS_PER_SPAN`]. The provider and the step spans' rotation use the same value.
+pub fn max_events_per_span(env: impl Fn(&str) -> Option<String>) -> u32 {
+    env("OTEL_SPAN_EVENT_COUNT_LIMIT")
+        .and_then(|value| value.trim().parse::<u32>().ok())
+        .filter(|&limit| limit > 0)
+        .unwrap_or(MAX_EVENTS_PER_SPAN)
+}
 
 /// Console output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -83,56 +93,104 @@ impl ExportConfig {
     }
 }
 
+/// Name of the rotating spans that carry step events.
+pub const STEP_SPAN_NAME: &str = "scheduler_steps";
+
+/// What goes to OpenTelemetry, and where.
+#[derive(Debug, Clone, Copy)]
+pub struct Traces<'a> {
+    /// Destination and service name.
+    pub export: &'a ExportConfig,
+    /// Export request journeys (`llm_request`, `llm_core`).
+    pub journeys: bool,
+    /// Export step events on `scheduler_steps` spans rotated after this window.
+    pub step_span_window: Option<std::time::Duration>,
+}
+
 /// The installed subscriber's export side, kept to flush it at shutdown.
 #[derive(Debug, Default)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    step_spans: Option<RotatingSpanHandle>,
 }
 
-/// Installs the global subscriber: the console, and the journey export when `export` is
-/// given. With gRPC export this must run inside the tokio runtime that serves (the
-/// exporter's connection lives there).
-pub fn install(format: LogFormat, export: Option<&ExportConfig>) -> Result<Telemetry, String> {
-    let mut provider = None;
+/// Installs the global subscriber: the console, and trace export when `traces` is given.
+/// With gRPC export this must run inside the tokio runtime that serves (the exporter's
+/// connection lives there).
+pub fn install(format: LogFormat, traces: Option<Traces<'_>>) -> Result<Telemetry, String> {
+    let mut telemetry = Telemetry::default();
     let mut exporting: BoxedLayer = Box::new(Identity::new());
-    if let Some(export) = export {
+    if let Some(traces) = traces {
+        let export = traces.export;
+        let max_events = max_events_per_span(|name| std::env::var(name).ok());
         let mut builder = SdkTracerProvider::builder()
             .with_resource(export::resource(export.service_name.clone()))
-            .with_max_events_per_span(MAX_EVENTS_PER_SPAN);
+            .with_max_events_per_span(max_events);
         if let Some(target) = &export.target {
             builder = builder.with_span_processor(export::batch_processor(target)?);
         }
-        let tracer_provider = builder.build();
-        exporting = journey_export_layers(&tracer_provider);
-        provider = Some(tracer_provider);
+        let provider = builder.build();
+        if traces.journeys {
+            exporting = journey_export_layers(&provider);
+        }
+        if let Some(window) = traces.step_span_window {
+            let steps = RotatingSpanLayer::new(
+                scopes::scope_tracer(&provider, scopes::STEP_SCOPE),
+                STEP_SPAN_NAME,
+            )
+            .with_target(crate::engine::step_trace::TARGET, "step")
+            .with_window(window)
+            .with_max_events(max_events as usize);
+            telemetry.step_spans = Some(steps.handle());
+            let steps = steps.with_filter(filter_fn(|metadata| {
+                metadata.target() == crate::engine::step_trace::TARGET
+            }));
+            exporting = exporting.and_then(steps).boxed();
+        }
+        telemetry.provider = Some(provider);
     }
     tracing_subscriber::registry()
         .with(console_layers(format).and_then(exporting))
         .try_init()
         .map_err(|error| format!("cannot install the tracing subscriber: {error}"))?;
-    if let Some(export) = export {
-        match &export.target {
+    if let Some(traces) = traces {
+        let what = match (traces.journeys, traces.step_span_window.is_some()) {
+            (true, true) => "journey and step traces",
+            (true, false) => "journey traces",
+            _ => "step traces",
+        };
+        match &traces.export.target {
             Some(target) => tracing::info!(
                 endpoint = %target.endpoint,
                 protocol = %target.protocol,
-                service = %export.service_name,
-                "exporting journey traces"
+                service = %traces.export.service_name,
+                "exporting {what}"
             ),
             None => tracing::info!(
-                "journey tracing is on, but no OTLP endpoint is set (--otlp-traces-endpoint or \
-                 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT): journeys go to the console only, with \
-                 RUST_LOG=waypoint::journey=debug,waypoint::api=debug"
+                "{what}: on, but no OTLP endpoint is set (--otlp-traces-endpoint or \
+                 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), so they go to the console only, with \
+                 RUST_LOG=waypoint::journey=debug,waypoint::api=debug,waypoint::step=debug"
             ),
         }
     }
-    Ok(Telemetry { provider })
+    Ok(telemetry)
 }
 
 impl Telemetry {
-    /// Ends export: flushes the spans still queued and stops the exporter. Blocks (up to the
-    /// export timeout): call it from `spawn_blocking` inside the serving runtime, after the
-    /// engine has stopped, so that every journey span has ended.
+    /// The step spans' rotation handle, for a timer that calls `rotate_if_due` every second
+    /// or so: an idle server emits no step event that would end the open span, and its
+    /// events would wait.
+    pub fn step_span_rotator(&self) -> Option<RotatingSpanHandle> {
+        self.step_spans.clone()
+    }
+
+    /// Ends export: ends the open step span, flushes the spans still queued and stops the
+    /// exporter. Blocks (up to the export timeout): call it from `spawn_blocking` inside the
+    /// serving runtime, after the engine has stopped, so that every journey span has ended.
     pub fn shutdown(self) {
+        if let Some(step_spans) = &self.step_spans {
+            step_spans.end_current();
+        }
         if let Some(provider) = self.provider {
             if let Err(error) = provider.shutdown() {
                 tracing::warn!("trace export did not shut down cleanly: {error}");
