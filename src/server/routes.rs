@@ -18,6 +18,7 @@ use tracing::field::Empty;
 use tracing::Span;
 
 use crate::engine::{EngineHandle, FinishReason, RequestStream, StreamEvent};
+use crate::metrics::Format;
 
 use super::error::ApiError;
 use super::extract::ApiJson;
@@ -236,6 +237,17 @@ pub async fn health(State(state): State<AppState>) -> Response {
     } else {
         Json(json!({"status": "ok"})).into_response()
     }
+}
+
+/// `GET /metrics`: Prometheus text, or OpenMetrics (with exemplars) when the scraper's
+/// `Accept` asks for it.
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = Format::from_accept(accept);
+    let body = state.engine.metrics().render(format);
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
 /// `GET /version`.
