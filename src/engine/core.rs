@@ -628,6 +628,7 @@ fn forward_batch(output: &SchedulerOutput) -> ForwardBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Format;
     use crate::model::Logits;
     use crate::tokenizer::TINY_VOCAB_SIZE;
 
@@ -706,6 +707,18 @@ mod tests {
         assert!(
             stats.scheduler_empty && stats.live_outputs == 0,
             "{stats:?}"
+        );
+        // The failed request counts too, by its reason.
+        let scrape = engine.handle.metrics().render(Format::PrometheusText);
+        for (reason, count) in [("error", 1), ("length", 1), ("stop", 0), ("abort", 0)] {
+            let sample = format!(
+                "waypoint_request_success_total{{model_name=\"flaky\",finished_reason=\"{reason}\"}} {count}\n"
+            );
+            assert!(scrape.contains(&sample), "{sample} in {scrape}");
+        }
+        assert!(
+            scrape.contains("waypoint_e2e_request_latency_seconds_count{model_name=\"flaky\"} 2\n"),
+            "{scrape}"
         );
         engine.shutdown();
     }
