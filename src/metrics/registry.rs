@@ -46,13 +46,14 @@ const FINISH_REASONS: [FinishReason; 4] = [
 /// # Cost
 ///
 /// Each call is a handful of relaxed atomic operations on memory no other thread writes, so
-/// none waits:
-/// - per step: 3 stores ([`Metrics::set_load`]) and up to 4 adds ([`Metrics::record_step`],
-///   [`Metrics::record_generated_tokens`]; zero counts are skipped);
-/// - per generated token after the first: one histogram observation (a search of 19
-///   bounds, one add, one compare-exchange);
+/// none waits (a scrape only loads):
+/// - per step: up to 4 adds ([`Metrics::record_step`], [`Metrics::record_generated_tokens`];
+///   zero counts are skipped), and 3 stores each time the load gauges are published
+///   ([`Metrics::set_load`]: after taking commands and after the step);
+/// - per generated token after the first: one histogram observation (a binary search of
+///   19 bounds, one add, one compare-exchange);
 /// - per first token: one observation and one add;
-/// - per finished request: up to 8 observations and one add.
+/// - per finished request: up to 6 observations and one add.
 ///
 /// A traced request's latency observations also take one uncontended lock and read the
 /// clock, to keep their exemplar. Nothing allocates after [`Metrics::new`].
