@@ -7,6 +7,7 @@ pub mod engine;
 pub mod generate;
 pub mod journey_console;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod sampling;
 pub mod server;

@@ -105,6 +105,7 @@ async fn journeys_are_reported_in_order_through_preemption_sampling_and_abort() 
             priority: 0,
             arrival: std::time::Instant::now(),
             traced: true,
+            trace_id: None,
         };
         streams.push(engine.handle.submit(request).unwrap());
     }

@@ -24,6 +24,7 @@ use super::request::Request;
 use super::runner::ModelRunner;
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::step_trace::{self, StepTracer, StepTracingConfig};
+use crate::metrics::{Metrics, TraceId};
 use crate::model::{ForwardBatch, SequenceSlice};
 use crate::sampling::{Sampler, SamplingParams, StopStringMatcher};
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
@@ -107,6 +108,7 @@ pub fn start<R: ModelRunner>(
         outputs: HashMap::new(),
         commands,
         waiting,
+        metrics: handle.metrics().clone(),
         steps: 0,
         aborted: 0,
         step_time: Duration::ZERO,
@@ -142,6 +144,11 @@ struct RequestOutput {
     arrival: Instant,
     first_scheduled: Option<Instant>,
     first_token: Option<Instant>,
+    /// For the inter-token latency.
+    last_token: Option<Instant>,
+    num_prompt_tokens: usize,
+    /// Shown as the exemplar of this request's latency observations.
+    trace_id: Option<TraceId>,
 }
 
 struct Engine<R: ModelRunner> {
@@ -151,6 +158,7 @@ struct Engine<R: ModelRunner> {
     outputs: HashMap<String, RequestOutput>,
     commands: Receiver<EngineCommand>,
     waiting: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
     steps: u64,
     aborted: u64,
     step_time: Duration,
@@ -180,8 +188,7 @@ impl<R: ModelRunner> Engine<R> {
                 self.handle_command(command);
             }
             self.drop_departed_clients();
-            self.waiting
-                .store(self.scheduler.num_waiting(), Ordering::Relaxed);
+            self.publish_load();
             if !self.scheduler.has_unfinished_requests() {
                 continue;
             }
@@ -204,6 +211,8 @@ impl<R: ModelRunner> Engine<R> {
             if let Some(traced_step) = traced_step {
                 traced_step.batch_summary(&output.stats, num_finished);
             }
+            // Before the loop may block: the gauges must not show finished requests.
+            self.publish_load();
             self.step_time += step_started.elapsed();
         }
         if self.steps > 0 {
@@ -245,6 +254,18 @@ impl<R: ModelRunner> Engine<R> {
         }
     }
 
+    /// Commands and finished requests change the queue and the cache: the handle's
+    /// admission check and the load gauges see it here.
+    fn publish_load(&self) {
+        let waiting = self.scheduler.num_waiting();
+        self.waiting.store(waiting, Ordering::Relaxed);
+        self.metrics.set_load(
+            self.scheduler.num_running(),
+            waiting,
+            self.scheduler.kv_usage(),
+        );
+    }
+
     fn stats(&self) -> EngineStats {
         let kv = self.scheduler.kv_cache();
         EngineStats {
@@ -274,12 +295,20 @@ impl<R: ModelRunner> Engine<R> {
             priority,
             arrival,
             traced,
+            trace_id,
         } = request;
+        let trace_id = trace_id.as_deref().and_then(|id| {
+            let parsed = TraceId::parse(id);
+            if parsed.is_none() {
+                tracing::debug!(%request_id, "not a W3C trace id: no exemplars");
+            }
+            parsed
+        });
         let scheduled = Request::new(request_id.clone(), prompt_ids.clone(), params.max_tokens)
             .with_priority(priority)
             .with_arrival(arrival);
         if let Err(error) = self.scheduler.add_request(scheduled) {
-            let _ = sender.send(StreamEvent::Finished(FinishedInfo {
+            let info = FinishedInfo {
                 reason: FinishReason::Error,
                 prompt_tokens: prompt_ids.len(),
                 completion_tokens: 0,
@@ -287,7 +316,10 @@ impl<R: ModelRunner> Engine<R> {
                 num_preemptions: 0,
                 error: Some(error.to_string()),
                 timings: EngineTimings::default(),
-            }));
+            };
+            self.metrics
+                .record_finished(&info, arrival.elapsed(), trace_id);
+            let _ = sender.send(StreamEvent::Finished(info));
             return;
         }
         let journey = traced.then(|| Journey::start(&span, &request_id));
@@ -317,6 +349,9 @@ impl<R: ModelRunner> Engine<R> {
                 arrival,
                 first_scheduled: None,
                 first_token: None,
+                last_token: None,
+                num_prompt_tokens: prompt_ids.len(),
+                trace_id,
             },
         );
     }
@@ -354,6 +389,7 @@ impl<R: ModelRunner> Engine<R> {
         self.steps += 1;
         self.scheduler_step = output.step;
         self.report_scheduling(output);
+        self.metrics.record_step(&output.stats);
         let now = Instant::now();
         for new in &output.scheduled_new {
             if let Some(out) = self.outputs.get_mut(&new.request_id) {
@@ -433,9 +469,21 @@ impl<R: ModelRunner> Engine<R> {
             }
         };
         let now = Instant::now();
+        self.metrics
+            .record_generated_tokens(update.new_tokens.len());
         for (request_id, token) in &update.new_tokens {
             if let Some(out) = self.outputs.get_mut(request_id) {
                 out.first_token.get_or_insert(now);
+                match out.last_token.replace(now) {
+                    Some(previous) => self
+                        .metrics
+                        .record_inter_token(now.duration_since(previous), out.trace_id),
+                    None => self.metrics.record_first_token(
+                        now.duration_since(out.arrival),
+                        out.num_prompt_tokens,
+                        out.trace_id,
+                    ),
+                }
                 if let Some(journey) = &mut out.journey {
                     let request = self.scheduler.request(request_id).or_else(|| {
                         update
@@ -524,7 +572,7 @@ impl<R: ModelRunner> Engine<R> {
             prompt_tokens_computed = request.num_computed_prompt_tokens(),
             "request finished"
         );
-        let _ = out.sender.send(StreamEvent::Finished(FinishedInfo {
+        let info = FinishedInfo {
             reason: if error.is_some() {
                 FinishReason::Error
             } else {
@@ -536,7 +584,10 @@ impl<R: ModelRunner> Engine<R> {
             num_preemptions: request.num_preemptions(),
             error,
             timings: out.timings(),
-        }));
+        };
+        self.metrics
+            .record_finished(&info, out.arrival.elapsed(), out.trace_id);
+        let _ = out.sender.send(StreamEvent::Finished(info));
     }
 }
 
@@ -601,6 +652,7 @@ fn forward_batch(output: &SchedulerOutput) -> ForwardBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Format;
     use crate::model::Logits;
     use crate::tokenizer::TINY_VOCAB_SIZE;
 
@@ -637,6 +689,7 @@ mod tests {
             priority: 0,
             arrival: Instant::now(),
             traced: false,
+            trace_id: None,
         }
     }
 
@@ -679,6 +732,18 @@ mod tests {
         assert!(
             stats.scheduler_empty && stats.live_outputs == 0,
             "{stats:?}"
+        );
+        // The failed request counts too, by its reason.
+        let scrape = engine.handle.metrics().render(Format::PrometheusText);
+        for (reason, count) in [("error", 1), ("length", 1), ("stop", 0), ("abort", 0)] {
+            let sample = format!(
+                "waypoint_request_success_total{{model_name=\"flaky\",finished_reason=\"{reason}\"}} {count}\n"
+            );
+            assert!(scrape.contains(&sample), "{sample} in {scrape}");
+        }
+        assert!(
+            scrape.contains("waypoint_e2e_request_latency_seconds_count{model_name=\"flaky\"} 2\n"),
+            "{scrape}"
         );
         engine.shutdown();
     }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use crate::metrics::Metrics;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 
@@ -53,6 +54,9 @@ pub struct EngineRequest {
     pub arrival: Instant,
     /// Whether this request's journey is traced (decided once, at the API).
     pub traced: bool,
+    /// The W3C trace id (32 hex digits) of the request's trace, when it has one: latency
+    /// metrics show it as an exemplar. The API's journey sets it.
+    pub trace_id: Option<String>,
 }
 
 /// Log-probability information for one generated token.
@@ -169,10 +173,12 @@ pub struct EngineHandle {
     accepting: Arc<AtomicBool>,
     tokenizer: Arc<Tokenizer>,
     model: Arc<ModelInfo>,
+    metrics: Arc<Metrics>,
 }
 
 impl EngineHandle {
     /// A handle over a command channel; `waiting` is the engine's count of waiting requests.
+    /// Its [`Metrics`] start at zero, labelled with the model's name.
     pub fn new(
         commands: std::sync::mpsc::Sender<EngineCommand>,
         waiting: Arc<std::sync::atomic::AtomicUsize>,
@@ -186,6 +192,7 @@ impl EngineHandle {
             max_waiting,
             accepting: Arc::new(AtomicBool::new(true)),
             tokenizer,
+            metrics: Arc::new(Metrics::new(&model.name, model.max_context)),
             model: Arc::new(model),
         }
     }
@@ -224,6 +231,11 @@ impl EngineHandle {
     /// The served model.
     pub fn model(&self) -> &ModelInfo {
         &self.model
+    }
+
+    /// The metrics the engine feeds, for `GET /metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Whether new requests are taken (false once shutdown began).

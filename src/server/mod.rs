@@ -19,9 +19,10 @@
 //! | `GET /v1/models` | the served model |
 //! | `GET /health` | 200 when ready, 503 while loading or shutting down |
 //! | `GET /version` | the server's version |
+//! | `GET /metrics` | Prometheus metrics (`docs/METRICS.md`) |
 //!
 //! With an API key configured, the `/v1` routes want `Authorization: Bearer <key>`;
-//! `/health` and `/version` stay open for probes.
+//! `/health`, `/version` and `/metrics` stay open for probes and scrapers.
 //!
 //! A client that disconnects aborts its request: the engine's
 //! [`RequestStream`](crate::engine::RequestStream) lives in the handler future (non-streaming)
@@ -152,6 +153,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(routes::health))
         .route("/version", get(routes::version))
+        .route("/metrics", get(routes::metrics))
         .merge(v1)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

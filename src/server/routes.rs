@@ -18,6 +18,7 @@ use tracing::field::Empty;
 use tracing::Span;
 
 use crate::engine::{EngineHandle, FinishReason, RequestStream, StreamEvent};
+use crate::metrics::Format;
 
 use super::error::ApiError;
 use super::extract::ApiJson;
@@ -120,7 +121,8 @@ where
         arrival,
     );
     let trace = journey.as_ref().and_then(ApiJourney::trace_headers);
-    let mut response = match submit(state, api, validate, id, arrival, journey).await {
+    let trace_id = trace.as_ref().map(|trace| trace.trace_id.clone());
+    let mut response = match submit(state, api, validate, id, arrival, journey, trace_id).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -138,6 +140,7 @@ async fn submit<F>(
     id: String,
     arrival: Instant,
     journey: Option<ApiJourney>,
+    trace_id: Option<String>,
 ) -> Result<Response, ApiError>
 where
     F: FnOnce(&EngineHandle, &ServerConfig, String, Instant) -> Result<ValidatedRequest, ApiError>
@@ -167,6 +170,8 @@ where
         ResponseBuilder::new(api, id, created, state.engine.clone(), validated.logprobs);
     let mut request = validated.request;
     request.traced = journey.is_some();
+    // Latency metrics show it as their exemplar, linking a slow bucket to this trace.
+    request.trace_id = trace_id;
     // Submitted inside the journey span, which the engine's `llm_core` span hangs under.
     let submitted = match &journey {
         Some(journey) => {
@@ -273,6 +278,17 @@ pub async fn health(State(state): State<AppState>) -> Response {
     } else {
         Json(json!({"status": "ok"})).into_response()
     }
+}
+
+/// `GET /metrics`: Prometheus text, or OpenMetrics (with exemplars) when the scraper's
+/// `Accept` asks for it.
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = Format::from_accept(accept);
+    let body = state.engine.metrics().render(format);
+    ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
 /// `GET /version`.

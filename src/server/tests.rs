@@ -1025,6 +1025,49 @@ async fn the_api_key_guards_v1_but_not_probes() {
 }
 
 #[tokio::test]
+async fn metrics_need_no_key_and_come_in_the_format_asked_for() {
+    let config = ServerConfig {
+        api_key: Some("sk-test".to_string()),
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, 16).await;
+    let url = format!("{}/metrics", server.base);
+    let response = server.client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE waypoint_request_success_total counter\n"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("model_name=\"{MODEL}\"")), "{text}");
+    assert!(!text.contains("# EOF"), "{text}");
+
+    let response = server
+        .client
+        .get(&url)
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE waypoint_request_success counter\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert_eq!(server.client.post(&url).send().await.unwrap().status(), 405);
+}
+
+#[tokio::test]
 async fn a_full_queue_is_429_and_shutdown_is_503() {
     let server = start_with(ServerConfig::default(), 0).await;
     let (status, body) = server

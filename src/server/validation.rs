@@ -448,6 +448,8 @@ fn finish(
             arrival,
             // Sampling is decided by the handler, which sees the headers.
             traced: false,
+            // Set with `traced`, by the handler's journey.
+            trace_id: None,
         },
         stream: checked.stream,
         logprobs,

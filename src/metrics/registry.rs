@@ -1,0 +1,437 @@
+//! [`Metrics`]: every Waypoint metric, what the engine calls to feed them, and the scrape.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::exposition::{render_labels, Format, Writer};
+use super::instruments::{Counter, Gauge, Histogram, TraceId};
+use crate::engine::output::StepStats;
+use crate::engine::{FinishReason, FinishedInfo};
+
+/// Time to first token (vLLM's buckets): from a millisecond for a cached short prompt to
+/// minutes for a long one queued behind others.
+const TIME_TO_FIRST_TOKEN_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+
+/// Time between two tokens of a request (vLLM's buckets): one step, or more when a step
+/// carries a long prefill or the request was preempted.
+const INTER_TOKEN_LATENCY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+
+/// Whole requests and their phases (vLLM's buckets): up to two hours.
+const REQUEST_LATENCY_BUCKETS: &[f64] = &[
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
+];
+
+/// The finish reasons, in the order of [`Metrics::request_success`]'s counters.
+const FINISH_REASONS: [FinishReason; 4] = [
+    FinishReason::Stop,
+    FinishReason::Length,
+    FinishReason::Abort,
+    FinishReason::Error,
+];
+
+/// Every metric the server exports, as atomics the engine thread updates and a scrape reads.
+///
+/// The engine creates one per served model (see
+/// [`EngineHandle::metrics`](crate::engine::EngineHandle::metrics)) and calls the
+/// `record_*` methods beside the events it already handles: a step, a token, a finished
+/// request. See `docs/METRICS.md` for the table of metrics.
+///
+/// # Cost
+///
+/// Each call is a handful of relaxed atomic operations on memory no other thread writes, so
+/// none waits (a scrape only loads):
+/// - per step: up to 4 adds ([`Metrics::record_step`], [`Metrics::record_generated_tokens`];
+///   zero counts are skipped), and 3 stores each time the load gauges are published
+///   ([`Metrics::set_load`]: after taking commands and after the step);
+/// - per generated token after the first: one histogram observation (a binary search of
+///   19 bounds, one add, one compare-exchange);
+/// - per first token: one observation and one add;
+/// - per finished request: up to 6 observations and one add.
+///
+/// A traced request's latency observations also take one uncontended lock and read the
+/// clock, to keep their exemplar. Nothing allocates after [`Metrics::new`].
+pub struct Metrics {
+    /// `model_name="..."`, escaped once.
+    common_labels: String,
+    requests_running: Gauge,
+    requests_waiting: Gauge,
+    kv_cache_usage: Gauge,
+    preemptions: Counter,
+    prompt_tokens: Counter,
+    generation_tokens: Counter,
+    /// One per entry of [`FINISH_REASONS`].
+    request_success: [Counter; 4],
+    prefix_cache_queries: Counter,
+    prefix_cache_hits: Counter,
+    time_to_first_token: Histogram,
+    inter_token_latency: Histogram,
+    e2e_request_latency: Histogram,
+    request_queue_time: Histogram,
+    request_prefill_time: Histogram,
+    request_decode_time: Histogram,
+    request_prompt_tokens: Histogram,
+    request_generation_tokens: Histogram,
+}
+
+impl Metrics {
+    /// All metrics at zero, labelled with `model_name`; the token-count histograms' buckets
+    /// go up to `max_context` tokens.
+    pub fn new(model_name: &str, max_context: usize) -> Self {
+        let token_buckets = one_two_five_buckets(max_context);
+        Self {
+            common_labels: render_labels(&[("model_name", model_name)]),
+            requests_running: Gauge::default(),
+            requests_waiting: Gauge::default(),
+            kv_cache_usage: Gauge::default(),
+            preemptions: Counter::default(),
+            prompt_tokens: Counter::default(),
+            generation_tokens: Counter::default(),
+            request_success: Default::default(),
+            prefix_cache_queries: Counter::default(),
+            prefix_cache_hits: Counter::default(),
+            time_to_first_token: Histogram::new(TIME_TO_FIRST_TOKEN_BUCKETS),
+            inter_token_latency: Histogram::new(INTER_TOKEN_LATENCY_BUCKETS),
+            e2e_request_latency: Histogram::new(REQUEST_LATENCY_BUCKETS),
+            request_queue_time: Histogram::new(REQUEST_LATENCY_BUCKETS),
+            request_prefill_time: Histogram::new(REQUEST_LATENCY_BUCKETS),
+            request_decode_time: Histogram::new(REQUEST_LATENCY_BUCKETS),
+            request_prompt_tokens: Histogram::new(&token_buckets),
+            request_generation_tokens: Histogram::new(&token_buckets),
+        }
+    }
+
+    /// Sets the load gauges: requests running (holding KV blocks) and waiting, and the
+    /// fraction of KV-cache blocks in use.
+    pub fn set_load(&self, running: usize, waiting: usize, kv_cache_usage: f32) {
+        self.requests_running.set(running as f64);
+        self.requests_waiting.set(waiting as f64);
+        self.kv_cache_usage.set(f64::from(kv_cache_usage));
+    }
+
+    /// Counts what one `schedule()` decided: preemptions, and the prefix-cache lookups (in
+    /// tokens) of the requests it admitted.
+    pub fn record_step(&self, stats: &StepStats) {
+        add_unless_zero(&self.preemptions, stats.num_preemptions as u64);
+        add_unless_zero(&self.prefix_cache_queries, stats.prefix_cache_queries);
+        add_unless_zero(&self.prefix_cache_hits, stats.prefix_cache_hits);
+    }
+
+    /// Counts the tokens one step generated (over all its requests).
+    pub fn record_generated_tokens(&self, count: usize) {
+        add_unless_zero(&self.generation_tokens, count as u64);
+    }
+
+    /// A request's first token: its time from arrival, and its whole prompt counted as
+    /// processed (cached tokens included, as vLLM counts them).
+    pub fn record_first_token(
+        &self,
+        since_arrival: Duration,
+        prompt_tokens: usize,
+        trace_id: Option<TraceId>,
+    ) {
+        self.time_to_first_token
+            .observe_traced(since_arrival.as_secs_f64(), trace_id);
+        self.prompt_tokens.inc_by(prompt_tokens as u64);
+    }
+
+    /// A token after a request's first: the time since its previous token.
+    pub fn record_inter_token(&self, since_previous: Duration, trace_id: Option<TraceId>) {
+        self.inter_token_latency
+            .observe_traced(since_previous.as_secs_f64(), trace_id);
+    }
+
+    /// A request that ended, for any reason: `e2e` is from its arrival at the API to now.
+    /// Phases it never reached (say, an abort while waiting) are not observed.
+    pub fn record_finished(&self, info: &FinishedInfo, e2e: Duration, trace_id: Option<TraceId>) {
+        self.request_success[reason_index(info.reason)].inc_by(1);
+        self.e2e_request_latency
+            .observe_traced(e2e.as_secs_f64(), trace_id);
+        let phases = [
+            (&self.request_queue_time, info.timings.queue),
+            (&self.request_prefill_time, info.timings.prefill),
+            (&self.request_decode_time, info.timings.decode),
+        ];
+        for (histogram, seconds) in phases {
+            if let Some(seconds) = seconds {
+                histogram.observe_traced(seconds, trace_id);
+            }
+        }
+        self.request_prompt_tokens
+            .observe(info.prompt_tokens as f64);
+        self.request_generation_tokens
+            .observe(info.completion_tokens as f64);
+    }
+
+    /// The scrape: every metric, in `format`.
+    pub fn render(&self, format: Format) -> String {
+        let mut out = Writer::new(format, &self.common_labels);
+        out.gauge(
+            "waypoint_num_requests_running",
+            "Requests running: scheduled, holding KV-cache blocks.",
+            self.requests_running.get(),
+        );
+        out.gauge(
+            "waypoint_num_requests_waiting",
+            "Requests waiting to be scheduled (new, or preempted).",
+            self.requests_waiting.get(),
+        );
+        out.gauge(
+            "waypoint_kv_cache_usage_ratio",
+            "Fraction of KV-cache blocks in use by requests (1 = full).",
+            self.kv_cache_usage.get(),
+        );
+        out.counter(
+            "waypoint_num_preemptions_total",
+            "Preemptions: running requests that lost their KV-cache blocks and wait to be \
+             computed again.",
+            self.preemptions.get(),
+        );
+        out.counter(
+            "waypoint_prompt_tokens_total",
+            "Prompt tokens of requests that produced their first token, prefix-cache hits \
+             included.",
+            self.prompt_tokens.get(),
+        );
+        out.counter(
+            "waypoint_generation_tokens_total",
+            "Tokens generated.",
+            self.generation_tokens.get(),
+        );
+        let successes = FINISH_REASONS.map(|reason| {
+            (
+                reason.as_str(),
+                self.request_success[reason_index(reason)].get(),
+            )
+        });
+        out.labelled_counter(
+            "waypoint_request_success_total",
+            "Requests that ended, by finish reason (stop, length, abort, error).",
+            "finished_reason",
+            &successes,
+        );
+        out.counter(
+            "waypoint_prefix_cache_queries_total",
+            "Tokens looked up in the prefix cache when requests are scheduled.",
+            self.prefix_cache_queries.get(),
+        );
+        out.counter(
+            "waypoint_prefix_cache_hits_total",
+            "Tokens found in the prefix cache when requests are scheduled.",
+            self.prefix_cache_hits.get(),
+        );
+        let histograms = [
+            (
+                "waypoint_time_to_first_token_seconds",
+                "Seconds from a request's arrival to its first token.",
+                &self.time_to_first_token,
+            ),
+            (
+                "waypoint_inter_token_latency_seconds",
+                "Seconds between consecutive tokens of a request.",
+                &self.inter_token_latency,
+            ),
+            (
+                "waypoint_e2e_request_latency_seconds",
+                "Seconds from a request's arrival to its end.",
+                &self.e2e_request_latency,
+            ),
+            (
+                "waypoint_request_queue_time_seconds",
+                "Seconds from a request's arrival to its first scheduling.",
+                &self.request_queue_time,
+            ),
+            (
+                "waypoint_request_prefill_time_seconds",
+                "Seconds from a request's first scheduling to its first token.",
+                &self.request_prefill_time,
+            ),
+            (
+                "waypoint_request_decode_time_seconds",
+                "Seconds from a request's first token to its end.",
+                &self.request_decode_time,
+            ),
+            (
+                "waypoint_request_prompt_tokens",
+                "Prompt tokens per ended request.",
+                &self.request_prompt_tokens,
+            ),
+            (
+                "waypoint_request_generation_tokens",
+                "Generated tokens per ended request.",
+                &self.request_generation_tokens,
+            ),
+        ];
+        for (name, help, histogram) in histograms {
+            out.histogram(name, help, &histogram.snapshot());
+        }
+        out.finish()
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("labels", &self.common_labels)
+            .finish_non_exhaustive()
+    }
+}
+
+fn reason_index(reason: FinishReason) -> usize {
+    match reason {
+        FinishReason::Stop => 0,
+        FinishReason::Length => 1,
+        FinishReason::Abort => 2,
+        FinishReason::Error => 3,
+    }
+}
+
+/// A zero add would still be an atomic read-modify-write; most steps have nothing to add.
+fn add_unless_zero(counter: &Counter, n: u64) {
+    if n > 0 {
+        counter.inc_by(n);
+    }
+}
+
+/// 1, 2, 5, 10, 20, 50, ... up to `max` (vLLM's token-count buckets).
+fn one_two_five_buckets(max: usize) -> Vec<f64> {
+    let mut bounds = Vec::new();
+    let mut decade = 1usize;
+    loop {
+        for mantissa in [1, 2, 5] {
+            match decade.checked_mul(mantissa) {
+                Some(bound) if bound <= max => bounds.push(bound as f64),
+                _ => return bounds,
+            }
+        }
+        let Some(next) = decade.checked_mul(10) else {
+            return bounds;
+        };
+        decade = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineTimings;
+
+    fn finished(reason: FinishReason, completion_tokens: usize) -> FinishedInfo {
+        FinishedInfo {
+            reason,
+            prompt_tokens: 12,
+            completion_tokens,
+            cached_prompt_tokens: 0,
+            num_preemptions: 0,
+            error: None,
+            timings: EngineTimings {
+                queue: Some(0.001),
+                prefill: Some(0.002),
+                decode: None,
+            },
+        }
+    }
+
+    #[test]
+    fn token_buckets_are_one_two_five_up_to_the_context() {
+        assert_eq!(
+            one_two_five_buckets(2048),
+            [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]
+        );
+        assert_eq!(one_two_five_buckets(5), [1.0, 2.0, 5.0]);
+        assert!(one_two_five_buckets(0).is_empty());
+        assert_eq!(one_two_five_buckets(usize::MAX).len(), 3 * 19 + 1);
+    }
+
+    #[test]
+    fn every_family_has_help_type_and_the_model_label() {
+        let metrics = Metrics::new("my \"model\"", 64);
+        let text = metrics.render(Format::PrometheusText);
+        let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(families, 3 + 6 + 8, "{text}");
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("# HELP ")).count(),
+            families
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.contains(r#"model_name="my \"model\"""#), "{line}");
+        }
+        for reason in ["stop", "length", "abort", "error"] {
+            let sample = format!(
+                "waypoint_request_success_total{{model_name=\"my \\\"model\\\"\",finished_reason=\"{reason}\"}} 0"
+            );
+            assert!(text.contains(&sample), "{sample} in {text}");
+        }
+    }
+
+    #[test]
+    fn finished_requests_count_by_reason_and_skip_phases_not_reached() {
+        let metrics = Metrics::new("m", 64);
+        let trace = TraceId::parse("0af7651916cd43dd8448eb211c80319c");
+        metrics.record_finished(
+            &finished(FinishReason::Length, 4),
+            Duration::from_millis(3),
+            trace,
+        );
+        metrics.record_finished(
+            &finished(FinishReason::Abort, 0),
+            Duration::from_millis(1),
+            None,
+        );
+        assert_eq!(
+            metrics.request_success.each_ref().map(Counter::get),
+            [0, 1, 1, 0]
+        );
+        assert_eq!(metrics.e2e_request_latency.snapshot().count(), 2);
+        assert_eq!(metrics.request_queue_time.snapshot().count(), 2);
+        assert_eq!(metrics.request_decode_time.snapshot().count(), 0);
+        let generated = metrics.request_generation_tokens.snapshot();
+        assert_eq!((generated.count(), generated.sum), (2, 4.0));
+
+        let text = metrics.render(Format::OpenMetrics);
+        let exemplar_lines: Vec<&str> = text.lines().filter(|l| l.contains("trace_id")).collect();
+        // e2e, queue and prefill: the phases the traced request reached.
+        assert_eq!(exemplar_lines.len(), 3, "{text}");
+        assert!(exemplar_lines
+            .iter()
+            .all(|l| l.contains("le=\"0.3\"} ") && l.contains("0af7651916cd43dd8448eb211c80319c")));
+        assert!(!metrics.render(Format::PrometheusText).contains("trace_id"));
+    }
+
+    #[test]
+    fn steps_and_tokens_feed_the_counters_and_gauges() {
+        let metrics = Metrics::new("m", 64);
+        metrics.record_step(&StepStats {
+            num_preemptions: 2,
+            prefix_cache_queries: 40,
+            prefix_cache_hits: 32,
+            ..StepStats::default()
+        });
+        metrics.record_generated_tokens(3);
+        metrics.record_first_token(Duration::from_millis(5), 40, None);
+        metrics.record_inter_token(Duration::from_millis(20), None);
+        metrics.set_load(2, 1, 0.5);
+        let text = metrics.render(Format::PrometheusText);
+        for sample in [
+            "waypoint_num_preemptions_total{model_name=\"m\"} 2",
+            "waypoint_prefix_cache_queries_total{model_name=\"m\"} 40",
+            "waypoint_prefix_cache_hits_total{model_name=\"m\"} 32",
+            "waypoint_generation_tokens_total{model_name=\"m\"} 3",
+            "waypoint_prompt_tokens_total{model_name=\"m\"} 40",
+            "waypoint_num_requests_running{model_name=\"m\"} 2.0",
+            "waypoint_num_requests_waiting{model_name=\"m\"} 1.0",
+            "waypoint_kv_cache_usage_ratio{model_name=\"m\"} 0.5",
+            "waypoint_time_to_first_token_seconds_bucket{model_name=\"m\",le=\"0.005\"} 1",
+            "waypoint_inter_token_latency_seconds_bucket{model_name=\"m\",le=\"0.01\"} 0",
+            "waypoint_inter_token_latency_seconds_bucket{model_name=\"m\",le=\"0.025\"} 1",
+        ] {
+            assert!(text.contains(sample), "{sample} in {text}");
+        }
+    }
+}
