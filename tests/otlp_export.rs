@@ -403,6 +403,25 @@ async fn sampling_is_decided_once_and_can_be_forced() {
     check_contract(&request, &core);
     assert_eq!(forced.trace_id.as_deref(), Some(request.trace_id.as_str()));
 
+    // Its trace id is the exemplar of the latency histograms (the others have none).
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", server.base_url))
+        .header("accept", "application/openmetrics-text")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exemplar = format!("# {{trace_id=\"{}\"}}", request.trace_id);
+    let traced_buckets = metrics
+        .lines()
+        .filter(|line| line.starts_with("waypoint_e2e_request_latency_seconds_bucket"))
+        .filter(|line| line.contains(&exemplar))
+        .count();
+    assert_eq!(traced_buckets, 1, "{metrics}");
+    assert_eq!(metrics.matches("trace_id=").count(), metrics.matches(&exemplar).count());
+
     // Everything exported by now is the forced request's: the others made no span.
     let status = server.terminate();
     assert!(status.success());
