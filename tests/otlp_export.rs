@@ -420,7 +420,10 @@ async fn sampling_is_decided_once_and_can_be_forced() {
         .filter(|line| line.contains(&exemplar))
         .count();
     assert_eq!(traced_buckets, 1, "{metrics}");
-    assert_eq!(metrics.matches("trace_id=").count(), metrics.matches(&exemplar).count());
+    assert_eq!(
+        metrics.matches("trace_id=").count(),
+        metrics.matches(&exemplar).count()
+    );
 
     // Everything exported by now is the forced request's: the others made no span.
     let status = server.terminate();
