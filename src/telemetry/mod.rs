@@ -130,23 +130,12 @@ pub fn install(format: LogFormat, traces: Option<Traces<'_>>) -> Result<Telemetr
             builder = builder.with_span_processor(export::batch_processor(target)?);
         }
         let provider = builder.build();
-        if traces.journeys {
-            exporting = journey_export_layers(&provider);
-        }
-        if let Some(window) = traces.step_span_window {
-            let steps = RotatingSpanLayer::new(
-                scopes::scope_tracer(&provider, scopes::STEP_SCOPE),
-                STEP_SPAN_NAME,
-            )
-            .with_target(crate::engine::step_trace::TARGET, "step")
-            .with_window(window)
-            .with_max_events(max_events as usize);
-            telemetry.step_spans = Some(steps.handle());
-            let steps = steps.with_filter(filter_fn(|metadata| {
-                metadata.target() == crate::engine::step_trace::TARGET
-            }));
-            exporting = exporting.and_then(steps).boxed();
-        }
+        (exporting, telemetry.step_spans) = export_layers(
+            &provider,
+            traces.journeys,
+            traces.step_span_window,
+            max_events,
+        );
         telemetry.provider = Some(provider);
     }
     tracing_subscriber::registry()
@@ -203,6 +192,37 @@ impl Telemetry {
 /// `Vec` or an `Option`: those do not pass `on_register_dispatch` on, which
 /// `SpanEventLayer` uses to find OpenTelemetry spans under a scoped dispatcher.
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// The export layers: journeys if `journeys`, step events on spans rotated after
+/// `step_span_window` (and holding at most `max_events`) if given; with the step spans'
+/// rotation handle.
+fn export_layers(
+    provider: &SdkTracerProvider,
+    journeys: bool,
+    step_span_window: Option<std::time::Duration>,
+    max_events: u32,
+) -> (BoxedLayer, Option<RotatingSpanHandle>) {
+    let mut exporting: BoxedLayer = Box::new(Identity::new());
+    let mut step_spans = None;
+    if journeys {
+        exporting = journey_export_layers(provider);
+    }
+    if let Some(window) = step_span_window {
+        let steps = RotatingSpanLayer::new(
+            scopes::scope_tracer(provider, scopes::STEP_SCOPE),
+            STEP_SPAN_NAME,
+        )
+        .with_target(crate::engine::step_trace::TARGET, "step")
+        .with_window(window)
+        .with_max_events(max_events as usize);
+        step_spans = Some(steps.handle());
+        let steps = steps.with_filter(filter_fn(|metadata| {
+            metadata.target() == crate::engine::step_trace::TARGET
+        }));
+        exporting = exporting.and_then(steps).boxed();
+    }
+    (exporting, step_spans)
+}
 
 /// Whether `metadata` is a journey span (`llm_request`, `llm_core`) or event.
 fn is_journey(metadata: &Metadata<'_>) -> bool {
@@ -266,4 +286,26 @@ pub fn journey_export_subscriber(
     provider: &SdkTracerProvider,
 ) -> impl Subscriber + for<'a> LookupSpan<'a> + Send + Sync {
     tracing_subscriber::registry().with(journey_export_layers(provider))
+}
+
+/// The subscriber [`install`] sets up for `waypoint serve` with journey tracing if
+/// `journeys` and step tracing if `step_span_window` is given, over `provider`, not installed
+/// and without the start-up log lines: for benchmarks of what tracing costs in the server's
+/// own stack (`benches/tracing.rs`). The console follows `RUST_LOG` as in [`install`]; step
+/// spans hold at most [`max_events_per_span`] events, which `provider` should allow. Returns
+/// the step spans' rotation handle too.
+pub fn serve_subscriber(
+    format: LogFormat,
+    provider: &SdkTracerProvider,
+    journeys: bool,
+    step_span_window: Option<std::time::Duration>,
+) -> (
+    impl Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+    Option<RotatingSpanHandle>,
+) {
+    let max_events = max_events_per_span(|name| std::env::var(name).ok());
+    let (exporting, step_spans) = export_layers(provider, journeys, step_span_window, max_events);
+    let subscriber =
+        tracing_subscriber::registry().with(console_layers(format).and_then(exporting));
+    (subscriber, step_spans)
 }
