@@ -60,16 +60,6 @@ impl RemoteParent {
         // Errors mean no OpenTelemetry layer (export off): nothing to attach to.
         let _ = span.set_parent(context);
     }
-
-    /// The caller's trace id.
-    pub fn trace_id(&self) -> TraceId {
-        self.0.trace_id()
-    }
-
-    /// The caller's span id.
-    pub fn span_id(&self) -> SpanId {
-        self.0.span_id()
-    }
 }
 
 /// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`. Versions above 00 are read the
