@@ -24,18 +24,29 @@ fn rss_bytes() -> usize {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Time to stream `bytes` from memory once, summing with every core (best of 5).
+/// Time to stream `bytes` from memory once, summing with every core (best of 5). The sum
+/// keeps 64 independent lanes so it is limited by memory bandwidth, not by add latency.
 fn memory_read_time(bytes: usize) -> Duration {
+    const LANES: usize = 64;
     let buffer: Vec<f32> = (0..bytes / 4).map(|i| (i % 7) as f32).collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = buffer.len().div_ceil(threads);
+    let chunk = buffer.len().div_ceil(threads).next_multiple_of(LANES);
+    let sum = |part: &[f32]| -> f32 {
+        let mut lanes = [0.0f32; LANES];
+        for block in part.chunks_exact(LANES) {
+            for (acc, v) in lanes.iter_mut().zip(block) {
+                *acc += v;
+            }
+        }
+        lanes.iter().sum::<f32>() + part.chunks_exact(LANES).remainder().iter().sum::<f32>()
+    };
     (0..5)
         .map(|_| {
             let start = Instant::now();
             let total: f32 = std::thread::scope(|s| {
                 let handles: Vec<_> = buffer
                     .chunks(chunk)
-                    .map(|part| s.spawn(move || part.iter().sum::<f32>()))
+                    .map(|part| s.spawn(move || sum(part)))
                     .collect();
                 handles.into_iter().map(|h| h.join().unwrap()).sum()
             });
@@ -140,6 +151,10 @@ fn main() -> anyhow::Result<()> {
     let rss = rss_bytes().saturating_sub(rss_before);
     drop(cache);
 
+    if std::env::var_os("MODEL_BENCH_PROFILE_DECODE32").is_some() {
+        decode(&model, 32, 128, 64);
+        return Ok(());
+    }
     let read = memory_read_time(weight_bytes);
     let single = decode(&model, 1, 128, 32);
     let batched = decode(&model, 32, 128, 16);

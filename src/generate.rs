@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::model::{CacheBackend, ForwardBatch, ForwardError, Llama, PagedKvCache, SequenceSlice};
+use crate::model::{ForwardBatch, ForwardError, Llama, ModelBackend, PagedKvCache, SequenceSlice};
 use crate::sampling::{Sampler, SamplingParams, StopStringMatcher};
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer, TokenizerError};
 
@@ -72,7 +72,7 @@ pub enum GenerateError {
 
 /// Generates from `prompt_ids` until a stop condition, calling `on_text` with each piece of
 /// text as soon as it is safe to show.
-pub fn generate<B: CacheBackend>(
+pub fn generate<B: ModelBackend>(
     model: &Llama<B>,
     tokenizer: &Tokenizer,
     cache: &mut PagedKvCache<B>,

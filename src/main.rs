@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use waypoint::cli::{CacheArgs, Device};
 use waypoint::generate::generate;
-use waypoint::model::{CacheBackend, PagedKvCache};
+use waypoint::model::{ModelBackend, PagedKvCache};
 use waypoint::sampling::SamplingParams;
 use waypoint::telemetry::{ExportArgs, ExportConfig, LogFormat, Traces};
 use waypoint::tokenizer::ChatMessage;
@@ -232,7 +232,7 @@ fn traces_off(args: &ServeArgs) -> bool {
     !args.enable_journey_tracing && !args.step_tracing_enabled
 }
 
-fn serve_on<B: CacheBackend>(
+fn serve_on<B: ModelBackend>(
     args: ServeArgs,
     device: B::Device,
     runtime: &tokio::runtime::Runtime,
@@ -360,7 +360,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     }
 }
 
-fn generate_on<B: CacheBackend>(args: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
+fn generate_on<B: ModelBackend>(args: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
     let files = waypoint::loader::open(&args.model)?;
     let pool = files.config.clone();
     let pool = args.cache.pool(&pool).map_err(anyhow::Error::msg)?;

@@ -1,7 +1,7 @@
 //! What the engine needs from a model: run one batch, get one row of logits per sequence.
 //! A trait so the engine loop can be tested with a fake model.
 
-use crate::model::{CacheBackend, ForwardBatch, KvCacheConfig, Llama, Logits, PagedKvCache};
+use crate::model::{ForwardBatch, KvCacheConfig, Llama, Logits, ModelBackend, PagedKvCache};
 
 /// Runs forward passes for the engine thread.
 pub trait ModelRunner: Send + 'static {
@@ -10,12 +10,12 @@ pub trait ModelRunner: Send + 'static {
 }
 
 /// A [`Llama`] with its paged cache.
-pub struct BurnRunner<B: CacheBackend> {
+pub struct BurnRunner<B: ModelBackend> {
     model: Llama<B>,
     cache: PagedKvCache<B>,
 }
 
-impl<B: CacheBackend> std::fmt::Debug for BurnRunner<B> {
+impl<B: ModelBackend> std::fmt::Debug for BurnRunner<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BurnRunner")
             .field("pool", &self.cache.config())
@@ -23,7 +23,7 @@ impl<B: CacheBackend> std::fmt::Debug for BurnRunner<B> {
     }
 }
 
-impl<B: CacheBackend> BurnRunner<B> {
+impl<B: ModelBackend> BurnRunner<B> {
     /// Allocates the cache pool for `model`.
     pub fn new(model: Llama<B>, pool: KvCacheConfig) -> Self {
         let cache = PagedKvCache::new(pool, model.config(), model.device());
@@ -33,7 +33,7 @@ impl<B: CacheBackend> BurnRunner<B> {
 
 // The runner moves into the engine thread once and is used only there; the bounds say
 // the backend's tensors may cross that one thread boundary.
-impl<B: CacheBackend> ModelRunner for BurnRunner<B>
+impl<B: ModelBackend> ModelRunner for BurnRunner<B>
 where
     Llama<B>: Send,
     PagedKvCache<B>: Send,

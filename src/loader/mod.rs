@@ -11,7 +11,7 @@ pub mod tiny;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use crate::model::{CacheBackend, Llama, LlamaConfig, WeightError, WeightSource};
+use crate::model::{Llama, LlamaConfig, ModelBackend, WeightError, WeightSource};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 pub use gguf_model::GgufWeights;
@@ -161,7 +161,7 @@ fn open_hf_dir(dir: &Path) -> Result<ModelFiles, LoadError> {
 
 impl ModelFiles {
     /// Builds the model on `device`, with a progress bar when stderr is a terminal.
-    pub fn load<B: CacheBackend>(
+    pub fn load<B: ModelBackend>(
         mut self,
         device: &B::Device,
     ) -> Result<(Llama<B>, Tokenizer, String), LoadError> {

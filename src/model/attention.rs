@@ -14,7 +14,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
-use super::backend::{CacheBackend, RowRun};
+use super::backend::{ModelBackend, RowRun};
 use super::batch::SequenceSlice;
 use super::kv_cache::LayerPools;
 
@@ -83,7 +83,7 @@ fn int_tensor<B: Backend>(values: Vec<i64>, device: &B::Device) -> Tensor<B, 1, 
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
 
-impl<B: CacheBackend> AttentionPlan<B> {
+impl<B: ModelBackend> AttentionPlan<B> {
     /// Plans a batch whose sequences have already been validated against the pool.
     pub fn new(
         sequences: &[SequenceSlice],

@@ -1,7 +1,11 @@
-//! The one operation the paged KV cache needs that burn does not do in place on every backend.
+//! What the model needs from a backend beyond burn's tensor ops: cache rows written in place,
+//! and projections against weights laid out once for the backend's fastest matmul.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+
+use super::packed::PackedMatrix;
+use super::weights::HostTensor;
 
 /// A run of consecutive cache slots written from consecutive rows of the new keys/values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,12 +18,30 @@ pub struct RowRun {
     pub len: usize,
 }
 
-/// A burn backend that can overwrite rows of a cache pool.
+/// A burn backend the model runs on.
 ///
 /// `slice_assign` on flex copies the whole destination tensor (it clones the storage handle
 /// before writing), which would turn every cache write into a copy of the entire pool. So each
 /// backend gets the cheapest write it can offer: flex writes into the uniquely owned buffer.
-pub trait CacheBackend: Backend {
+///
+/// Projections go through [`Self::Projection`]: flex's matmul re-packs its right-hand side on every
+/// call, so on the CPU the weights are packed once at load ([`PackedMatrix`]).
+pub trait ModelBackend: Backend {
+    /// A projection's weight in the layout this backend multiplies fastest.
+    type Projection: std::fmt::Debug + Send + Sync;
+
+    /// Lays out a row-major `[out_features, in_features]` weight (PyTorch's `Linear.weight`).
+    fn pack_projection(weight: HostTensor, device: &Self::Device) -> Self::Projection;
+
+    /// `x @ W^T`.
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, in_features]`, returns `[rows, out_features]`
+    fn project(x: Tensor<Self, 2>, weight: &Self::Projection) -> Tensor<Self, 2>;
+
+    /// Bytes a weight occupies.
+    fn projection_size_bytes(weight: &Self::Projection) -> usize;
+
     /// Returns `pool` with rows `run.dst_slot..run.dst_slot + run.len` replaced by rows
     /// `run.src_row..` of `src`, columns `src_col..src_col + width`, for every run.
     ///
@@ -34,7 +56,28 @@ pub trait CacheBackend: Backend {
     ) -> Tensor<Self, 2>;
 }
 
-impl CacheBackend for burn::backend::Flex {
+impl ModelBackend for burn::backend::Flex {
+    type Projection = PackedMatrix;
+
+    fn pack_projection(weight: HostTensor, _device: &Self::Device) -> PackedMatrix {
+        PackedMatrix::pack(&weight.data, weight.shape[0], weight.shape[1])
+    }
+
+    fn project(x: Tensor<Self, 2>, weight: &PackedMatrix) -> Tensor<Self, 2> {
+        let [rows, _] = x.dims();
+        let x = x.into_primitive().tensor().to_contiguous();
+        let out = weight.matmul(x.storage::<f32>());
+        // `TensorData::new` wraps the vector; flex adopts those bytes without a copy.
+        Tensor::from_data(
+            TensorData::new(out, [rows, weight.out_features()]),
+            &Default::default(),
+        )
+    }
+
+    fn projection_size_bytes(weight: &PackedMatrix) -> usize {
+        weight.size_bytes()
+    }
+
     fn write_cache_rows(
         pool: Tensor<Self, 2>,
         runs: &[RowRun],
@@ -64,7 +107,23 @@ impl CacheBackend for burn::backend::Flex {
 }
 
 #[cfg(feature = "cuda")]
-impl CacheBackend for burn::backend::Cuda {
+impl ModelBackend for burn::backend::Cuda {
+    /// `[in_features, out_features]`, contiguous.
+    type Projection = Tensor<Self, 2>;
+
+    fn pack_projection(weight: HostTensor, device: &Self::Device) -> Tensor<Self, 2> {
+        let shape = [weight.shape[1], weight.shape[0]];
+        Tensor::from_data(TensorData::new(weight.transposed().data, shape), device)
+    }
+
+    fn project(x: Tensor<Self, 2>, weight: &Tensor<Self, 2>) -> Tensor<Self, 2> {
+        x.matmul(weight.clone())
+    }
+
+    fn projection_size_bytes(weight: &Tensor<Self, 2>) -> usize {
+        weight.shape().num_elements() * 4
+    }
+
     fn write_cache_rows(
         pool: Tensor<Self, 2>,
         runs: &[RowRun],

@@ -7,7 +7,7 @@
 
 use burn::tensor::Tensor;
 
-use super::backend::CacheBackend;
+use super::backend::ModelBackend;
 use super::config::LlamaConfig;
 
 /// Default number of tokens per cache block.
@@ -53,7 +53,7 @@ impl KvCacheConfig {
 /// A pool per head (rather than `[num_slots, kv_heads * head_dim]`) makes a gathered context
 /// `[seqs, 1, context, head_dim]` without a transpose, which flex would do element by element.
 #[derive(Debug)]
-pub struct LayerPools<B: CacheBackend> {
+pub struct LayerPools<B: ModelBackend> {
     /// Per KV head, `[num_slots, head_dim]`.
     pub keys: Vec<Tensor<B, 2>>,
     /// Per KV head, `[num_slots, head_dim]`.
@@ -62,12 +62,12 @@ pub struct LayerPools<B: CacheBackend> {
 
 /// Key and value rows of every layer.
 #[derive(Debug)]
-pub struct PagedKvCache<B: CacheBackend> {
+pub struct PagedKvCache<B: ModelBackend> {
     config: KvCacheConfig,
     layers: Vec<LayerPools<B>>,
 }
 
-impl<B: CacheBackend> PagedKvCache<B> {
+impl<B: ModelBackend> PagedKvCache<B> {
     /// Allocates a zeroed pool for `model`.
     pub fn new(config: KvCacheConfig, model: &LlamaConfig, device: &B::Device) -> Self {
         let shape = [config.num_slots(), model.head_dim];

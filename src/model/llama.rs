@@ -5,7 +5,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::attention::{AttentionPlan, HeadLayout};
-use super::backend::CacheBackend;
+use super::backend::ModelBackend;
 use super::batch::{BatchError, ForwardBatch, LogitsWanted};
 use super::config::LlamaConfig;
 use super::kv_cache::{LayerPools, PagedKvCache};
@@ -53,13 +53,13 @@ pub enum ForwardError {
 }
 
 #[derive(Debug)]
-struct RmsNorm<B: CacheBackend> {
+struct RmsNorm<B: ModelBackend> {
     /// `[1, hidden]`
     weight: Tensor<B, 2>,
     eps: f64,
 }
 
-impl<B: CacheBackend> RmsNorm<B> {
+impl<B: ModelBackend> RmsNorm<B> {
     /// # Shapes
     /// - `x`: `[rows, hidden]`, returned in the same shape
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -73,44 +73,43 @@ impl<B: CacheBackend> RmsNorm<B> {
 }
 
 #[derive(Debug)]
-struct DecoderLayer<B: CacheBackend> {
+struct DecoderLayer<B: ModelBackend> {
     attn_norm: RmsNorm<B>,
-    /// `[hidden, (heads + kv_heads) * head_dim]`: q and k projections side by side, so RoPE
+    /// `[(heads + kv_heads) * head_dim, hidden]`: q and k projections stacked, so RoPE
     /// rotates both in one contiguous pass.
-    qk: Tensor<B, 2>,
+    qk: B::Projection,
     /// `[1, (heads + kv_heads) * head_dim]`
     qk_bias: Option<Tensor<B, 2>>,
-    /// `[hidden, kv_heads * head_dim]`
-    v: Tensor<B, 2>,
+    /// `[kv_heads * head_dim, hidden]`
+    v: B::Projection,
     /// `[1, kv_heads * head_dim]`
     v_bias: Option<Tensor<B, 2>>,
-    /// `[heads * head_dim, hidden]`
-    output: Tensor<B, 2>,
+    /// `[hidden, heads * head_dim]`
+    output: B::Projection,
     ffn_norm: RmsNorm<B>,
-    /// `[hidden, intermediate]`
-    gate: Tensor<B, 2>,
-    /// `[hidden, intermediate]`
-    up: Tensor<B, 2>,
     /// `[intermediate, hidden]`
-    down: Tensor<B, 2>,
+    gate: B::Projection,
+    /// `[intermediate, hidden]`
+    up: B::Projection,
+    /// `[hidden, intermediate]`
+    down: B::Projection,
 }
 
 /// A Llama-family model on backend `B`.
 #[derive(Debug)]
-pub struct Llama<B: CacheBackend> {
+pub struct Llama<B: ModelBackend> {
     config: LlamaConfig,
     /// `[vocab, hidden]`
     embedding: Tensor<B, 2>,
     layers: Vec<DecoderLayer<B>>,
     final_norm: RmsNorm<B>,
-    /// `[hidden, vocab]`, contiguous. A tied head is a transposed copy of the embedding:
-    /// matmul against the transposed view would copy 100+ MB on every step.
-    head: Tensor<B, 2>,
+    /// `[vocab, hidden]`. A tied head is a copy of the embedding in the linear layout.
+    head: B::Projection,
     rope: RotaryTable<B>,
     device: B::Device,
 }
 
-fn to_device<B: CacheBackend, const D: usize>(
+fn to_device<B: ModelBackend, const D: usize>(
     tensor: HostTensor,
     shape: [usize; D],
     device: &B::Device,
@@ -131,7 +130,7 @@ fn concat_rows(parts: Vec<HostTensor>) -> HostTensor {
     }
 }
 
-impl<B: CacheBackend> Llama<B> {
+impl<B: ModelBackend> Llama<B> {
     /// Loads every weight from `source`, reporting `(tensors done, total)` to `progress`.
     pub fn load(
         config: LlamaConfig,
@@ -160,7 +159,7 @@ impl<B: CacheBackend> Llama<B> {
             let q = source.require(&name("attn_q.weight"), &[q_dim, hidden])?;
             let k = source.require(&name("attn_k.weight"), &[kv_dim, hidden])?;
             let v = source.require(&name("attn_v.weight"), &[kv_dim, hidden])?;
-            let qk = concat_rows(vec![q, k]).transposed();
+            let qk = concat_rows(vec![q, k]);
             let (qk_bias, v_bias) = if c.attention_bias {
                 let q = source.require(&name("attn_q.bias"), &[q_dim])?;
                 let k = source.require(&name("attn_k.bias"), &[kv_dim])?;
@@ -178,15 +177,15 @@ impl<B: CacheBackend> Llama<B> {
             let down = source.require(&name("ffn_down.weight"), &[hidden, inter])?;
             layers.push(DecoderLayer {
                 attn_norm: norm(source.require(&name("attn_norm.weight"), &[hidden])?),
-                qk: to_device(qk, [hidden, qk_dim], device),
+                qk: B::pack_projection(qk, device),
                 qk_bias,
-                v: to_device(v.transposed(), [hidden, kv_dim], device),
+                v: B::pack_projection(v, device),
                 v_bias,
-                output: to_device(output.transposed(), [q_dim, hidden], device),
+                output: B::pack_projection(output, device),
                 ffn_norm: norm(source.require(&name("ffn_norm.weight"), &[hidden])?),
-                gate: to_device(gate.transposed(), [hidden, inter], device),
-                up: to_device(up.transposed(), [hidden, inter], device),
-                down: to_device(down.transposed(), [inter, hidden], device),
+                gate: B::pack_projection(gate, device),
+                up: B::pack_projection(up, device),
+                down: B::pack_projection(down, device),
             });
             progress(i + 2, total);
         }
@@ -208,7 +207,7 @@ impl<B: CacheBackend> Llama<B> {
         } else {
             source.require("output.weight", &[c.vocab_size, hidden])?
         };
-        let head = to_device(head.transposed(), [hidden, c.vocab_size], device);
+        let head = B::pack_projection(head, device);
         progress(total, total);
 
         let rope = RotaryTable::new(
@@ -315,7 +314,7 @@ impl<B: CacheBackend> Llama<B> {
             }
         };
         let x = self.final_norm.forward(x);
-        let logits = x.matmul(self.head.clone());
+        let logits = B::project(x, &self.head);
         let data = logits
             .into_data()
             .into_vec::<f32>()
@@ -340,11 +339,11 @@ impl<B: CacheBackend> Llama<B> {
         let q_dim = c.num_heads * c.head_dim;
 
         let h = layer.attn_norm.forward(x.clone());
-        let mut qk = h.clone().matmul(layer.qk.clone());
+        let mut qk = B::project(h.clone(), &layer.qk);
         if let Some(bias) = &layer.qk_bias {
             qk = qk + bias.clone();
         }
-        let mut v = h.matmul(layer.v.clone());
+        let mut v = B::project(h, &layer.v);
         if let Some(bias) = &layer.v_bias {
             v = v + bias.clone();
         }
@@ -362,18 +361,18 @@ impl<B: CacheBackend> Llama<B> {
             });
         }
         let attended = plan.attend(&qk, pools, self.heads());
-        let x = x + attended.matmul(layer.output.clone());
+        let x = x + B::project(attended, &layer.output);
 
         let h = layer.ffn_norm.forward(x.clone());
-        let gate = h.clone().matmul(layer.gate.clone());
-        let up = h.matmul(layer.up.clone());
-        x + (silu(gate) * up).matmul(layer.down.clone())
+        let gate = B::project(h.clone(), &layer.gate);
+        let up = B::project(h, &layer.up);
+        x + B::project(silu(gate) * up, &layer.down)
     }
 }
 
 /// Moves the tensor out of `slot`, transforms it and puts the result back, so the
 /// transformation sees the only handle to its storage.
-fn replace_with<B: CacheBackend>(
+fn replace_with<B: ModelBackend>(
     slot: &mut Tensor<B, 2>,
     f: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
 ) {

@@ -6,10 +6,11 @@ pub mod batch;
 pub mod config;
 pub mod kv_cache;
 mod llama;
+pub mod packed;
 mod rope;
 pub mod weights;
 
-pub use backend::CacheBackend;
+pub use backend::ModelBackend;
 pub use batch::{BatchError, ForwardBatch, LogitsWanted, SequenceSlice};
 pub use config::{LlamaConfig, RopeStyle};
 pub use kv_cache::{KvCacheConfig, PagedKvCache, DEFAULT_BLOCK_SIZE};

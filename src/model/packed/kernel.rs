@@ -1,0 +1,198 @@
+//! The register-blocked inner kernel: up to [`MAX_ROWS`] rows of `x` against one panel.
+//!
+//! AVX-512 when the CPU has it (checked once at run time), otherwise a portable version the
+//! compiler vectorizes for whatever the build targets.
+
+use super::PANEL_WIDTH;
+
+/// Rows per kernel call: 12 rows x 2 vectors = 24 accumulators of the 32 AVX-512 registers,
+/// enough independent FMA chains to hide their latency on two FMA pipes.
+pub const MAX_ROWS: usize = 12;
+
+/// One kernel call's operands.
+pub struct Tile<'a> {
+    /// Row 0 of the tile, at the tile's first input index; row `i` starts at `i * x_stride`.
+    pub x: &'a [f32],
+    pub x_stride: usize,
+    /// `depth * PANEL_WIDTH` packed weights.
+    pub panel: &'a [f32],
+    pub depth: usize,
+    /// Output row 0 at the panel's first column; row `i` at `i * out_stride`.
+    pub out: *mut f32,
+    pub out_stride: usize,
+    /// `1..=MAX_ROWS`.
+    pub rows: usize,
+    /// Output columns that exist (`1..=PANEL_WIDTH`); the rest of the panel is padding.
+    pub cols: usize,
+    /// Add to `out` instead of overwriting it.
+    pub accumulate: bool,
+}
+
+/// Computes the tile.
+///
+/// # Safety
+/// `out` must be valid for `rows` rows of `cols` floats at `out_stride`, and not be read or
+/// written by anyone else meanwhile; `x` must hold `(rows - 1) * x_stride + depth` floats.
+pub unsafe fn run(tile: &Tile<'_>) {
+    debug_assert!((1..=MAX_ROWS).contains(&tile.rows));
+    debug_assert!(tile.x.len() >= (tile.rows - 1) * tile.x_stride + tile.depth);
+    debug_assert!(tile.panel.len() >= tile.depth * PANEL_WIDTH);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; the caller upholds the memory contract.
+        unsafe { avx512::dispatch(tile) };
+        return;
+    }
+    // SAFETY: the caller upholds the memory contract.
+    unsafe { portable(tile) };
+}
+
+/// # Safety
+/// As [`run`].
+unsafe fn portable(tile: &Tile<'_>) {
+    let mut acc = [[0.0f32; PANEL_WIDTH]; MAX_ROWS];
+    for (kk, w) in tile
+        .panel
+        .chunks_exact(PANEL_WIDTH)
+        .take(tile.depth)
+        .enumerate()
+    {
+        for (i, acc_row) in acc.iter_mut().enumerate().take(tile.rows) {
+            let xi = tile.x[i * tile.x_stride + kk];
+            for (a, &wj) in acc_row.iter_mut().zip(w) {
+                *a += xi * wj;
+            }
+        }
+    }
+    for (i, acc_row) in acc.iter().enumerate().take(tile.rows) {
+        // SAFETY: row `i` of the output, `cols` floats, owned by this call.
+        let out =
+            unsafe { std::slice::from_raw_parts_mut(tile.out.add(i * tile.out_stride), tile.cols) };
+        for (o, &a) in out.iter_mut().zip(acc_row) {
+            *o = if tile.accumulate { *o + a } else { a };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Tile, MAX_ROWS, PANEL_WIDTH};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512F present; memory contract of [`super::run`].
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dispatch(tile: &Tile<'_>) {
+        // SAFETY: forwarded.
+        unsafe {
+            match tile.rows {
+                1 => rows::<1>(tile),
+                2 => rows::<2>(tile),
+                3 => rows::<3>(tile),
+                4 => rows::<4>(tile),
+                5 => rows::<5>(tile),
+                6 => rows::<6>(tile),
+                7 => rows::<7>(tile),
+                8 => rows::<8>(tile),
+                9 => rows::<9>(tile),
+                10 => rows::<10>(tile),
+                11 => rows::<11>(tile),
+                _ => rows::<MAX_ROWS>(tile),
+            }
+        }
+    }
+
+    /// `R` rows: fixed at compile time so the accumulators live in registers.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows<const R: usize>(tile: &Tile<'_>) {
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        let x = tile.x.as_ptr();
+        let mut w = tile.panel.as_ptr();
+        for kk in 0..tile.depth {
+            // SAFETY: `kk < depth`; the panel holds `depth * PANEL_WIDTH` floats and each
+            // row of `x` holds `depth` floats from its start (the caller's contract).
+            unsafe {
+                let w_lo = _mm512_loadu_ps(w);
+                let w_hi = _mm512_loadu_ps(w.add(16));
+                for i in 0..R {
+                    let xi = _mm512_set1_ps(*x.add(i * tile.x_stride + kk));
+                    lo[i] = _mm512_fmadd_ps(xi, w_lo, lo[i]);
+                    hi[i] = _mm512_fmadd_ps(xi, w_hi, hi[i]);
+                }
+                w = w.add(PANEL_WIDTH);
+            }
+        }
+        for i in 0..R {
+            // SAFETY: row `i` of the output, owned by this call; masked to `cols`.
+            unsafe {
+                let out = tile.out.add(i * tile.out_stride);
+                let cols_lo = tile.cols.min(16);
+                let cols_hi = tile.cols.saturating_sub(16);
+                let mask_lo: __mmask16 = mask(cols_lo);
+                let mask_hi: __mmask16 = mask(cols_hi);
+                let (mut v_lo, mut v_hi) = (lo[i], hi[i]);
+                if tile.accumulate {
+                    v_lo = _mm512_add_ps(v_lo, _mm512_maskz_loadu_ps(mask_lo, out));
+                    v_hi = _mm512_add_ps(v_hi, _mm512_maskz_loadu_ps(mask_hi, out.add(16)));
+                }
+                _mm512_mask_storeu_ps(out, mask_lo, v_lo);
+                _mm512_mask_storeu_ps(out.add(16), mask_hi, v_hi);
+            }
+        }
+        debug_assert!(R <= MAX_ROWS);
+    }
+
+    fn mask(cols: usize) -> __mmask16 {
+        if cols >= 16 {
+            0xffff
+        } else {
+            ((1u32 << cols) - 1) as __mmask16
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The portable kernel is what CPUs without AVX-512 run: it must agree with the fast one.
+    #[test]
+    fn portable_kernel_agrees_with_the_dispatched_one() {
+        for (rows, cols, depth) in [(1, 32, 5), (MAX_ROWS, 17, 40), (5, 1, 9)] {
+            let x: Vec<f32> = (0..rows * depth).map(|i| (i % 7) as f32 - 3.0).collect();
+            let panel: Vec<f32> = (0..depth * PANEL_WIDTH)
+                .map(|i| ((i * 5) % 11) as f32 * 0.25 - 1.0)
+                .collect();
+            let mut fast = vec![1.0f32; rows * PANEL_WIDTH];
+            let mut slow = fast.clone();
+            for (out, portable_only) in [(&mut fast, false), (&mut slow, true)] {
+                let tile = Tile {
+                    x: &x,
+                    x_stride: depth,
+                    panel: &panel,
+                    depth,
+                    out: out.as_mut_ptr(),
+                    out_stride: PANEL_WIDTH,
+                    rows,
+                    cols,
+                    accumulate: true,
+                };
+                // SAFETY: `out` holds `rows * PANEL_WIDTH` floats; `x` and `panel` are sized
+                // for the tile.
+                unsafe {
+                    if portable_only {
+                        portable(&tile)
+                    } else {
+                        run(&tile)
+                    }
+                };
+            }
+            assert_eq!(fast, slow, "rows {rows} cols {cols} depth {depth}");
+            // Columns past `cols` are untouched.
+            assert!(slow
+                .chunks(PANEL_WIDTH)
+                .all(|r| r[cols..].iter().all(|&v| v == 1.0)));
+        }
+    }
+}
