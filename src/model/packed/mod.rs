@@ -101,7 +101,7 @@ impl PackedMatrix {
     /// If `x.len()` is not a multiple of `in_features`.
     pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
         let k = self.in_features;
-        assert!(k > 0 && x.len() % k == 0, "input width");
+        assert!(k > 0 && x.len().is_multiple_of(k), "input width");
         let rows = x.len() / k;
         let n = self.out_features;
         let mut out = vec![0.0f32; rows * n];
