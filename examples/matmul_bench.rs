@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use waypoint::model::packed::PackedMatrix;
+use waypoint::model::cpu::PackedMatrix;
 
 /// SmolLM2-135M's projections as `(name, out_features, in_features)`.
 const SHAPES: [(&str, usize, usize); 4] = [

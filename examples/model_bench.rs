@@ -152,7 +152,7 @@ fn main() -> anyhow::Result<()> {
     drop(cache);
 
     if std::env::var_os("MODEL_BENCH_PROFILE_DECODE32").is_some() {
-        decode(&model, 32, 128, 64);
+        decode(&model, 32, 128, 300);
         return Ok(());
     }
     let read = memory_read_time(weight_bytes);

@@ -1,12 +1,17 @@
 //! Attention over the paged cache for a batch of sequences at different stages.
 //!
-//! Sequences are grouped so that padding stays small: all single-token decodes form one
+//! [`AttentionPlan`] holds what every layer shares; [`ModelBackend::attend`] runs it. Its
+//! default, below, is built from burn's dense ops and serves any backend (cuda); flex
+//! overrides it with a kernel that reads the cache in place (`super::cpu::PagedAttention`).
+//!
+//! The dense path: sequences are grouped so that padding stays small: all single-token decodes form one
 //! group; each prefill chunk is a group of its own. A group's queries and its sequences'
 //! cached keys are gathered into padded dense tensors and masked.
 //!
 //! Grouped-query attention folds the query heads that share a KV head into extra query rows
 //! (`[seqs, kv_heads, group * q_len, head_dim]`), so keys and values are never repeated.
 
+use std::cell::OnceCell;
 use std::ops::Range;
 
 use burn::tensor::backend::Backend;
@@ -36,14 +41,25 @@ struct AttentionGroup<B: Backend> {
 }
 
 /// Everything about a batch's attention that is the same in every layer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AttentionPlan<B: Backend> {
+    sequences: Vec<SequenceSlice>,
+    block_size: usize,
+    heads: HeadLayout,
+    device: B::Device,
+    /// Where this pass's new keys and values go.
+    pub write_runs: Vec<RowRun>,
+    /// The dense path's gathered indices and masks, built by the first layer that needs them.
+    dense: OnceCell<DensePlan<B>>,
+}
+
+/// The dense path's per-batch tensors.
+#[derive(Debug)]
+struct DensePlan<B: Backend> {
     groups: Vec<AttentionGroup<B>>,
     /// `[num_tokens]`: where each packed token's output sits in the concatenated group
     /// outputs; `None` when that is already the packed order.
     output_rows: Option<Tensor<B, 1, Int>>,
-    /// Where this pass's new keys and values go.
-    pub write_runs: Vec<RowRun>,
     /// Threads to split a group's sequences over.
     workers: usize,
 }
@@ -91,16 +107,75 @@ impl<B: ModelBackend> AttentionPlan<B> {
         heads: HeadLayout,
         device: &B::Device,
     ) -> Self {
-        let mut first_row = Vec::with_capacity(sequences.len());
-        let mut row = 0;
-        for seq in sequences {
-            first_row.push(row);
-            row += seq.num_new_tokens;
+        let first_row = first_rows(sequences);
+        Self {
+            write_runs: write_runs(sequences, &first_row, block_size),
+            sequences: sequences.to_vec(),
+            block_size,
+            heads,
+            device: device.clone(),
+            dense: OnceCell::new(),
         }
-        let num_tokens = row;
+    }
 
-        let write_runs = write_runs(sequences, &first_row, block_size);
+    /// The batch's sequences, in packed order.
+    pub fn sequences(&self) -> &[SequenceSlice] {
+        &self.sequences
+    }
 
+    /// Tokens per cache block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// The model's heads.
+    pub fn heads(&self) -> HeadLayout {
+        self.heads
+    }
+
+    /// Attention of every packed query over its sequence's cached context, through
+    /// [`ModelBackend::attend`].
+    ///
+    /// # Shapes
+    /// - `queries`: `[num_tokens, >= num_heads * head_dim]`, query heads first (RoPE applied)
+    /// - `pools`: the layer's per-KV-head pools, each `[num_slots, head_dim]`
+    /// - returns `[num_tokens, num_heads * head_dim]`
+    pub fn attend(&self, queries: &Tensor<B, 2>, pools: &LayerPools<B>) -> Tensor<B, 2> {
+        B::attend(self, queries, pools)
+    }
+
+    /// The dense path: [`ModelBackend::attend`]'s default.
+    ///
+    /// The cache must already hold this pass's keys and values. Attention runs once per KV
+    /// head and group; the query heads sharing that KV head are folded into the query rows,
+    /// ordered (token, head), which is how a column slice of `queries` already lies in memory.
+    pub fn attend_dense(&self, queries: &Tensor<B, 2>, pools: &LayerPools<B>) -> Tensor<B, 2> {
+        let dense = self.dense.get_or_init(|| {
+            DensePlan::new(&self.sequences, self.block_size, self.heads, &self.device)
+        });
+        dense.attend(queries, pools, self.heads)
+    }
+}
+
+fn first_rows(sequences: &[SequenceSlice]) -> Vec<usize> {
+    let mut first_row = Vec::with_capacity(sequences.len());
+    let mut row = 0;
+    for seq in sequences {
+        first_row.push(row);
+        row += seq.num_new_tokens;
+    }
+    first_row
+}
+
+impl<B: ModelBackend> DensePlan<B> {
+    fn new(
+        sequences: &[SequenceSlice],
+        block_size: usize,
+        heads: HeadLayout,
+        device: &B::Device,
+    ) -> Self {
+        let first_row = first_rows(sequences);
+        let num_tokens: usize = sequences.iter().map(|s| s.num_new_tokens).sum();
         let decodes: Vec<usize> = (0..sequences.len())
             .filter(|&i| sequences[i].num_new_tokens == 1)
             .collect();
@@ -133,22 +208,11 @@ impl<B: ModelBackend> AttentionPlan<B> {
         Self {
             groups,
             output_rows: (!identity).then(|| int_tensor(output_rows, device)),
-            write_runs,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
-    /// Attention of every packed query over its sequence's cached context.
-    ///
-    /// The cache must already hold this pass's keys and values. Attention runs once per KV
-    /// head and group; the query heads sharing that KV head are folded into the query rows,
-    /// ordered (token, head), which is how a column slice of `queries` already lies in memory.
-    ///
-    /// # Shapes
-    /// - `queries`: `[num_tokens, >= num_heads * head_dim]`, query heads first (RoPE applied)
-    /// - `pools`: the layer's per-KV-head pools, each `[num_slots, head_dim]`
-    /// - returns `[num_tokens, num_heads * head_dim]`
-    pub fn attend(
+    fn attend(
         &self,
         queries: &Tensor<B, 2>,
         pools: &LayerPools<B>,
@@ -334,5 +398,64 @@ fn build_group<B: Backend>(
         q_rows: int_tensor(q_rows, device),
         kv_slots: int_tensor(kv_slots, device),
         mask,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    /// The dense path is what backends without their own kernel (cuda) run; flex runs
+    /// `cpu::PagedAttention`. Both must give the same attention for a mixed batch.
+    #[test]
+    fn dense_path_agrees_with_the_flex_kernel() {
+        let heads = HeadLayout {
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+        };
+        let block_size = 4;
+        let sequences = vec![
+            SequenceSlice {
+                num_cached_tokens: 5,
+                num_new_tokens: 6,
+                block_table: vec![7, 1, 4],
+            },
+            SequenceSlice {
+                num_cached_tokens: 9,
+                num_new_tokens: 1,
+                block_table: vec![0, 6, 3],
+            },
+            SequenceSlice {
+                num_cached_tokens: 2,
+                num_new_tokens: 1,
+                block_table: vec![5],
+            },
+        ];
+        let device = Default::default();
+        let num_slots = 8 * block_size;
+        let wave = |len: usize, phase: f32| -> Vec<f32> {
+            (0..len).map(|i| (i as f32 * 0.37 + phase).sin()).collect()
+        };
+        let pool = |phase: f32| {
+            Tensor::<Flex, 2>::from_data(
+                TensorData::new(wave(num_slots * 16, phase), [num_slots, 16]),
+                &device,
+            )
+        };
+        let pools = LayerPools {
+            keys: vec![pool(0.1), pool(0.2)],
+            values: vec![pool(0.3), pool(0.4)],
+        };
+        let width = (heads.num_heads + heads.num_kv_heads) * heads.head_dim;
+        let queries = Tensor::<Flex, 2>::from_data(
+            TensorData::new(wave(8 * width, 0.5), [8, width]),
+            &device,
+        );
+        let plan = AttentionPlan::<Flex>::new(&sequences, block_size, heads, &device);
+        let dense = plan.attend_dense(&queries, &pools).into_data();
+        let kernel = plan.attend(&queries, &pools).into_data();
+        dense.assert_approx_eq::<f32>(&kernel, burn::tensor::Tolerance::absolute(1e-5));
     }
 }

@@ -4,7 +4,9 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
-use super::packed::PackedMatrix;
+use super::attention::AttentionPlan;
+use super::cpu::{PackedMatrix, PagedAttention};
+use super::kv_cache::LayerPools;
 use super::weights::HostTensor;
 
 /// A run of consecutive cache slots written from consecutive rows of the new keys/values.
@@ -39,8 +41,21 @@ pub trait ModelBackend: Backend {
     /// - `x`: `[rows, in_features]`, returns `[rows, out_features]`
     fn project(x: Tensor<Self, 2>, weight: &Self::Projection) -> Tensor<Self, 2>;
 
-    /// Bytes a weight occupies.
-    fn projection_size_bytes(weight: &Self::Projection) -> usize;
+    /// Attention of every packed query over its sequence's cached context (causal). The
+    /// default gathers dense tensors with burn ops; backends with a paged kernel override it.
+    ///
+    /// # Shapes
+    /// - `queries`: `[num_tokens, >= num_heads * head_dim]`, query heads first (RoPE applied)
+    /// - `pools`: the layer's per-KV-head pools, each `[num_slots, head_dim]`, already holding
+    ///   this pass's keys and values
+    /// - returns `[num_tokens, num_heads * head_dim]`
+    fn attend(
+        plan: &AttentionPlan<Self>,
+        queries: &Tensor<Self, 2>,
+        pools: &LayerPools<Self>,
+    ) -> Tensor<Self, 2> {
+        plan.attend_dense(queries, pools)
+    }
 
     /// Returns `pool` with rows `run.dst_slot..run.dst_slot + run.len` replaced by rows
     /// `run.src_row..` of `src`, columns `src_col..src_col + width`, for every run.
@@ -74,8 +89,39 @@ impl ModelBackend for burn::backend::Flex {
         )
     }
 
-    fn projection_size_bytes(weight: &PackedMatrix) -> usize {
-        weight.size_bytes()
+    fn attend(
+        plan: &AttentionPlan<Self>,
+        queries: &Tensor<Self, 2>,
+        pools: &LayerPools<Self>,
+    ) -> Tensor<Self, 2> {
+        let heads = plan.heads();
+        let [num_tokens, query_stride] = queries.dims();
+        let queries = queries.clone().into_primitive().tensor().to_contiguous();
+        // Handles on the pools' storage (reference counts, not copies), dropped before the
+        // next layer writes its cache in place.
+        let storage = |pools: &[Tensor<Self, 2>]| -> Vec<_> {
+            pools
+                .iter()
+                .map(|p| p.clone().into_primitive().tensor().to_contiguous())
+                .collect()
+        };
+        let (keys, values) = (storage(&pools.keys), storage(&pools.values));
+        let key_slices: Vec<&[f32]> = keys.iter().map(|p| p.storage::<f32>()).collect();
+        let value_slices: Vec<&[f32]> = values.iter().map(|p| p.storage::<f32>()).collect();
+        let out = PagedAttention {
+            queries: queries.storage::<f32>(),
+            query_stride,
+            keys: &key_slices,
+            values: &value_slices,
+            heads,
+            block_size: plan.block_size(),
+            sequences: plan.sequences(),
+        }
+        .run();
+        Tensor::from_data(
+            TensorData::new(out, [num_tokens, heads.num_heads * heads.head_dim]),
+            &Default::default(),
+        )
     }
 
     fn write_cache_rows(
@@ -118,10 +164,6 @@ impl ModelBackend for burn::backend::Cuda {
 
     fn project(x: Tensor<Self, 2>, weight: &Tensor<Self, 2>) -> Tensor<Self, 2> {
         x.matmul(weight.clone())
-    }
-
-    fn projection_size_bytes(weight: &Tensor<Self, 2>) -> usize {
-        weight.shape().num_elements() * 4
     }
 
     fn write_cache_rows(

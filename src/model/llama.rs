@@ -360,7 +360,7 @@ impl<B: ModelBackend> Llama<B> {
                 B::write_cache_rows(p, runs, &v, h * hd)
             });
         }
-        let attended = plan.attend(&qk, pools, self.heads());
+        let attended = plan.attend(&qk, pools);
         let x = x + B::project(attended, &layer.output);
 
         let h = layer.ffn_norm.forward(x.clone());

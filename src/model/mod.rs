@@ -1,12 +1,12 @@
 //! The Llama-family model: it sees batches and block tables, never requests.
 
-mod attention;
+pub mod attention;
 pub mod backend;
 pub mod batch;
 pub mod config;
+pub mod cpu;
 pub mod kv_cache;
 mod llama;
-pub mod packed;
 mod rope;
 pub mod weights;
 

@@ -13,9 +13,9 @@
 //! Summation order differs from a naive dot product only in how partial sums over `k` are
 //! grouped ([`K_BLOCK`]), so results agree with f32 reference matmuls to rounding.
 
-mod kernel;
-
 use rayon::prelude::*;
+
+use super::microkernel;
 
 /// Output columns per panel: two 16-lane AVX-512 vectors.
 pub const PANEL_WIDTH: usize = 32;
@@ -151,8 +151,8 @@ impl PackedMatrix {
                     let panel = &panels[p * panel_len + k0 * PANEL_WIDTH..][..depth * PANEL_WIDTH];
                     let mut r = row0;
                     while r < row_end {
-                        let block = kernel::MAX_ROWS.min(row_end - r);
-                        let tile = kernel::Tile {
+                        let block = microkernel::MAX_ROWS.min(row_end - r);
+                        let tile = microkernel::Tile {
                             x: &x[r * k + k0..],
                             x_stride: k,
                             panel,
@@ -166,7 +166,7 @@ impl PackedMatrix {
                             accumulate: k0 > 0,
                         };
                         // SAFETY: `tile` describes memory inside `x`, `panel` and `out`.
-                        unsafe { kernel::run(&tile) };
+                        unsafe { microkernel::run(&tile) };
                         r += block;
                     }
                 }
@@ -179,7 +179,7 @@ impl PackedMatrix {
 /// [`ROW_BLOCK_BYTES`], at least one.
 fn row_block(in_features: usize) -> usize {
     let rows = ROW_BLOCK_BYTES / (in_features * 4);
-    (rows / kernel::MAX_ROWS).max(1) * kernel::MAX_ROWS
+    (rows / microkernel::MAX_ROWS).max(1) * microkernel::MAX_ROWS
 }
 
 /// The output pointer, shared by tasks that write disjoint columns.
@@ -201,4 +201,5 @@ fn lanes_as_floats_mut(lanes: &mut [Lanes]) -> &mut [f32] {
 }
 
 #[cfg(test)]
+#[path = "packed_tests.rs"]
 mod tests;

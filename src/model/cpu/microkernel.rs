@@ -3,7 +3,7 @@
 //! AVX-512 when the CPU has it (checked once at run time), otherwise a portable version the
 //! compiler vectorizes for whatever the build targets.
 
-use super::PANEL_WIDTH;
+use super::packed::PANEL_WIDTH;
 
 /// Rows per kernel call: 12 rows x 2 vectors = 24 accumulators of the 32 AVX-512 registers,
 /// enough independent FMA chains to hide their latency on two FMA pipes.

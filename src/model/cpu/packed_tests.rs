@@ -77,4 +77,4 @@ fn size_counts_the_padded_panels() {
     assert_eq!(packed.size_bytes(), 2 * PANEL_WIDTH * 4 * 4);
 }
 
-const MAX_ROWS_FOR_TESTS: usize = kernel::MAX_ROWS;
+const MAX_ROWS_FOR_TESTS: usize = microkernel::MAX_ROWS;

@@ -1,0 +1,340 @@
+//! Causal attention that reads keys and values where they lie in the paged cache.
+//!
+//! Why not burn's attention on flex: it needs dense `[seqs, 1, context, head_dim]` keys and
+//! values, so every step first gathered each sequence's whole context out of the pool (the
+//! largest copy of a batched decode step: the context is read twice and written once), built
+//! a boolean mask, and computed the scores that the causal mask then threw away.
+//!
+//! Here each work item is (sequence, KV head, a chunk of that sequence's new tokens). It walks
+//! the sequence's block table in tiles of up to [`KEY_TILE`] keys and, while the tile is in
+//! L1, scores every query row sharing the KV head against it and folds it into the row's
+//! running softmax statistics (the online softmax of FlashAttention), so no score matrix is
+//! ever materialised and a query never looks at a key after its own position.
+
+use rayon::prelude::*;
+
+use crate::model::attention::HeadLayout;
+use crate::model::batch::SequenceSlice;
+
+/// Keys per tile: one 16-lane vector of scores per query row.
+const KEY_TILE: usize = 16;
+/// New tokens per work item: long prefills are split across cores by query chunks.
+const TOKENS_PER_ITEM: usize = 16;
+
+/// A layer's attention inputs.
+pub struct PagedAttention<'a> {
+    /// `[num_tokens, query_stride]`, query heads first, RoPE applied.
+    pub queries: &'a [f32],
+    pub query_stride: usize,
+    /// Per KV head, `[num_slots, head_dim]`, already holding this pass's keys.
+    pub keys: &'a [&'a [f32]],
+    /// Per KV head, `[num_slots, head_dim]`, already holding this pass's values.
+    pub values: &'a [&'a [f32]],
+    pub heads: HeadLayout,
+    pub block_size: usize,
+    /// The batch's sequences, whose new tokens are packed in this order.
+    pub sequences: &'a [SequenceSlice],
+}
+
+/// One work item: a sequence's new tokens `tokens` (indices among its new tokens) for KV head
+/// `kv_head`.
+#[derive(Clone, Debug)]
+struct Item {
+    sequence: usize,
+    first_row: usize,
+    kv_head: usize,
+    tokens: std::ops::Range<usize>,
+}
+
+impl PagedAttention<'_> {
+    /// `[num_tokens, num_heads * head_dim]`, packed like the queries.
+    pub fn run(&self) -> Vec<f32> {
+        self.run_with(has_avx512() && self.heads.head_dim.is_multiple_of(16))
+    }
+
+    /// [`Self::run`], with the AVX-512 build of the loops or the portable one.
+    fn run_with(&self, use_avx512: bool) -> Vec<f32> {
+        let HeadLayout {
+            num_heads,
+            num_kv_heads,
+            head_dim,
+        } = self.heads;
+        let num_tokens: usize = self.sequences.iter().map(|s| s.num_new_tokens).sum();
+        let out_width = num_heads * head_dim;
+        let mut out = vec![0.0f32; num_tokens * out_width];
+        let mut items = Vec::new();
+        let mut first_row = 0;
+        for (sequence, seq) in self.sequences.iter().enumerate() {
+            for kv_head in 0..num_kv_heads {
+                for start in (0..seq.num_new_tokens).step_by(TOKENS_PER_ITEM) {
+                    let end = (start + TOKENS_PER_ITEM).min(seq.num_new_tokens);
+                    items.push(Item {
+                        sequence,
+                        first_row,
+                        kv_head,
+                        tokens: start..end,
+                    });
+                }
+            }
+            first_row += seq.num_new_tokens;
+        }
+        let out_ptr = SharedOut(out.as_mut_ptr());
+        // The most expensive items (the latest tokens of long prompts) first.
+        items.par_iter().rev().for_each(|item| {
+            // SAFETY: each item writes only its own (row, head) cells of `out`, which holds
+            // `num_tokens * out_width` floats and outlives the parallel section.
+            unsafe { self.item(item, out_ptr, use_avx512) }
+        });
+        out
+    }
+
+    /// # Safety
+    /// No other thread writes this item's output cells meanwhile; with `use_avx512`, the CPU
+    /// has AVX-512F and `head_dim` is a multiple of 16.
+    unsafe fn item(&self, item: &Item, out: SharedOut, use_avx512: bool) {
+        let HeadLayout {
+            num_heads,
+            num_kv_heads,
+            head_dim: hd,
+        } = self.heads;
+        let per_kv = num_heads / num_kv_heads;
+        let seq = &self.sequences[item.sequence];
+        let keys = self.keys[item.kv_head];
+        let values = self.values[item.kv_head];
+        let scale = 1.0 / (hd as f32).sqrt();
+
+        // Rows ordered (token, query head of this KV head).
+        let rows = item.tokens.len() * per_kv;
+        let token_row = |row: usize| item.first_row + item.tokens.start + row / per_kv;
+        let head = |row: usize| item.kv_head * per_kv + row % per_kv;
+        let position = |row: usize| seq.num_cached_tokens + item.tokens.start + row / per_kv;
+        let mut states: Vec<RowState> = (0..rows)
+            .map(|row| RowState {
+                query: &self.queries[token_row(row) * self.query_stride + head(row) * hd..][..hd],
+                position: position(row),
+                max: f32::NEG_INFINITY,
+                sum: 0.0,
+                acc: vec![0.0; hd],
+            })
+            .collect();
+
+        let last_position = position(rows - 1);
+        let mut key0 = 0;
+        while key0 <= last_position {
+            // A tile never crosses a block: its slots are then consecutive.
+            let block = self.block_size;
+            let in_block = key0 % block;
+            let len = KEY_TILE.min(block - in_block).min(last_position + 1 - key0);
+            let slot0 = seq.block_table[key0 / block] as usize * block + in_block;
+            let tile = Tile {
+                first_key: key0,
+                keys: &keys[slot0 * hd..][..len * hd],
+                values: &values[slot0 * hd..][..len * hd],
+                len,
+            };
+            // Rows whose position precedes the tile see none of it.
+            for state in states.iter_mut().filter(|s| s.position >= key0) {
+                #[cfg(target_arch = "x86_64")]
+                if use_avx512 {
+                    // SAFETY: the caller checked AVX-512F and the head width.
+                    unsafe { avx512::fold_tile(state, &tile, scale) };
+                    continue;
+                }
+                fold_tile(state, &tile, scale);
+            }
+            key0 += len;
+        }
+
+        let out_width = num_heads * hd;
+        for (row, state) in states.iter().enumerate() {
+            let inv = 1.0 / state.sum;
+            // SAFETY: cell (token_row, head) belongs to this item alone; in bounds.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    out.0.add(token_row(row) * out_width + head(row) * hd),
+                    hd,
+                )
+            };
+            for (o, &a) in dst.iter_mut().zip(&state.acc) {
+                *o = a * inv;
+            }
+        }
+    }
+}
+
+/// One query row's running softmax: `acc / sum` is its output so far.
+struct RowState<'a> {
+    query: &'a [f32],
+    position: usize,
+    max: f32,
+    sum: f32,
+    acc: Vec<f32>,
+}
+
+/// Up to [`KEY_TILE`] consecutive keys of one sequence, with their values.
+struct Tile<'a> {
+    first_key: usize,
+    /// `len * head_dim`, row-major.
+    keys: &'a [f32],
+    values: &'a [f32],
+    len: usize,
+}
+
+impl Tile<'_> {
+    /// Keys of the tile at or before `position`.
+    fn visible_to(&self, position: usize) -> usize {
+        (position + 1 - self.first_key).min(self.len)
+    }
+}
+
+/// Folds `tile` into `state` (the online softmax update), portable version.
+fn fold_tile(state: &mut RowState<'_>, tile: &Tile<'_>, scale: f32) {
+    let hd = state.query.len();
+    let visible = tile.visible_to(state.position);
+    let mut scores = [0.0f32; KEY_TILE];
+    for (s, key) in scores
+        .iter_mut()
+        .zip(tile.keys.chunks_exact(hd))
+        .take(visible)
+    {
+        *s = state.query.iter().zip(key).map(|(q, k)| q * k).sum::<f32>() * scale;
+    }
+    let tile_max = scores[..visible]
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let new_max = state.max.max(tile_max);
+    let correction = exp_nonpositive(state.max - new_max);
+    let mut tile_sum = 0.0;
+    for s in &mut scores[..visible] {
+        *s = exp_nonpositive(*s - new_max);
+        tile_sum += *s;
+    }
+    state.max = new_max;
+    state.sum = state.sum * correction + tile_sum;
+    for a in &mut state.acc {
+        *a *= correction;
+    }
+    for (p, value) in scores[..visible].iter().zip(tile.values.chunks_exact(hd)) {
+        for (a, &v) in state.acc.iter_mut().zip(value) {
+            *a += p * v;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{RowState, Tile, KEY_TILE};
+    use std::arch::x86_64::*;
+
+    /// [`super::fold_tile`] with the head in 16-lane vectors and the tile's 16 scores in one.
+    ///
+    /// # Safety
+    /// AVX-512F present; `head_dim` a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fold_tile(state: &mut RowState<'_>, tile: &Tile<'_>, scale: f32) {
+        let hd = state.query.len();
+        let visible = tile.visible_to(state.position);
+        let mut scores = [0.0f32; KEY_TILE];
+        // SAFETY: every pointer below stays inside `query` (hd floats), `tile.keys` and
+        // `tile.values` (`len * hd` floats, `visible <= len`) or `acc` (hd floats).
+        unsafe {
+            let q = state.query.as_ptr();
+            for (i, s) in scores.iter_mut().enumerate().take(visible) {
+                let k = tile.keys.as_ptr().add(i * hd);
+                let mut dot = _mm512_setzero_ps();
+                for c in (0..hd).step_by(16) {
+                    dot =
+                        _mm512_fmadd_ps(_mm512_loadu_ps(q.add(c)), _mm512_loadu_ps(k.add(c)), dot);
+                }
+                *s = _mm512_reduce_add_ps(dot);
+            }
+            let lanes: __mmask16 = ((1u32 << visible) - 1) as __mmask16;
+            let s = _mm512_mul_ps(_mm512_loadu_ps(scores.as_ptr()), _mm512_set1_ps(scale));
+            let tile_max = _mm512_mask_reduce_max_ps(lanes, s);
+            let new_max = state.max.max(tile_max);
+            let correction = super::exp_nonpositive(state.max - new_max);
+            let p = _mm512_maskz_mov_ps(lanes, exp512(_mm512_sub_ps(s, _mm512_set1_ps(new_max))));
+            state.max = new_max;
+            state.sum = state.sum * correction + _mm512_reduce_add_ps(p);
+            _mm512_storeu_ps(scores.as_mut_ptr(), p);
+
+            let acc = state.acc.as_mut_ptr();
+            let correction = _mm512_set1_ps(correction);
+            for c in (0..hd).step_by(16) {
+                let mut a = _mm512_mul_ps(_mm512_loadu_ps(acc.add(c)), correction);
+                for (i, &weight) in scores.iter().enumerate().take(visible) {
+                    let v = _mm512_loadu_ps(tile.values.as_ptr().add(i * hd + c));
+                    a = _mm512_fmadd_ps(_mm512_set1_ps(weight), v, a);
+                }
+                _mm512_storeu_ps(acc.add(c), a);
+            }
+        }
+    }
+
+    /// `e^x` per lane for `x <= 0` (lanes below -87 give about 0); the method of
+    /// [`super::exp_nonpositive`], with `vscalefps` applying `2^n`.
+    #[target_feature(enable = "avx512f")]
+    fn exp512(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_LO), r);
+        let mut p = _mm512_set1_ps(1.0 / 720.0);
+        for coefficient in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coefficient));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// ln 2 split in two so `n * LN2_HI` is exact for the `n` an exponent can have.
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+
+/// `e^x` for `x <= 0` (0 for -inf), to about 2 ulp, in plain arithmetic that vectorizes
+/// (libm's `expf` is a call per lane).
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // Below this e^x is under f32's normal range; clamping keeps 2^n representable.
+    let clamped = x.max(-87.0);
+    let n = (clamped * LOG2_E).round_ties_even();
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    // Taylor to degree 6 on |r| <= ln2 / 2.
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.0 {
+        0.0
+    } else {
+        p * two_n
+    }
+}
+
+/// The output pointer, shared by items that write disjoint cells.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: items write disjoint cells (see `PagedAttention::run`).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+#[cfg(test)]
+#[path = "attention_tests.rs"]
+mod tests;

@@ -1,0 +1,10 @@
+//! CPU kernels the flex backend uses where burn's own ops move more memory than the math
+//! needs: projections against weights packed once ([`PackedMatrix`]) and causal attention
+//! reading the paged cache in place ([`PagedAttention`]).
+
+mod attention;
+mod microkernel;
+mod packed;
+
+pub use attention::PagedAttention;
+pub use packed::PackedMatrix;
