@@ -151,13 +151,23 @@ fn main() -> anyhow::Result<()> {
     let rss = rss_bytes().saturating_sub(rss_before);
     drop(cache);
 
-    if std::env::var_os("MODEL_BENCH_PROFILE_DECODE32").is_some() {
-        decode(&model, 32, 128, 300);
-        return Ok(());
+    // For profilers: `MODEL_BENCH_ONLY=STREAMS` runs a long decode of that many streams only,
+    // `MODEL_BENCH_ONLY=prefill` a few 2048-token prefills.
+    match std::env::var("MODEL_BENCH_ONLY").ok().as_deref() {
+        Some("prefill") => {
+            (0..5).for_each(|_| drop(prefill(&model, 2048)));
+            return Ok(());
+        }
+        Some(streams) => {
+            decode(&model, streams.parse()?, 128, 300);
+            return Ok(());
+        }
+        None => {}
     }
     let read = memory_read_time(weight_bytes);
-    let single = decode(&model, 1, 128, 32);
-    let batched = decode(&model, 32, 128, 16);
+    // Best of three, like the memory read: neighbours on a shared machine only add time.
+    let single = (0..3).map(|_| decode(&model, 1, 128, 32)).min().unwrap();
+    let batched = (0..3).map(|_| decode(&model, 32, 128, 16)).min().unwrap();
     let prefill_512 = (0..3).map(|_| prefill(&model, 512)).min().unwrap();
 
     let single_tps = 1.0 / single.as_secs_f64();

@@ -444,8 +444,26 @@ mod tests {
                 &device,
             )
         };
-        let pools = LayerPools {
+        let dense_pools = LayerPools {
             keys: vec![pool(0.1), pool(0.2)],
+            values: vec![pool(0.3), pool(0.4)],
+        };
+        // flex's kernel reads its own key layout: write the same rows through it.
+        let every_slot = [RowRun {
+            dst_slot: 0,
+            src_row: 0,
+            len: num_slots,
+        }];
+        let layout = crate::model::cpu::KeyLayout {
+            block_size,
+            head_dim: 16,
+        };
+        let flex_keys = |phase: f32| {
+            let empty = Tensor::<Flex, 2>::zeros([num_slots, 16], &device);
+            Flex::write_cache_keys(empty, &every_slot, &pool(phase), 0, layout)
+        };
+        let kernel_pools = LayerPools {
+            keys: vec![flex_keys(0.1), flex_keys(0.2)],
             values: vec![pool(0.3), pool(0.4)],
         };
         let width = (heads.num_heads + heads.num_kv_heads) * heads.head_dim;
@@ -454,8 +472,8 @@ mod tests {
             &device,
         );
         let plan = AttentionPlan::<Flex>::new(&sequences, block_size, heads, &device);
-        let dense = plan.attend_dense(&queries, &pools).into_data();
-        let kernel = plan.attend(&queries, &pools).into_data();
+        let dense = plan.attend_dense(&queries, &dense_pools).into_data();
+        let kernel = plan.attend(&queries, &kernel_pools).into_data();
         dense.assert_approx_eq::<f32>(&kernel, burn::tensor::Tolerance::absolute(1e-5));
     }
 }

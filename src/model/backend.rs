@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use super::attention::AttentionPlan;
-use super::cpu::{PackedMatrix, PagedAttention};
+use super::cpu::{write_keys_transposed, KeyLayout, PackedMatrix, PagedAttention};
 use super::kv_cache::LayerPools;
 use super::weights::HostTensor;
 
@@ -69,6 +69,18 @@ pub trait ModelBackend: Backend {
         src: &Tensor<Self, 2>,
         src_col: usize,
     ) -> Tensor<Self, 2>;
+
+    /// [`Self::write_cache_rows`] for key pools, whose layout is the backend's choice: rows
+    /// by default; flex transposes each block (`[head_dim, block_size]`) for its attention.
+    fn write_cache_keys(
+        pool: Tensor<Self, 2>,
+        runs: &[RowRun],
+        src: &Tensor<Self, 2>,
+        src_col: usize,
+        _layout: KeyLayout,
+    ) -> Tensor<Self, 2> {
+        Self::write_cache_rows(pool, runs, src, src_col)
+    }
 }
 
 impl ModelBackend for burn::backend::Flex {
@@ -131,25 +143,46 @@ impl ModelBackend for burn::backend::Flex {
         src_col: usize,
     ) -> Tensor<Self, 2> {
         let [_, width] = pool.dims();
-        let [_, src_width] = src.dims();
-        let mut pool = pool.into_primitive().tensor();
-        let full_buffer = pool.bytes().len() == pool.layout().num_elements() * 4;
-        if !(pool.is_contiguous() && pool.layout().start_offset() == 0 && full_buffer) {
-            pool = pool.to_contiguous();
-        }
-        let src = src.clone().into_primitive().tensor().to_contiguous();
-        let src_rows: &[f32] = src.storage();
-        // Unique ownership (the cache is the only holder) makes this a write, not a copy.
-        let dst_rows: &mut [f32] = pool.storage_mut();
-        for run in runs {
-            for i in 0..run.len {
-                let dst = (run.dst_slot + i) * width;
-                let from = (run.src_row + i) * src_width + src_col;
-                dst_rows[dst..dst + width].copy_from_slice(&src_rows[from..from + width]);
+        write_flex_pool(pool, src, |dst_rows, src_rows, src_width| {
+            for run in runs {
+                for i in 0..run.len {
+                    let dst = (run.dst_slot + i) * width;
+                    let from = (run.src_row + i) * src_width + src_col;
+                    dst_rows[dst..dst + width].copy_from_slice(&src_rows[from..from + width]);
+                }
             }
-        }
-        Tensor::from_primitive(TensorPrimitive::Float(pool))
+        })
     }
+
+    fn write_cache_keys(
+        pool: Tensor<Self, 2>,
+        runs: &[RowRun],
+        src: &Tensor<Self, 2>,
+        src_col: usize,
+        layout: KeyLayout,
+    ) -> Tensor<Self, 2> {
+        write_flex_pool(pool, src, |dst, src_rows, src_width| {
+            write_keys_transposed(dst, layout, runs, src_rows, src_width, src_col)
+        })
+    }
+}
+
+/// Runs `write(pool, src, src_width)` on a flex pool's own buffer.
+fn write_flex_pool(
+    pool: Tensor<burn::backend::Flex, 2>,
+    src: &Tensor<burn::backend::Flex, 2>,
+    write: impl FnOnce(&mut [f32], &[f32], usize),
+) -> Tensor<burn::backend::Flex, 2> {
+    let [_, src_width] = src.dims();
+    let mut pool = pool.into_primitive().tensor();
+    let full_buffer = pool.bytes().len() == pool.layout().num_elements() * 4;
+    if !(pool.is_contiguous() && pool.layout().start_offset() == 0 && full_buffer) {
+        pool = pool.to_contiguous();
+    }
+    let src = src.clone().into_primitive().tensor().to_contiguous();
+    // Unique ownership (the cache is the only holder) makes this a write, not a copy.
+    write(pool.storage_mut(), src.storage(), src_width);
+    Tensor::from_primitive(TensorPrimitive::Float(pool))
 }
 
 #[cfg(feature = "cuda")]

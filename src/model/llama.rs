@@ -8,6 +8,7 @@ use super::attention::{AttentionPlan, HeadLayout};
 use super::backend::ModelBackend;
 use super::batch::{BatchError, ForwardBatch, LogitsWanted};
 use super::config::LlamaConfig;
+use super::cpu::KeyLayout;
 use super::kv_cache::{LayerPools, PagedKvCache};
 use super::rope::{RotaryRows, RotaryTable};
 use super::weights::{HostTensor, WeightError, WeightSource};
@@ -353,8 +354,12 @@ impl<B: ModelBackend> Llama<B> {
         let hd = c.head_dim;
         for h in 0..c.num_kv_heads {
             let runs = &plan.write_runs;
+            let layout = KeyLayout {
+                block_size: plan.block_size(),
+                head_dim: hd,
+            };
             replace_with(&mut pools.keys[h], |p| {
-                B::write_cache_rows(p, runs, &qk, q_dim + h * hd)
+                B::write_cache_keys(p, runs, &qk, q_dim + h * hd, layout)
             });
             replace_with(&mut pools.values[h], |p| {
                 B::write_cache_rows(p, runs, &v, h * hd)

@@ -26,7 +26,9 @@ pub struct PagedAttention<'a> {
     /// `[num_tokens, query_stride]`, query heads first, RoPE applied.
     pub queries: &'a [f32],
     pub query_stride: usize,
-    /// Per KV head, `[num_slots, head_dim]`, already holding this pass's keys.
+    /// Per KV head, already holding this pass's keys, transposed within each block:
+    /// `[num_blocks, head_dim, block_size]` (see [`write_keys_transposed`]). A tile's scores
+    /// are then `head_dim` vector multiply-adds, with no horizontal sums.
     pub keys: &'a [&'a [f32]],
     /// Per KV head, `[num_slots, head_dim]`, already holding this pass's values.
     pub values: &'a [&'a [f32]],
@@ -125,21 +127,29 @@ impl PagedAttention<'_> {
             let block = self.block_size;
             let in_block = key0 % block;
             let len = KEY_TILE.min(block - in_block).min(last_position + 1 - key0);
-            let slot0 = seq.block_table[key0 / block] as usize * block + in_block;
+            let block_id = seq.block_table[key0 / block] as usize;
+            let slot0 = block_id * block + in_block;
             let tile = Tile {
                 first_key: key0,
-                keys: &keys[slot0 * hd..][..len * hd],
+                keys_t: &keys[block_id * block * hd..][..block * hd],
+                block_size: block,
+                in_block,
                 values: &values[slot0 * hd..][..len * hd],
                 len,
             };
-            // Rows whose position precedes the tile see none of it.
-            for state in states.iter_mut().filter(|s| s.position >= key0) {
-                #[cfg(target_arch = "x86_64")]
-                if use_avx512 {
+            // Rows whose position precedes the tile see none of it; rows are ordered by
+            // position, so those are a prefix.
+            let first_seeing = states.partition_point(|s| s.position < key0);
+            #[cfg(target_arch = "x86_64")]
+            if use_avx512 {
+                for group in states[first_seeing..].chunks_mut(avx512::MAX_ROWS) {
                     // SAFETY: the caller checked AVX-512F and the head width.
-                    unsafe { avx512::fold_tile(state, &tile, scale) };
-                    continue;
+                    unsafe { avx512::fold_tile(group, &tile, scale) };
                 }
+                key0 += len;
+                continue;
+            }
+            for state in &mut states[first_seeing..] {
                 fold_tile(state, &tile, scale);
             }
             key0 += len;
@@ -171,11 +181,15 @@ struct RowState<'a> {
     acc: Vec<f32>,
 }
 
-/// Up to [`KEY_TILE`] consecutive keys of one sequence, with their values.
+/// Up to [`KEY_TILE`] consecutive keys of one sequence (all in one block), with their values.
 struct Tile<'a> {
     first_key: usize,
+    /// The whole block's keys, `[head_dim, block_size]`; the tile's are columns
+    /// `in_block..in_block + len`.
+    keys_t: &'a [f32],
+    block_size: usize,
+    in_block: usize,
     /// `len * head_dim`, row-major.
-    keys: &'a [f32],
     values: &'a [f32],
     len: usize,
 }
@@ -183,7 +197,7 @@ struct Tile<'a> {
 impl Tile<'_> {
     /// Keys of the tile at or before `position`.
     fn visible_to(&self, position: usize) -> usize {
-        (position + 1 - self.first_key).min(self.len)
+        (position + 1).saturating_sub(self.first_key).min(self.len)
     }
 }
 
@@ -192,12 +206,17 @@ fn fold_tile(state: &mut RowState<'_>, tile: &Tile<'_>, scale: f32) {
     let hd = state.query.len();
     let visible = tile.visible_to(state.position);
     let mut scores = [0.0f32; KEY_TILE];
-    for (s, key) in scores
-        .iter_mut()
-        .zip(tile.keys.chunks_exact(hd))
-        .take(visible)
+    for (&q, keys) in state
+        .query
+        .iter()
+        .zip(tile.keys_t.chunks_exact(tile.block_size))
     {
-        *s = state.query.iter().zip(key).map(|(q, k)| q * k).sum::<f32>() * scale;
+        for (s, &k) in scores.iter_mut().zip(&keys[tile.in_block..][..visible]) {
+            *s += q * k;
+        }
+    }
+    for s in &mut scores[..visible] {
+        *s *= scale;
     }
     let tile_max = scores[..visible]
         .iter()
@@ -227,47 +246,89 @@ mod avx512 {
     use super::{RowState, Tile, KEY_TILE};
     use std::arch::x86_64::*;
 
-    /// [`super::fold_tile`] with the head in 16-lane vectors and the tile's 16 scores in one.
+    /// Rows folded together: each key and value vector loaded is used by this many rows.
+    pub const MAX_ROWS: usize = 4;
+
+    /// [`super::fold_tile`] for up to [`MAX_ROWS`] rows at once, with the tile's 16 scores of
+    /// a row in one vector and the head in 16-lane vectors.
     ///
     /// # Safety
-    /// AVX-512F present; `head_dim` a multiple of 16.
+    /// AVX-512F present; `head_dim` a multiple of 16; `1 <= rows.len() <= MAX_ROWS`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn fold_tile(state: &mut RowState<'_>, tile: &Tile<'_>, scale: f32) {
-        let hd = state.query.len();
-        let visible = tile.visible_to(state.position);
-        let mut scores = [0.0f32; KEY_TILE];
-        // SAFETY: every pointer below stays inside `query` (hd floats), `tile.keys` and
-        // `tile.values` (`len * hd` floats, `visible <= len`) or `acc` (hd floats).
+    pub unsafe fn fold_tile(rows: &mut [RowState<'_>], tile: &Tile<'_>, scale: f32) {
+        // SAFETY: forwarded.
         unsafe {
-            let q = state.query.as_ptr();
-            for (i, s) in scores.iter_mut().enumerate().take(visible) {
-                let k = tile.keys.as_ptr().add(i * hd);
-                let mut dot = _mm512_setzero_ps();
-                for c in (0..hd).step_by(16) {
-                    dot =
-                        _mm512_fmadd_ps(_mm512_loadu_ps(q.add(c)), _mm512_loadu_ps(k.add(c)), dot);
-                }
-                *s = _mm512_reduce_add_ps(dot);
+            match rows.len() {
+                1 => fold_rows::<1>(rows, tile, scale),
+                2 => fold_rows::<2>(rows, tile, scale),
+                3 => fold_rows::<3>(rows, tile, scale),
+                _ => fold_rows::<MAX_ROWS>(rows, tile, scale),
             }
-            let lanes: __mmask16 = ((1u32 << visible) - 1) as __mmask16;
-            let s = _mm512_mul_ps(_mm512_loadu_ps(scores.as_ptr()), _mm512_set1_ps(scale));
-            let tile_max = _mm512_mask_reduce_max_ps(lanes, s);
-            let new_max = state.max.max(tile_max);
-            let correction = super::exp_nonpositive(state.max - new_max);
-            let p = _mm512_maskz_mov_ps(lanes, exp512(_mm512_sub_ps(s, _mm512_set1_ps(new_max))));
-            state.max = new_max;
-            state.sum = state.sum * correction + _mm512_reduce_add_ps(p);
-            _mm512_storeu_ps(scores.as_mut_ptr(), p);
+        }
+    }
 
-            let acc = state.acc.as_mut_ptr();
-            let correction = _mm512_set1_ps(correction);
-            for c in (0..hd).step_by(16) {
-                let mut a = _mm512_mul_ps(_mm512_loadu_ps(acc.add(c)), correction);
-                for (i, &weight) in scores.iter().enumerate().take(visible) {
-                    let v = _mm512_loadu_ps(tile.values.as_ptr().add(i * hd + c));
-                    a = _mm512_fmadd_ps(_mm512_set1_ps(weight), v, a);
+    /// # Safety
+    /// As [`fold_tile`], with `rows.len() == R`.
+    // Indices walk several parallel arrays (rows, lanes, weights, value rows) at once.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fold_rows<const R: usize>(rows: &mut [RowState<'_>], tile: &Tile<'_>, scale: f32) {
+        let hd = rows[0].query.len();
+        let mut lanes = [0 as __mmask16; R];
+        let mut visible = [0usize; R];
+        for r in 0..R {
+            visible[r] = tile.visible_to(rows[r].position);
+            lanes[r] = ((1u32 << visible[r]) - 1) as __mmask16;
+        }
+        let tile_lanes = ((1u32 << tile.len) - 1) as __mmask16;
+        let mut weights = [[0.0f32; KEY_TILE]; R];
+        // SAFETY: every pointer below stays inside a row's `query` (hd floats), `tile.keys_t`
+        // (`hd * block_size` floats, loads masked to the tile's `len` columns from
+        // `in_block`), `tile.values` (`len * hd` floats) or a row's `acc` (hd floats).
+        unsafe {
+            let keys = tile.keys_t.as_ptr().add(tile.in_block);
+            let mut scores = [_mm512_setzero_ps(); R];
+            for d in 0..hd {
+                let k = _mm512_maskz_loadu_ps(tile_lanes, keys.add(d * tile.block_size));
+                for r in 0..R {
+                    let q = _mm512_set1_ps(*rows[r].query.get_unchecked(d));
+                    scores[r] = _mm512_fmadd_ps(q, k, scores[r]);
                 }
-                _mm512_storeu_ps(acc.add(c), a);
+            }
+            let mut correction = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let state = &mut rows[r];
+                let s = _mm512_mul_ps(scores[r], _mm512_set1_ps(scale));
+                let tile_max = _mm512_mask_reduce_max_ps(lanes[r], s);
+                let new_max = state.max.max(tile_max);
+                let c = super::exp_nonpositive(state.max - new_max);
+                let p = _mm512_maskz_mov_ps(
+                    lanes[r],
+                    exp512(_mm512_sub_ps(s, _mm512_set1_ps(new_max))),
+                );
+                state.max = new_max;
+                state.sum = state.sum * c + _mm512_reduce_add_ps(p);
+                _mm512_storeu_ps(weights[r].as_mut_ptr(), p);
+                correction[r] = _mm512_set1_ps(c);
+            }
+            let values = tile.values.as_ptr();
+            let max_visible = visible.iter().copied().max().unwrap_or(0);
+            for c in (0..hd).step_by(16) {
+                let mut acc = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    acc[r] =
+                        _mm512_mul_ps(_mm512_loadu_ps(rows[r].acc.as_ptr().add(c)), correction[r]);
+                }
+                // Invisible keys have weight 0, so rows can share the loop to `max_visible`.
+                for i in 0..max_visible {
+                    let v = _mm512_loadu_ps(values.add(i * hd + c));
+                    for r in 0..R {
+                        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(weights[r][i]), v, acc[r]);
+                    }
+                }
+                for r in 0..R {
+                    _mm512_storeu_ps(rows[r].acc.as_mut_ptr().add(c), acc[r]);
+                }
             }
         }
     }
@@ -288,6 +349,46 @@ mod avx512 {
         }
         _mm512_scalef_ps(p, n)
     }
+}
+
+/// Writes key rows into a pool laid out `[num_blocks, head_dim, block_size]`: slot `s` of
+/// the cache is column `s % block_size` of block `s / block_size`.
+///
+/// # Panics
+/// If a run writes past the pool or reads past `src`.
+pub fn write_keys_transposed(
+    pool: &mut [f32],
+    layout: KeyLayout,
+    runs: &[crate::model::backend::RowRun],
+    src: &[f32],
+    src_width: usize,
+    src_col: usize,
+) {
+    let KeyLayout {
+        block_size,
+        head_dim,
+    } = layout;
+    for run in runs {
+        for i in 0..run.len {
+            let slot = run.dst_slot + i;
+            let block_start = slot / block_size * block_size * head_dim;
+            let block = &mut pool[block_start..][..block_size * head_dim];
+            let column = slot % block_size;
+            let row = &src[(run.src_row + i) * src_width + src_col..][..head_dim];
+            for (d, &k) in row.iter().enumerate() {
+                block[d * block_size + column] = k;
+            }
+        }
+    }
+}
+
+/// The shape of a block-transposed key pool.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyLayout {
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Width of a head.
+    pub head_dim: usize,
 }
 
 fn has_avx512() -> bool {

@@ -99,7 +99,26 @@ fn check(heads: HeadLayout, block_size: usize) {
     let vals: Vec<Vec<f32>> = (0..heads.num_kv_heads)
         .map(|h| values(num_slots * hd, 20 + h as u64))
         .collect();
+    // The kernel reads keys block-transposed; the reference reads the rows.
+    let layout = KeyLayout {
+        block_size,
+        head_dim: hd,
+    };
+    let every_slot = [crate::model::backend::RowRun {
+        dst_slot: 0,
+        src_row: 0,
+        len: num_slots,
+    }];
+    let keys_t: Vec<Vec<f32>> = keys
+        .iter()
+        .map(|rows| {
+            let mut pool = vec![0.0; rows.len()];
+            write_keys_transposed(&mut pool, layout, &every_slot, rows, hd, 0);
+            pool
+        })
+        .collect();
     let key_refs: Vec<&[f32]> = keys.iter().map(Vec::as_slice).collect();
+    let key_t_refs: Vec<&[f32]> = keys_t.iter().map(Vec::as_slice).collect();
     let value_refs: Vec<&[f32]> = vals.iter().map(Vec::as_slice).collect();
     let case = PagedAttention {
         queries: &queries,
@@ -111,6 +130,10 @@ fn check(heads: HeadLayout, block_size: usize) {
         sequences: &sequences,
     };
     let want = reference(&case);
+    let case = PagedAttention {
+        keys: &key_t_refs,
+        ..case
+    };
     let avx512_applies = has_avx512() && heads.head_dim.is_multiple_of(16);
     for use_avx512 in [false, avx512_applies] {
         let got = case.run_with(use_avx512);
@@ -179,4 +202,34 @@ fn exp_is_accurate_over_the_range_softmax_uses() {
     }
     assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
     assert_eq!(exp_nonpositive(0.0), 1.0);
+}
+
+#[test]
+fn keys_are_written_as_columns_of_their_block() {
+    // Two blocks of 2 slots, head width 3; rows 0 and 1 of `src` go to slots 3 and 0.
+    let layout = KeyLayout {
+        block_size: 2,
+        head_dim: 3,
+    };
+    let src = [1.0, 2.0, 3.0, 9.0, 4.0, 5.0, 6.0, 9.0];
+    let runs = [
+        crate::model::backend::RowRun {
+            dst_slot: 3,
+            src_row: 0,
+            len: 1,
+        },
+        crate::model::backend::RowRun {
+            dst_slot: 0,
+            src_row: 1,
+            len: 1,
+        },
+    ];
+    let mut pool = vec![0.0; 12];
+    write_keys_transposed(&mut pool, layout, &runs, &src, 4, 0);
+    #[rustfmt::skip]
+    let want = [
+        4.0, 0.0, 5.0, 0.0, 6.0, 0.0, // block 0: slot 0 holds row 1
+        0.0, 1.0, 0.0, 2.0, 0.0, 3.0, // block 1: slot 3 (column 1) holds row 0
+    ];
+    assert_eq!(pool, want);
 }

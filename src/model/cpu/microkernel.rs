@@ -102,6 +102,9 @@ mod avx512 {
         }
     }
 
+    /// Floats ahead of the current panel position to prefetch (4 KiB).
+    const PREFETCH_AHEAD: usize = 1024;
+
     /// `R` rows: fixed at compile time so the accumulators live in registers.
     #[target_feature(enable = "avx512f")]
     unsafe fn rows<const R: usize>(tile: &Tile<'_>) {
@@ -113,6 +116,11 @@ mod avx512 {
             // SAFETY: `kk < depth`; the panel holds `depth * PANEL_WIDTH` floats and each
             // row of `x` holds `depth` floats from its start (the caller's contract).
             unsafe {
+                // The panel streams from memory when few rows share it (decode): ask for
+                // it well ahead, beyond what the hardware prefetcher ramps up to. A prefetch
+                // past the end of the panel is a hint, never a fault.
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH_AHEAD).cast());
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(PREFETCH_AHEAD + 16).cast());
                 let w_lo = _mm512_loadu_ps(w);
                 let w_hi = _mm512_loadu_ps(w.add(16));
                 for i in 0..R {

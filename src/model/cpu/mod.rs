@@ -6,5 +6,5 @@ mod attention;
 mod microkernel;
 mod packed;
 
-pub use attention::PagedAttention;
+pub use attention::{write_keys_transposed, KeyLayout, PagedAttention};
 pub use packed::PackedMatrix;
