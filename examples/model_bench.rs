@@ -155,7 +155,9 @@ fn main() -> anyhow::Result<()> {
     // `MODEL_BENCH_ONLY=prefill` a few 2048-token prefills.
     match std::env::var("MODEL_BENCH_ONLY").ok().as_deref() {
         Some("prefill") => {
-            (0..5).for_each(|_| drop(prefill(&model, 2048)));
+            for _ in 0..5 {
+                prefill(&model, 2048);
+            }
             return Ok(());
         }
         Some(streams) => {
