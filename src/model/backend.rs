@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use super::attention::AttentionPlan;
-use super::cpu::{write_keys_transposed, KeyLayout, PackedMatrix, PagedAttention};
+use super::cpu::{swiglu, write_keys_transposed, KeyLayout, PackedMatrix, PagedAttention};
 use super::kv_cache::LayerPools;
 use super::weights::HostTensor;
 
@@ -40,6 +40,17 @@ pub trait ModelBackend: Backend {
     /// # Shapes
     /// - `x`: `[rows, in_features]`, returns `[rows, out_features]`
     fn project(x: Tensor<Self, 2>, weight: &Self::Projection) -> Tensor<Self, 2>;
+
+    /// `silu(gate) * up`, from the gate and up projections side by side.
+    ///
+    /// # Shapes
+    /// - `gate_up`: `[rows, 2 * width]` (`[gate | up]`), returns `[rows, width]`
+    fn swiglu(gate_up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let [_, double] = gate_up.dims();
+        let width = double / 2;
+        let gate = gate_up.clone().narrow(1, 0, width);
+        burn::tensor::activation::silu(gate) * gate_up.narrow(1, width, width)
+    }
 
     /// Attention of every packed query over its sequence's cached context (causal). The
     /// default gathers dense tensors with burn ops; backends with a paged kernel override it.
@@ -97,6 +108,16 @@ impl ModelBackend for burn::backend::Flex {
         // `TensorData::new` wraps the vector; flex adopts those bytes without a copy.
         Tensor::from_data(
             TensorData::new(out, [rows, weight.out_features()]),
+            &Default::default(),
+        )
+    }
+
+    fn swiglu(gate_up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let [rows, double] = gate_up.dims();
+        let gate_up = gate_up.into_primitive().tensor().to_contiguous();
+        let out = swiglu(gate_up.storage::<f32>(), double / 2);
+        Tensor::from_data(
+            TensorData::new(out, [rows, double / 2]),
             &Default::default(),
         )
     }

@@ -1,7 +1,6 @@
 //! The Llama-family decoder: embedding, N x (RMSNorm, GQA attention with RoPE, RMSNorm,
 //! SwiGLU MLP), final RMSNorm, output head. Optional q/k/v bias covers Qwen2.
 
-use burn::tensor::activation::silu;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::attention::{AttentionPlan, HeadLayout};
@@ -88,10 +87,9 @@ struct DecoderLayer<B: ModelBackend> {
     /// `[hidden, heads * head_dim]`
     output: B::Projection,
     ffn_norm: RmsNorm<B>,
-    /// `[intermediate, hidden]`
-    gate: B::Projection,
-    /// `[intermediate, hidden]`
-    up: B::Projection,
+    /// `[2 * intermediate, hidden]`: gate and up projections stacked, so one matmul feeds
+    /// SwiGLU.
+    gate_up: B::Projection,
     /// `[hidden, intermediate]`
     down: B::Projection,
 }
@@ -184,8 +182,7 @@ impl<B: ModelBackend> Llama<B> {
                 v_bias,
                 output: B::pack_projection(output, device),
                 ffn_norm: norm(source.require(&name("ffn_norm.weight"), &[hidden])?),
-                gate: B::pack_projection(gate, device),
-                up: B::pack_projection(up, device),
+                gate_up: B::pack_projection(concat_rows(vec![gate, up]), device),
                 down: B::pack_projection(down, device),
             });
             progress(i + 2, total);
@@ -369,9 +366,8 @@ impl<B: ModelBackend> Llama<B> {
         let x = x + B::project(attended, &layer.output);
 
         let h = layer.ffn_norm.forward(x.clone());
-        let gate = B::project(h.clone(), &layer.gate);
-        let up = B::project(h, &layer.up);
-        x + B::project(silu(gate) * up, &layer.down)
+        let gated = B::swiglu(B::project(h, &layer.gate_up));
+        x + B::project(gated, &layer.down)
     }
 }
 

@@ -409,7 +409,7 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 /// `e^x` for `x <= 0` (0 for -inf), to about 2 ulp, in plain arithmetic that vectorizes
 /// (libm's `expf` is a call per lane).
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(super) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     // Below this e^x is under f32's normal range; clamping keeps 2^n representable.
     let clamped = x.max(-87.0);
