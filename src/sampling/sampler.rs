@@ -114,8 +114,11 @@ impl Sampler {
                 top_logprobs: Vec::new(),
             };
         }
-        for logit in logits.iter_mut().filter(|l| l.is_nan()) {
-            *logit = f32::NEG_INFINITY;
+        // A branch-free scan first: NaN logits are rare, and the fix-up pass is not.
+        if logits.iter().fold(false, |any, l| any | l.is_nan()) {
+            for logit in logits.iter_mut().filter(|l| l.is_nan()) {
+                *logit = f32::NEG_INFINITY;
+            }
         }
         if self.params.logprobs.is_some() {
             self.raw.clear();
@@ -332,17 +335,29 @@ impl Nucleus {
 }
 
 /// Index of the largest value, the lowest among ties; 0 when nothing beats -inf.
+/// The index of the largest value, the first one on ties; 0 when none exceeds -inf.
 fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0;
-    let mut best_value = f32::NEG_INFINITY;
-    for (i, &v) in values.iter().enumerate() {
-        // NaN compares false, so it never wins.
-        if v > best_value {
-            best = i;
-            best_value = v;
+    // Per-lane maxima over chunks vectorize (a vocab-sized row per sequence per step is
+    // most of the engine's own time at greedy decoding); a second, short pass finds the
+    // first position of the maximum.
+    const LANES: usize = 16;
+    let mut lane_max = [f32::NEG_INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (m, &v) in lane_max.iter_mut().zip(chunk) {
+            // NaN compares false, so it never wins.
+            *m = if v > *m { v } else { *m };
         }
     }
-    best as u32
+    let best_value = lane_max
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    if best_value == f32::NEG_INFINITY {
+        return 0;
+    }
+    values.iter().position(|&v| v == best_value).unwrap_or(0) as u32
 }
 
 /// The log of the softmax denominator of one row, with the degenerate rows defined.
@@ -502,6 +517,30 @@ mod tests {
         // Below MIN_TEMPERATURE is greedy too, instead of overflowing the division.
         let tiny = params(|p| p.temperature = 1e-7);
         assert_eq!(sample_once(&tiny, &[0.1, 3.0, -1.0, 3.0]).token_id, 1);
+    }
+
+    #[test]
+    fn argmax_finds_the_first_maximum_in_any_lane_and_the_tail() {
+        // Lengths around the 16-lane chunking; the maximum placed in every position, with a
+        // tie later on and NaNs around.
+        for len in [1, 15, 16, 17, 33, 100] {
+            for at in 0..len {
+                let mut values = vec![-1.0f32; len];
+                values[at] = 4.0;
+                if at + 5 < len {
+                    values[at + 5] = 4.0;
+                }
+                if at > 0 {
+                    values[at - 1] = f32::NAN;
+                }
+                assert_eq!(argmax(&values), at as u32, "len {len}, max at {at}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 20]), 0);
+        assert_eq!(argmax(&[f32::NAN; 20]), 0);
+        let mut with_inf = vec![0.0f32; 40];
+        with_inf[37] = f32::INFINITY;
+        assert_eq!(argmax(&with_inf), 37);
     }
 
     #[test]
