@@ -137,6 +137,14 @@ impl PagedAttention<'_> {
                 values: &values[slot0 * hd..][..len * hd],
                 len,
             };
+            // Blocks are scattered pages, where the hardware prefetcher starts cold: on
+            // entering a block, ask for the next one so it arrives while this one is used.
+            let next_block = key0 / block + 1;
+            if in_block == 0 && next_block * block <= last_position {
+                let next = seq.block_table[next_block] as usize * block * hd;
+                prefetch(&keys[next..][..block * hd]);
+                prefetch(&values[next..][..block * hd]);
+            }
             // Rows whose position precedes the tile see none of it; rows are ordered by
             // position, so those are a prefix.
             let first_seeing = states.partition_point(|s| s.position < key0);
@@ -389,6 +397,22 @@ pub struct KeyLayout {
     pub block_size: usize,
     /// Width of a head.
     pub head_dim: usize,
+}
+
+/// Hints that `data` will be read soon.
+#[inline(always)]
+fn prefetch(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: a prefetch never faults; the address is inside `data`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 fn has_avx512() -> bool {
