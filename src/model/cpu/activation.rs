@@ -97,6 +97,20 @@ mod tests {
         }
     }
 
+    /// CPUs without AVX-512 run the portable loop: it must agree with the dispatched one.
+    #[test]
+    fn portable_row_agrees_with_the_dispatched_one() {
+        let gate: Vec<f32> = (0..100).map(|i| (i as f32 - 50.0) * 0.37).collect();
+        let up: Vec<f32> = (0..100).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut portable = vec![0.0; 100];
+        swiglu_row(&gate, &up, &mut portable);
+        let fused: Vec<f32> = gate.iter().chain(&up).copied().collect();
+        let dispatched = swiglu(&fused, 100);
+        for (p, d) in portable.iter().zip(&dispatched) {
+            assert!((p - d).abs() <= 1e-6 * p.abs().max(1.0), "{p} vs {d}");
+        }
+    }
+
     #[test]
     fn extreme_gates_stay_finite() {
         let out = swiglu(&[-1e30, 500.0, -500.0, 0.0, 2.0, 2.0, 2.0, 2.0], 4);
