@@ -5,8 +5,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use super::attention::AttentionPlan;
-use super::cpu::{swiglu, write_keys_transposed, KeyLayout, PackedMatrix, PagedAttention};
+use super::cpu::{
+    rms_norm, rotate_heads, swiglu, write_keys_transposed, KeyLayout, PackedMatrix, PagedAttention,
+};
 use super::kv_cache::LayerPools;
+use super::rope::{RotaryRows, RotaryTable};
 use super::weights::HostTensor;
 
 /// A run of consecutive cache slots written from consecutive rows of the new keys/values.
@@ -40,6 +43,28 @@ pub trait ModelBackend: Backend {
     /// # Shapes
     /// - `x`: `[rows, in_features]`, returns `[rows, out_features]`
     fn project(x: Tensor<Self, 2>, weight: &Self::Projection) -> Tensor<Self, 2>;
+
+    /// `x * weight / sqrt(mean(x^2) + eps)` per row.
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, width]`, `weight`: `[1, width]`, returns `[rows, width]`
+    fn rms_norm(x: Tensor<Self, 2>, weight: &Tensor<Self, 2>, eps: f64) -> Tensor<Self, 2> {
+        let inv_rms = (x.clone() * x.clone())
+            .mean_dim(1)
+            .add_scalar(eps)
+            .sqrt()
+            .recip();
+        x * inv_rms * weight.clone()
+    }
+
+    /// RoPE on every head of `x` (`[num_tokens, heads * head_dim]`) with the batch's rows.
+    fn rotate_heads(
+        x: Tensor<Self, 2>,
+        rows: &RotaryRows<Self>,
+        table: &RotaryTable<Self>,
+    ) -> Tensor<Self, 2> {
+        table.apply_with_tensor_ops(x, rows)
+    }
 
     /// `silu(gate) * up`, from the gate and up projections side by side.
     ///
@@ -110,6 +135,33 @@ impl ModelBackend for burn::backend::Flex {
             TensorData::new(out, [rows, weight.out_features()]),
             &Default::default(),
         )
+    }
+
+    fn rms_norm(x: Tensor<Self, 2>, weight: &Tensor<Self, 2>, eps: f64) -> Tensor<Self, 2> {
+        let [rows, width] = x.dims();
+        let x = x.into_primitive().tensor().to_contiguous();
+        let weight = weight.clone().into_primitive().tensor().to_contiguous();
+        let out = rms_norm(x.storage::<f32>(), weight.storage::<f32>(), eps as f32);
+        Tensor::from_data(TensorData::new(out, [rows, width]), &Default::default())
+    }
+
+    fn rotate_heads(
+        x: Tensor<Self, 2>,
+        rows: &RotaryRows<Self>,
+        table: &RotaryTable<Self>,
+    ) -> Tensor<Self, 2> {
+        let mut x = x.into_primitive().tensor().to_contiguous();
+        let cos = rows.cos.clone().into_primitive().tensor().to_contiguous();
+        let sin = rows.sin.clone().into_primitive().tensor().to_contiguous();
+        // The projection's output is ours alone, so this rotates in place.
+        rotate_heads(
+            x.storage_mut::<f32>(),
+            cos.storage::<f32>(),
+            sin.storage::<f32>(),
+            table.style(),
+            table.head_dim(),
+        );
+        Tensor::from_primitive(TensorPrimitive::Float(x))
     }
 
     fn swiglu(gate_up: Tensor<Self, 2>) -> Tensor<Self, 2> {

@@ -63,12 +63,7 @@ impl<B: ModelBackend> RmsNorm<B> {
     /// # Shapes
     /// - `x`: `[rows, hidden]`, returned in the same shape
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let inv_rms = (x.clone() * x.clone())
-            .mean_dim(1)
-            .add_scalar(self.eps)
-            .sqrt()
-            .recip();
-        x * inv_rms * self.weight.clone()
+        B::rms_norm(x, &self.weight, self.eps)
     }
 }
 

@@ -9,6 +9,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
+use super::backend::ModelBackend;
 use super::config::RopeStyle;
 
 /// Frequencies for every position up to the model's context, kept on the host.
@@ -28,9 +29,9 @@ pub struct RotaryTable<B: Backend> {
 #[derive(Debug, Clone)]
 pub struct RotaryRows<B: Backend> {
     /// `[num_tokens, num_rotated_heads * head_dim]`
-    cos: Tensor<B, 2>,
+    pub cos: Tensor<B, 2>,
     /// `[num_tokens, num_rotated_heads * head_dim]`, signed so that a plain add finishes the rotation.
-    sin: Tensor<B, 2>,
+    pub sin: Tensor<B, 2>,
 }
 
 impl<B: Backend> RotaryTable<B> {
@@ -101,11 +102,29 @@ impl<B: Backend> RotaryTable<B> {
         }
     }
 
-    /// Rotates every head of `x`.
+    /// Width of a head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// Which dimensions rotate together.
+    pub fn style(&self) -> RopeStyle {
+        self.style
+    }
+
+    /// Rotates every head of `x`, through [`ModelBackend::rotate_heads`].
     ///
     /// # Shapes
     /// - `x`: `[num_tokens, num_rotated_heads * head_dim]`, returned in the same shape
-    pub fn apply(&self, x: Tensor<B, 2>, rows: &RotaryRows<B>) -> Tensor<B, 2> {
+    pub fn apply(&self, x: Tensor<B, 2>, rows: &RotaryRows<B>) -> Tensor<B, 2>
+    where
+        B: ModelBackend,
+    {
+        B::rotate_heads(x, rows, self)
+    }
+
+    /// [`Self::apply`] with burn's tensor ops: [`ModelBackend::rotate_heads`]'s default.
+    pub fn apply_with_tensor_ops(&self, x: Tensor<B, 2>, rows: &RotaryRows<B>) -> Tensor<B, 2> {
         let [n, width] = x.dims();
         let hd = self.head_dim;
         let partners = x
