@@ -85,14 +85,33 @@ impl PagedAttention<'_> {
         items.par_iter().rev().for_each(|item| {
             // SAFETY: each item writes only its own (row, head) cells of `out`, which holds
             // `num_tokens * out_width` floats and outlives the parallel section.
-            unsafe { self.item(item, out_ptr, use_avx512) }
+            unsafe {
+                if use_avx512 || !has_avx2() {
+                    self.item(item, out_ptr, use_avx512)
+                } else {
+                    #[cfg(target_arch = "x86_64")]
+                    self.item_avx2(item, out_ptr)
+                }
+            }
         });
         out
+    }
+
+    /// The portable [`Self::item`] compiled for AVX2 (most x86 CPUs without AVX-512).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; as [`Self::item`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn item_avx2(&self, item: &Item, out: SharedOut) {
+        // SAFETY: forwarded.
+        unsafe { self.item(item, out, false) }
     }
 
     /// # Safety
     /// No other thread writes this item's output cells meanwhile; with `use_avx512`, the CPU
     /// has AVX-512F and `head_dim` is a multiple of 16.
+    #[inline(always)]
     unsafe fn item(&self, item: &Item, out: SharedOut, use_avx512: bool) {
         let HeadLayout {
             num_heads,
@@ -210,6 +229,7 @@ impl Tile<'_> {
 }
 
 /// Folds `tile` into `state` (the online softmax update), portable version.
+#[inline(always)]
 fn fold_tile(state: &mut RowState<'_>, tile: &Tile<'_>, scale: f32) {
     let hd = state.query.len();
     let visible = tile.visible_to(state.position);
@@ -413,6 +433,15 @@ fn prefetch(data: &[f32]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = data;
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 fn has_avx512() -> bool {

@@ -38,17 +38,37 @@ pub unsafe fn run(tile: &Tile<'_>) {
     debug_assert!(tile.x.len() >= (tile.rows - 1) * tile.x_stride + tile.depth);
     debug_assert!(tile.panel.len() >= tile.depth * PANEL_WIDTH);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F; the caller upholds the memory contract.
-        unsafe { avx512::dispatch(tile) };
-        return;
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; the caller upholds the memory contract.
+            unsafe { avx512::dispatch(tile) };
+            return;
+        }
+        if has!("avx2") && has!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA; the caller upholds the memory contract.
+            unsafe { portable_avx2(tile) };
+            return;
+        }
     }
     // SAFETY: the caller upholds the memory contract.
     unsafe { portable(tile) };
 }
 
+/// [`portable`] compiled for AVX2 (most x86 CPUs without AVX-512).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; as [`run`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn portable_avx2(tile: &Tile<'_>) {
+    // SAFETY: forwarded.
+    unsafe { portable(tile) }
+}
+
 /// # Safety
 /// As [`run`].
+#[inline(always)]
 unsafe fn portable(tile: &Tile<'_>) {
     let mut acc = [[0.0f32; PANEL_WIDTH]; MAX_ROWS];
     for (kk, w) in tile
@@ -164,6 +184,19 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// The AVX2 build of the portable kernel where the CPU has it, else the portable one.
+    unsafe fn avx2_if_present(tile: &Tile<'_>) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: checked just above; the caller upholds the memory contract.
+            unsafe { portable_avx2(tile) };
+            return;
+        }
+        // SAFETY: the caller upholds the memory contract.
+        unsafe { portable(tile) }
+    }
+
     /// The portable kernel is what CPUs without AVX-512 run: it must agree with the fast one.
     #[test]
     fn portable_kernel_agrees_with_the_dispatched_one() {
@@ -174,7 +207,8 @@ mod tests {
                 .collect();
             let mut fast = vec![1.0f32; rows * PANEL_WIDTH];
             let mut slow = fast.clone();
-            for (out, portable_only) in [(&mut fast, false), (&mut slow, true)] {
+            let mut avx2 = fast.clone();
+            for (out, variant) in [(&mut fast, 0), (&mut slow, 1), (&mut avx2, 2)] {
                 let tile = Tile {
                     x: &x,
                     x_stride: depth,
@@ -189,14 +223,18 @@ mod tests {
                 // SAFETY: `out` holds `rows * PANEL_WIDTH` floats; `x` and `panel` are sized
                 // for the tile.
                 unsafe {
-                    if portable_only {
-                        portable(&tile)
-                    } else {
-                        run(&tile)
+                    match variant {
+                        0 => run(&tile),
+                        1 => portable(&tile),
+                        _ => avx2_if_present(&tile),
                     }
                 };
             }
             assert_eq!(fast, slow, "rows {rows} cols {cols} depth {depth}");
+            assert_eq!(
+                avx2, slow,
+                "AVX2 build: rows {rows} cols {cols} depth {depth}"
+            );
             // Columns past `cols` are untouched.
             assert!(slow
                 .chunks(PANEL_WIDTH)
