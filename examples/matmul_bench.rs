@@ -9,10 +9,11 @@ use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use waypoint::model::cpu::PackedMatrix;
 
-/// SmolLM2-135M's projections as `(name, out_features, in_features)`.
-const SHAPES: [(&str, usize, usize); 4] = [
+/// SmolLM2-135M's projections as the model packs them: `(name, out_features, in_features)`.
+const SHAPES: [(&str, usize, usize); 5] = [
     ("q+k", 768, 576),
-    ("gate", 1536, 576),
+    ("v", 192, 576),
+    ("gate+up", 3072, 576),
     ("down", 576, 1536),
     ("head", 49152, 576),
 ];
