@@ -240,59 +240,91 @@ fn serve_on<B: ModelBackend>(
 where
     waypoint::engine::BurnRunner<B>: waypoint::engine::ModelRunner,
 {
-    let rate = args.journey_tracing_sample_rate;
+    // Bad flags and a missing file fail before anything listens; the slow part (reading and
+    // packing the weights) runs while the server answers 503 "loading".
     let files = waypoint::loader::open(&args.model)?;
     let pool = args.cache.pool(&files.config).map_err(anyhow::Error::msg)?;
+    let step_tracing = args.step_tracing()?;
     let name = args
         .served_model_name
         .clone()
         .unwrap_or_else(|| files.name.clone());
-    let (model, tokenizer, _) = files.load::<B>(&device)?;
-    let mut engine_config = args
-        .engine
-        .config(model.config(), pool)
-        .map_err(anyhow::Error::msg)?;
-    engine_config.step_tracing = args.step_tracing()?;
-    let model_info = waypoint::engine::ModelInfo {
-        name: name.clone(),
-        // A sequence can never outgrow the KV pool either.
-        max_context: engine_config.scheduler.max_model_len.min(pool.num_slots()),
-        vocab_size: model.config().vocab_size,
+    let engine_args = args.engine.clone();
+    let load = move || -> anyhow::Result<waypoint::engine::RunningEngine> {
+        let (model, tokenizer, _) = files.load::<B>(&device)?;
+        let mut engine_config = engine_args
+            .config(model.config(), pool)
+            .map_err(anyhow::Error::msg)?;
+        engine_config.step_tracing = step_tracing;
+        let model_info = waypoint::engine::ModelInfo {
+            name: name.clone(),
+            // A sequence can never outgrow the KV pool either.
+            max_context: engine_config.scheduler.max_model_len.min(pool.num_slots()),
+            vocab_size: model.config().vocab_size,
+        };
+        tracing::info!(
+            kv_blocks = pool.num_blocks,
+            block_size = pool.block_size,
+            kv_bytes = pool.bytes(model.config()),
+            max_model_len = model_info.max_context,
+            "KV cache allocated"
+        );
+        let runner = waypoint::engine::BurnRunner::new(model, pool);
+        waypoint::engine::start(
+            runner,
+            std::sync::Arc::new(tokenizer),
+            model_info,
+            engine_config,
+        )
+        .map_err(anyhow::Error::msg)
     };
-    tracing::info!(
-        kv_blocks = pool.num_blocks,
-        block_size = pool.block_size,
-        kv_bytes = pool.bytes(model.config()),
-        max_model_len = model_info.max_context,
-        "KV cache allocated"
-    );
-    let runner = waypoint::engine::BurnRunner::new(model, pool);
-    let engine = waypoint::engine::start(
-        runner,
-        std::sync::Arc::new(tokenizer),
-        model_info,
-        engine_config,
-    )
-    .map_err(anyhow::Error::msg)?;
 
+    let config = waypoint::server::ServerConfig {
+        host: args.host.clone(),
+        port: args.port,
+        api_key: args.api_key.clone(),
+        max_request_bytes: args.max_request_bytes,
+        journey_sample_rate: args
+            .enable_journey_tracing
+            .then_some(args.journey_tracing_sample_rate),
+        ..Default::default()
+    };
     let (serving_done, serving_done_rx) = tokio::sync::oneshot::channel::<()>();
     runtime.block_on(async {
         let address = format!("{}:{}", args.host, args.port);
         let listener = tokio::net::TcpListener::bind(&address)
             .await
             .with_context(|| format!("cannot listen on {address}"))?;
-        let config = waypoint::server::ServerConfig {
-            host: args.host.clone(),
-            port: args.port,
-            api_key: args.api_key.clone(),
-            max_request_bytes: args.max_request_bytes,
-            journey_sample_rate: args.enable_journey_tracing.then_some(rate),
-            ..Default::default()
+        let local = listener.local_addr()?;
+        tracing::info!(address = %local, "listening; loading the model");
+
+        // The loaded engine, shared with the shutdown timer and kept for the final join.
+        let engine_slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let handle_slot = std::sync::Arc::new(std::sync::OnceLock::new());
+        let (load_error_tx, load_error_rx) = tokio::sync::oneshot::channel();
+        let loaded = {
+            let (engine_slot, handle_slot) = (engine_slot.clone(), handle_slot.clone());
+            async move {
+                let engine = match tokio::task::spawn_blocking(load).await {
+                    Ok(Ok(engine)) => engine,
+                    Ok(Err(error)) => {
+                        let _ = load_error_tx.send(error);
+                        return None;
+                    }
+                    Err(panic) => {
+                        let _ = load_error_tx.send(anyhow::anyhow!("loading panicked: {panic}"));
+                        return None;
+                    }
+                };
+                let handle: waypoint::engine::EngineHandle = engine.handle.clone();
+                let state = waypoint::server::AppState::new(handle.clone(), config);
+                let _ = handle_slot.set(handle);
+                *engine_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(engine);
+                Some(state)
+            }
         };
-        let state = waypoint::server::AppState::new(engine.handle.clone(), config);
-        tracing::info!(address = %listener.local_addr()?, model = %name, "waypoint ready");
-        let handle = engine.handle.clone();
         let grace = std::time::Duration::from_secs(args.shutdown_timeout);
+        let timer_handle = handle_slot.clone();
         let shutdown = async move {
             shutdown_signal().await;
             // In-flight requests get `grace` to finish; then the rest are aborted, which ends
@@ -301,18 +333,27 @@ where
             tokio::spawn(async move {
                 tokio::select! {
                     _ = tokio::time::sleep(grace) => {
-                        tracing::warn!("shutdown timeout reached: aborting requests in flight");
-                        handle.abort_all();
+                        if let Some(handle) = timer_handle.get() {
+                            tracing::warn!("shutdown timeout reached: aborting requests in flight");
+                            handle.abort_all();
+                        }
                     }
                     _ = serving_done_rx => {}
                 }
             });
         };
-        let served = waypoint::server::serve(listener, state, shutdown).await;
+        let served = waypoint::server::serve_once_loaded(listener, loaded, shutdown).await;
         drop(serving_done);
+        drop(handle_slot);
+        if let Ok(error) = load_error_rx.await {
+            return Err(error.context("loading the model failed"));
+        }
         served?;
-        // The engine thread ends once every handle is gone; joining it blocks.
-        tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+        let engine = engine_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(engine) = engine {
+            // The engine thread ends once every handle is gone; joining it blocks.
+            tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+        }
         anyhow::Ok(())
     })?;
     tracing::info!("waypoint stopped");

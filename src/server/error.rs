@@ -59,6 +59,10 @@ pub enum ApiError {
     /// The engine refused the request: full (429) or shutting down (503).
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    /// The server is up but the model is still loading (503). Like shutting down, a state
+    /// the client should hear about in words, not a fault.
+    #[error("the model is still loading; retry when GET /health answers 200")]
+    Loading,
     /// A bug or an engine failure (500). The detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -111,7 +115,9 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Submit(SubmitError::QueueFull(_)) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Submit(SubmitError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Submit(SubmitError::ShuttingDown) | Self::Loading => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -127,7 +133,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "request_too_large",
             Self::Unauthorized => "authentication_error",
             Self::Submit(SubmitError::QueueFull(_)) => "server_overloaded",
-            Self::Submit(SubmitError::ShuttingDown) => "service_unavailable",
+            Self::Submit(SubmitError::ShuttingDown) | Self::Loading => "service_unavailable",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -155,7 +161,8 @@ impl ApiError {
     /// call it exactly once per error, from within the request's span.
     pub fn report(&self) -> ErrorResponse {
         let status = self.status();
-        let message = if status.is_server_error() && !matches!(self, Self::Submit(_)) {
+        let expected = matches!(self, Self::Submit(_) | Self::Loading);
+        let message = if status.is_server_error() && !expected {
             // The detail may name files, engine state or a panic message: for the log only.
             tracing::error!(error_type = self.error_type(), error = %self, "request failed");
             "the server failed to process the request".to_string()
@@ -192,6 +199,10 @@ impl IntoResponse for ApiError {
             // The queue drains in about one request's time; a second is a polite first retry.
             Self::Submit(SubmitError::QueueFull(_)) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // Loading takes seconds to minutes; probes and clients need not hammer it.
+            Self::Loading => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}
         }

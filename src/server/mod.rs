@@ -48,14 +48,15 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 use crate::engine::EngineHandle;
 
@@ -169,9 +170,48 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let ready = state.ready.clone();
-    let engine = state.engine.clone();
-    let app = router(state);
+    serve_once_loaded(listener, std::future::ready(Some(state)), shutdown).await
+}
+
+/// [`serve`] from before the model is loaded: until `loaded` yields the state, `GET /health`
+/// answers 503 `{"status": "loading"}` and every other route a 503 error in OpenAI's shape;
+/// then the full [`router`]. Binding first lets probes tell "loading" from "down". If
+/// `loaded` yields `None` (loading failed), serving stops.
+pub async fn serve_once_loaded(
+    listener: TcpListener,
+    loaded: impl Future<Output = Option<AppState>> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let address = listener.local_addr()?;
+    let app: Arc<OnceLock<(Router, AppState)>> = Arc::new(OnceLock::new());
+    let (load_failed, load_failed_rx) = tokio::sync::oneshot::channel::<()>();
+    let slot = app.clone();
+    tokio::spawn(async move {
+        match loaded.await {
+            Some(state) => {
+                let model = state.engine.model().name.clone();
+                let _ = slot.set((router(state.clone()), state));
+                // Only now: whoever waits for this line may send requests at once.
+                tracing::info!(%address, %model, "waypoint ready");
+            }
+            None => {
+                let _ = load_failed.send(());
+            }
+        }
+    });
+    let slot = app.clone();
+    let front = Router::new().fallback(move |request: Request| {
+        let slot = slot.clone();
+        async move {
+            match slot.get() {
+                Some((router, _)) => match router.clone().oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                },
+                None => routes::while_loading(request.uri().path()),
+            }
+        }
+    });
     // Tokens are small writes; Nagle's algorithm would hold each one back until the
     // previous one is acknowledged.
     let listener = listener.tap_io(|stream| {
@@ -179,12 +219,17 @@ pub async fn serve(
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
+    axum::serve(listener, front)
         .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining requests in flight");
-            ready.store(false, Ordering::Release);
-            engine.stop_accepting();
+            tokio::select! {
+                _ = shutdown => tracing::info!("shutting down: draining requests in flight"),
+                // Only a failed load completes this; a dropped sender (loaded) must not.
+                Ok(()) = load_failed_rx => return,
+            }
+            if let Some((_, state)) = app.get() {
+                state.ready.store(false, Ordering::Release);
+                state.engine.stop_accepting();
+            }
         })
         .await
 }

@@ -260,6 +260,20 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     })
 }
 
+/// Any request before the model is loaded: `/health` says "loading", the rest get a 503
+/// error (see [`super::serve_once_loaded`]).
+pub fn while_loading(path: &str) -> Response {
+    if path == "/health" {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response()
+    } else {
+        ApiError::Loading.into_response()
+    }
+}
+
 /// `GET /health`: 200 once ready, 503 while loading or shutting down (for load balancers,
 /// which only look at the status).
 pub async fn health(State(state): State<AppState>) -> Response {

@@ -24,7 +24,7 @@ use crate::tokenizer::{
     ChatTemplate, Tokenizer, TINY_IM_START_ID, TINY_NUM_BYTE_TOKENS, TINY_VOCAB_SIZE,
 };
 
-use super::{serve, AppState, ServerConfig};
+use super::{serve, serve_once_loaded, AppState, ServerConfig};
 
 const MODEL: &str = "tiny";
 const MAX_CONTEXT: usize = 64;
@@ -1088,6 +1088,70 @@ async fn a_full_queue_is_429_and_shutdown_is_503() {
     assert_eq!(error_of(&body).0, "service_unavailable");
     let (status, body) = server.get("/health").await;
     assert_eq!((status, body), (503, json!({"status": "shutting_down"})));
+}
+
+#[tokio::test]
+async fn before_the_model_is_loaded_every_route_answers_503() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<AppState>();
+    tokio::spawn(serve_once_loaded(
+        listener,
+        async move { loaded_rx.await.ok() },
+        std::future::pending(),
+    ));
+    let client = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let request = client.get(format!("{base}{path}"));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(get("/health").await, (503, json!({"status": "loading"})));
+    for path in ["/v1/models", "/no/such/route"] {
+        let (status, body) = get(path).await;
+        assert_eq!(status, 503, "{path}");
+        assert_eq!(body["error"]["type"], "service_unavailable", "{path}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("loading"));
+    }
+    let completion = client
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({"model": MODEL, "prompt": "hi", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(completion.status().as_u16(), 503);
+
+    // Loaded: the same listener now serves the API.
+    let engine = fake_engine(16);
+    loaded_tx
+        .send(AppState::new(
+            engine.handle.clone(),
+            ServerConfig::default(),
+        ))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get("/health").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(get("/v1/models").await.0, 200);
+    assert_eq!(get("/no/such/route").await.0, 404);
+}
+
+#[tokio::test]
+async fn a_failed_load_stops_serving() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let served = serve_once_loaded(listener, std::future::ready(None), std::future::pending());
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("serving should stop when loading fails")
+        .unwrap();
 }
 
 #[tokio::test]
