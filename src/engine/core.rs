@@ -7,7 +7,7 @@
 //! are freed by the scheduler and its state here is removed in the same iteration.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,6 +109,7 @@ pub fn start<R: ModelRunner>(
         commands,
         waiting,
         metrics: handle.metrics().clone(),
+        healthy: handle.health_flag(),
         steps: 0,
         aborted: 0,
         step_time: Duration::ZERO,
@@ -159,6 +160,8 @@ struct Engine<R: ModelRunner> {
     commands: Receiver<EngineCommand>,
     waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    /// [`EngineHandle::is_healthy`]'s flag.
+    healthy: Arc<AtomicBool>,
     steps: u64,
     aborted: u64,
     step_time: Duration,
@@ -415,6 +418,12 @@ impl<R: ModelRunner> Engine<R> {
             Ok(logits) => logits,
             Err(error) => {
                 tracing::error!(step = output.step, %error, "model step failed");
+                if !self.runner.can_continue() && self.healthy.swap(false, Ordering::AcqRel) {
+                    tracing::error!(
+                        "the model cannot compute any more batches; /health now reports 503, \
+                         restart the server"
+                    );
+                }
                 for seq in output.batch() {
                     let id = seq.request_id.to_string();
                     if let Some(request) = self.scheduler.finish_request(&id, FinishReason::Error) {
@@ -656,9 +665,11 @@ mod tests {
     use crate::model::Logits;
     use crate::tokenizer::TINY_VOCAB_SIZE;
 
-    /// Panics on its first call, then always predicts byte `A`.
+    /// Panics on its first call, then always predicts byte `A` (or, when `broken_by_panic`,
+    /// says it cannot continue, like a model whose cache went down with the panic).
     struct FlakyRunner {
         calls: usize,
+        broken_by_panic: bool,
     }
 
     impl ModelRunner for FlakyRunner {
@@ -675,6 +686,10 @@ mod tests {
                 data,
                 vocab_size: TINY_VOCAB_SIZE,
             })
+        }
+
+        fn can_continue(&self) -> bool {
+            !self.broken_by_panic
         }
     }
 
@@ -707,7 +722,10 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_model_fails_its_batch_and_the_engine_lives_on() {
         let engine = start(
-            FlakyRunner { calls: 0 },
+            FlakyRunner {
+                calls: 0,
+                broken_by_panic: false,
+            },
             Arc::new(Tokenizer::tiny()),
             ModelInfo {
                 name: "flaky".into(),
@@ -724,6 +742,11 @@ mod tests {
         let (_, failed) = finish(engine.handle.submit(request("first")).unwrap()).await;
         assert_eq!(failed.reason, FinishReason::Error);
         assert!(failed.error.unwrap().contains("failed"));
+
+        assert!(
+            engine.handle.is_healthy(),
+            "the runner said it can continue"
+        );
 
         let (text, ok) = finish(engine.handle.submit(request("second")).unwrap()).await;
         assert_eq!(ok.reason, FinishReason::Length);
@@ -745,6 +768,33 @@ mod tests {
             scrape.contains("waypoint_e2e_request_latency_seconds_count{model_name=\"flaky\"} 2\n"),
             "{scrape}"
         );
+        engine.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_model_that_cannot_continue_marks_the_engine_unhealthy() {
+        let engine = start(
+            FlakyRunner {
+                calls: 0,
+                broken_by_panic: true,
+            },
+            Arc::new(Tokenizer::tiny()),
+            ModelInfo {
+                name: "broken".into(),
+                max_context: 64,
+                vocab_size: TINY_VOCAB_SIZE,
+            },
+            EngineConfig {
+                scheduler: SchedulerConfig::new(16, 64),
+                max_waiting_requests: 8,
+                step_tracing: None,
+            },
+        )
+        .unwrap();
+        assert!(engine.handle.is_healthy());
+        let (_, failed) = finish(engine.handle.submit(request("first")).unwrap()).await;
+        assert_eq!(failed.reason, FinishReason::Error);
+        assert!(!engine.handle.is_healthy());
         engine.shutdown();
     }
 }

@@ -171,6 +171,8 @@ pub struct EngineHandle {
     waiting: Arc<std::sync::atomic::AtomicUsize>,
     max_waiting: usize,
     accepting: Arc<AtomicBool>,
+    /// False once the model can no longer compute (its cache was lost with a failed step).
+    healthy: Arc<AtomicBool>,
     tokenizer: Arc<Tokenizer>,
     model: Arc<ModelInfo>,
     metrics: Arc<Metrics>,
@@ -191,6 +193,7 @@ impl EngineHandle {
             waiting,
             max_waiting,
             accepting: Arc::new(AtomicBool::new(true)),
+            healthy: Arc::new(AtomicBool::new(true)),
             tokenizer,
             metrics: Arc::new(Metrics::new(&model.name, model.max_context)),
             model: Arc::new(model),
@@ -241,6 +244,24 @@ impl EngineHandle {
     /// Whether new requests are taken (false once shutdown began).
     pub fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::Acquire)
+    }
+
+    /// Whether the model can still compute. False after a failed step took the model's
+    /// state with it (the KV cache lost in a backend panic): every later request would fail
+    /// too, so `/health` turns 503 and an orchestrator can restart the server.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Records that the model can no longer compute (see [`Self::is_healthy`]).
+    pub fn mark_unhealthy(&self) {
+        self.healthy.store(false, Ordering::Release);
+    }
+
+    /// The flag behind [`Self::is_healthy`], for the engine thread, which must not hold a
+    /// handle (its command sender would keep the engine's own channel open).
+    pub(crate) fn health_flag(&self) -> Arc<AtomicBool> {
+        self.healthy.clone()
     }
 
     /// Aborts every request in the engine (used when the shutdown grace period ends).

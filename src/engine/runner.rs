@@ -7,6 +7,11 @@ use crate::model::{ForwardBatch, KvCacheConfig, Llama, Logits, ModelBackend, Pag
 pub trait ModelRunner: Send + 'static {
     /// Computes the batch, returning the last row of logits of each sequence.
     fn execute(&mut self, batch: &ForwardBatch) -> Result<Logits, String>;
+
+    /// Whether later batches can still succeed; asked after a failed or panicking step.
+    fn can_continue(&self) -> bool {
+        true
+    }
 }
 
 /// A [`Llama`] with its paged cache.
@@ -42,5 +47,10 @@ where
         self.model
             .forward(batch, &mut self.cache)
             .map_err(|e| e.to_string())
+    }
+
+    fn can_continue(&self) -> bool {
+        // A panic mid-pass drops the pools the pass had taken out of the cache.
+        self.cache.is_intact()
     }
 }

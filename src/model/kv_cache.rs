@@ -65,6 +65,7 @@ pub struct LayerPools<B: ModelBackend> {
 pub struct PagedKvCache<B: ModelBackend> {
     config: KvCacheConfig,
     layers: Vec<LayerPools<B>>,
+    num_layers: usize,
 }
 
 impl<B: ModelBackend> PagedKvCache<B> {
@@ -82,7 +83,17 @@ impl<B: ModelBackend> PagedKvCache<B> {
                 values: pools(),
             })
             .collect();
-        Self { config, layers }
+        Self {
+            config,
+            layers,
+            num_layers: model.num_layers,
+        }
+    }
+
+    /// Whether every layer's pools are in place: false after a forward pass panicked while
+    /// it held them (they are dropped with it), after which every pass fails.
+    pub fn is_intact(&self) -> bool {
+        self.layers.len() == self.num_layers
     }
 
     /// The pool's size.

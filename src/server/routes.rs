@@ -274,13 +274,19 @@ pub fn while_loading(path: &str) -> Response {
     }
 }
 
-/// `GET /health`: 200 once ready, 503 while loading or shutting down (for load balancers,
-/// which only look at the status).
+/// `GET /health`: 200 once ready, 503 while loading, shutting down or after the model lost
+/// its state (for load balancers and orchestrators, which only look at the status).
 pub async fn health(State(state): State<AppState>) -> Response {
     if !state.engine.is_accepting() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "shutting_down"})),
+        )
+            .into_response()
+    } else if !state.engine.is_healthy() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unhealthy"})),
         )
             .into_response()
     } else if !state.ready.load(Ordering::Acquire) {

@@ -1158,6 +1158,12 @@ async fn a_failed_load_stops_serving() {
 async fn health_version_and_models() {
     let server = start().await;
     assert_eq!(server.get("/health").await, (200, json!({"status": "ok"})));
+    server.state.engine.mark_unhealthy();
+    assert_eq!(
+        server.get("/health").await,
+        (503, json!({"status": "unhealthy"}))
+    );
+    let server = start().await;
     server.state.ready.store(false, Ordering::Release);
     assert_eq!(
         server.get("/health").await,
