@@ -17,7 +17,7 @@
 //! | `POST /v1/completions` | text completion |
 //! | `POST /v1/chat/completions` | chat completion |
 //! | `GET /v1/models` | the served model |
-//! | `GET /health` | 200 when ready, 503 while loading or shutting down |
+//! | `GET /health` | 200 when ready; 503 while loading, shutting down, or after the model failed for good |
 //! | `GET /version` | the server's version |
 //! | `GET /metrics` | Prometheus metrics (`docs/METRICS.md`) |
 //!
