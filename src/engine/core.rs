@@ -693,6 +693,25 @@ mod tests {
         }
     }
 
+    /// An engine over a [`FlakyRunner`], serving the tiny tokenizer as model `name`.
+    fn start_flaky(name: &str, broken_by_panic: bool) -> RunningEngine {
+        let runner = FlakyRunner {
+            calls: 0,
+            broken_by_panic,
+        };
+        let model = ModelInfo {
+            name: name.into(),
+            max_context: 64,
+            vocab_size: TINY_VOCAB_SIZE,
+        };
+        let config = EngineConfig {
+            scheduler: SchedulerConfig::new(16, 64),
+            max_waiting_requests: 8,
+            step_tracing: None,
+        };
+        start(runner, Arc::new(Tokenizer::tiny()), model, config).unwrap()
+    }
+
     fn request(id: &str) -> EngineRequest {
         EngineRequest {
             request_id: id.to_string(),
@@ -721,24 +740,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_model_fails_its_batch_and_the_engine_lives_on() {
-        let engine = start(
-            FlakyRunner {
-                calls: 0,
-                broken_by_panic: false,
-            },
-            Arc::new(Tokenizer::tiny()),
-            ModelInfo {
-                name: "flaky".into(),
-                max_context: 64,
-                vocab_size: TINY_VOCAB_SIZE,
-            },
-            EngineConfig {
-                scheduler: SchedulerConfig::new(16, 64),
-                max_waiting_requests: 8,
-                step_tracing: None,
-            },
-        )
-        .unwrap();
+        let engine = start_flaky("flaky", false);
         let (_, failed) = finish(engine.handle.submit(request("first")).unwrap()).await;
         assert_eq!(failed.reason, FinishReason::Error);
         assert!(failed.error.unwrap().contains("failed"));
@@ -773,24 +775,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_model_that_cannot_continue_marks_the_engine_unhealthy() {
-        let engine = start(
-            FlakyRunner {
-                calls: 0,
-                broken_by_panic: true,
-            },
-            Arc::new(Tokenizer::tiny()),
-            ModelInfo {
-                name: "broken".into(),
-                max_context: 64,
-                vocab_size: TINY_VOCAB_SIZE,
-            },
-            EngineConfig {
-                scheduler: SchedulerConfig::new(16, 64),
-                max_waiting_requests: 8,
-                step_tracing: None,
-            },
-        )
-        .unwrap();
+        let engine = start_flaky("broken", true);
         assert!(engine.handle.is_healthy());
         let (_, failed) = finish(engine.handle.submit(request("first")).unwrap()).await;
         assert_eq!(failed.reason, FinishReason::Error);

@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::attention::exp_nonpositive;
+use super::has_avx512;
 
 /// Rows per parallel task: enough work to outweigh handing it to another thread.
 const ROWS_PER_TASK: usize = 16;
@@ -60,17 +61,6 @@ fn swiglu_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
         let sigmoid = if g >= 0.0 { 1.0 } else { e } / (1.0 + e);
         *o = g * sigmoid * u;
     }
-}
-
-fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 #[cfg(test)]

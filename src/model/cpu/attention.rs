@@ -13,6 +13,7 @@
 
 use rayon::prelude::*;
 
+use super::{has_avx2, has_avx512, SharedOut};
 use crate::model::attention::HeadLayout;
 use crate::model::batch::SequenceSlice;
 
@@ -435,26 +436,6 @@ fn prefetch(data: &[f32]) {
     let _ = data;
 }
 
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
 /// ln 2 split in two so `n * LN2_HI` is exact for the `n` an exponent can have.
 const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
@@ -480,14 +461,6 @@ pub(super) fn exp_nonpositive(x: f32) -> f32 {
         p * two_n
     }
 }
-
-/// The output pointer, shared by items that write disjoint cells.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: items write disjoint cells (see `PagedAttention::run`).
-unsafe impl Send for SharedOut {}
-// SAFETY: as above.
-unsafe impl Sync for SharedOut {}
 
 #[cfg(test)]
 #[path = "attention_tests.rs"]

@@ -1,16 +1,5 @@
 use super::*;
-
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+use crate::model::cpu::test_values;
 
 /// Softmax attention of each new token over its sequence's first `position + 1` tokens,
 /// computed densely in f64.
@@ -89,15 +78,15 @@ fn check(heads: HeadLayout, block_size: usize) {
     let num_tokens: usize = sequences.iter().map(|s| s.num_new_tokens).sum();
     let query_stride = (heads.num_heads + heads.num_kv_heads) * hd;
     // Large values make the softmax peaked, which is where running maxima matter.
-    let queries: Vec<f32> = values(num_tokens * query_stride, 1)
+    let queries: Vec<f32> = test_values(num_tokens * query_stride, 1)
         .iter()
         .map(|v| v * 4.0)
         .collect();
     let keys: Vec<Vec<f32>> = (0..heads.num_kv_heads)
-        .map(|h| values(num_slots * hd, 10 + h as u64))
+        .map(|h| test_values(num_slots * hd, 10 + h as u64))
         .collect();
     let vals: Vec<Vec<f32>> = (0..heads.num_kv_heads)
-        .map(|h| values(num_slots * hd, 20 + h as u64))
+        .map(|h| test_values(num_slots * hd, 20 + h as u64))
         .collect();
     // The kernel reads keys block-transposed; the reference reads the rows.
     let layout = KeyLayout {

@@ -5,6 +5,7 @@
 //! its output and dispatching on its own. At one decode token per step those fixed costs, 30
 //! layers over, were a measurable share of the step.
 
+use super::has_avx512;
 use crate::model::config::RopeStyle;
 
 /// `x * weight / sqrt(mean(x^2) + eps)` per row of `x`.
@@ -89,15 +90,6 @@ pub fn rotate_heads(x: &mut [f32], cos: &[f32], sin: &[f32], style: RopeStyle, h
             }
         }
     }
-}
-
-fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 #[cfg(test)]

@@ -39,13 +39,12 @@ pub unsafe fn run(tile: &Tile<'_>) {
     debug_assert!(tile.panel.len() >= tile.depth * PANEL_WIDTH);
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") {
+        if super::has_avx512() {
             // SAFETY: the CPU has AVX-512F; the caller upholds the memory contract.
             unsafe { avx512::dispatch(tile) };
             return;
         }
-        if has!("avx2") && has!("fma") {
+        if super::has_avx2() {
             // SAFETY: the CPU has AVX2 and FMA; the caller upholds the memory contract.
             unsafe { portable_avx2(tile) };
             return;
@@ -187,8 +186,7 @@ mod tests {
     /// The AVX2 build of the portable kernel where the CPU has it, else the portable one.
     unsafe fn avx2_if_present(tile: &Tile<'_>) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if crate::model::cpu::has_avx2() {
             // SAFETY: checked just above; the caller upholds the memory contract.
             unsafe { portable_avx2(tile) };
             return;

@@ -13,3 +13,48 @@ pub use activation::swiglu;
 pub use attention::{write_keys_transposed, KeyLayout, PagedAttention};
 pub use elementwise::{rms_norm, rotate_heads};
 pub use packed::PackedMatrix;
+
+/// Whether this CPU runs the AVX-512 builds of the kernels (checked once per call site; the
+/// standard library caches the answer).
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether this CPU runs the AVX2 builds of the portable loops.
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// An output buffer shared by parallel tasks that each write their own disjoint cells.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: only used by tasks writing disjoint cells, while the buffer outlives them (each
+// user says which cells are whose).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+/// Deterministic test values in [-1, 1) (xorshift), without a random-number dependency.
+#[cfg(test)]
+fn test_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}

@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::microkernel;
+use super::{microkernel, SharedOut};
 
 /// Output columns per panel: two 16-lane AVX-512 vectors.
 pub const PANEL_WIDTH: usize = 32;
@@ -181,14 +181,6 @@ fn row_block(in_features: usize) -> usize {
     let rows = ROW_BLOCK_BYTES / (in_features * 4);
     (rows / microkernel::MAX_ROWS).max(1) * microkernel::MAX_ROWS
 }
-
-/// The output pointer, shared by tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint columns (see `run_panels`).
-unsafe impl Send for SharedOut {}
-// SAFETY: as above.
-unsafe impl Sync for SharedOut {}
 
 fn lanes_as_floats(lanes: &[Lanes]) -> &[f32] {
     // SAFETY: `Lanes` is `repr(C)` over `[f32; 16]` with no padding (64 bytes, align 64).

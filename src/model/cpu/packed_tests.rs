@@ -1,17 +1,5 @@
 use super::*;
-
-/// Deterministic values in [-1, 1) without a random-number dependency in the test.
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+use crate::model::cpu::test_values;
 
 fn naive(x: &[f32], w: &[f32], rows: usize, out_features: usize, k: usize) -> Vec<f32> {
     let mut out = vec![0.0; rows * out_features];
@@ -26,8 +14,8 @@ fn naive(x: &[f32], w: &[f32], rows: usize, out_features: usize, k: usize) -> Ve
 }
 
 fn check(rows: usize, out_features: usize, k: usize) {
-    let w = values(out_features * k, 1 + rows as u64);
-    let x = values(rows * k, 7 + k as u64);
+    let w = test_values(out_features * k, 1 + rows as u64);
+    let x = test_values(rows * k, 7 + k as u64);
     let packed = PackedMatrix::pack(&w, out_features, k);
     let got = packed.matmul(&x);
     let want = naive(&x, &w, rows, out_features, k);
@@ -67,13 +55,13 @@ fn splits_across_row_blocks_and_threads() {
 
 #[test]
 fn zero_rows_give_an_empty_result() {
-    let packed = PackedMatrix::pack(&values(8, 3), 2, 4);
+    let packed = PackedMatrix::pack(&test_values(8, 3), 2, 4);
     assert!(packed.matmul(&[]).is_empty());
 }
 
 #[test]
 fn size_counts_the_padded_panels() {
-    let packed = PackedMatrix::pack(&values(33 * 4, 3), 33, 4);
+    let packed = PackedMatrix::pack(&test_values(33 * 4, 3), 33, 4);
     assert_eq!(packed.size_bytes(), 2 * PANEL_WIDTH * 4 * 4);
 }
 
