@@ -4,17 +4,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use burn::backend::Flex;
 use serde_json::json;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
-use waypoint::engine::{
-    BurnRunner, EngineConfig, EngineRequest, ModelInfo, SchedulerConfig, StreamEvent,
-};
-use waypoint::model::KvCacheConfig;
+use waypoint::engine::{EngineRequest, StreamEvent};
 use waypoint::sampling::SamplingParams;
-use waypoint::server::{AppState, ServerConfig};
+use waypoint::server::ServerConfig;
+
+#[path = "common/tiny.rs"]
+mod tiny;
+use tiny::TinyEngine;
 
 type Fields = BTreeMap<String, String>;
 
@@ -69,26 +69,13 @@ async fn journeys_are_reported_in_order_through_preemption_sampling_and_abort() 
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(capture.clone()))
         .unwrap();
 
-    let files = waypoint::loader::open("tiny").unwrap();
-    let (model, tokenizer, name) = files.load::<Flex>(&Default::default()).unwrap();
-    let mut scheduler = SchedulerConfig::new(24, 2048);
-    scheduler.block_size = 4;
-    let info = ModelInfo {
-        name,
-        max_context: 2048,
-        vocab_size: model.config().vocab_size,
-    };
-    let engine = waypoint::engine::start(
-        BurnRunner::new(model, KvCacheConfig::with_blocks(4, 24)),
-        Arc::new(tokenizer),
-        info,
-        EngineConfig {
-            scheduler,
-            max_waiting_requests: 100,
-            step_tracing: None,
-        },
-    )
-    .unwrap();
+    let engine = TinyEngine {
+        num_blocks: 24,
+        max_num_seqs: 64,
+        max_waiting_requests: 100,
+        max_model_len: Some(2048),
+    }
+    .start();
 
     // Three requests growing to 85 tokens each in a pool of 96 token slots, submitted
     // together so the engine takes them in the same step: preemption is certain.
@@ -169,18 +156,14 @@ async fn journeys_are_reported_in_order_through_preemption_sampling_and_abort() 
 
     // Over HTTP. Sampled out (rate 0): no journey events at all.
     capture.0.lock().unwrap().clear();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1/completions", listener.local_addr().unwrap());
     let config = ServerConfig {
         journey_sample_rate: Some(0.0),
         ..Default::default()
     };
-    let state = AppState::new(engine.handle.clone(), config);
-    tokio::spawn(waypoint::server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
+    let url = format!(
+        "{}/v1/completions",
+        tiny::serve(&engine.handle, config).await
+    );
     let client = reqwest::Client::new();
     let body = json!({"prompt": "journey", "max_tokens": 12, "ignore_eos": true});
     let response = client.post(&url).json(&body).send().await.unwrap();

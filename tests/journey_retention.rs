@@ -8,16 +8,17 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burn::backend::Flex;
 use futures::StreamExt as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use serde_json::json;
 use tracing::span::{Attributes, Id};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::Layer;
-use waypoint::engine::{BurnRunner, EngineConfig, ModelInfo, SchedulerConfig};
-use waypoint::model::KvCacheConfig;
-use waypoint::server::{AppState, ServerConfig};
+use waypoint::server::ServerConfig;
+
+#[path = "common/tiny.rs"]
+mod tiny;
+use tiny::TinyEngine;
 
 /// Counts the journey spans alive in the registry.
 #[derive(Clone, Default)]
@@ -57,40 +58,21 @@ async fn thousands_of_mixed_requests_leave_nothing_behind() {
     // The engine thread emits too: the subscriber must be global.
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    let files = waypoint::loader::open("tiny").unwrap();
-    let (model, tokenizer, name) = files.load::<Flex>(&Default::default()).unwrap();
-    let mut scheduler = SchedulerConfig::new(256, 1024);
-    scheduler.block_size = 4;
-    scheduler.max_num_seqs = 32;
-    scheduler.max_num_batched_tokens = 256;
-    let info = ModelInfo {
-        name,
-        max_context: 1024,
-        vocab_size: model.config().vocab_size,
-    };
-    let engine = waypoint::engine::start(
-        BurnRunner::new(model, KvCacheConfig::with_blocks(4, 256)),
-        Arc::new(tokenizer),
-        info,
-        EngineConfig {
-            scheduler,
-            max_waiting_requests: 10_000,
-            step_tracing: None,
-        },
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1/completions", listener.local_addr().unwrap());
+    let engine = TinyEngine {
+        num_blocks: 256,
+        max_num_seqs: 32,
+        max_waiting_requests: 10_000,
+        max_model_len: Some(1024),
+    }
+    .start();
     let config = ServerConfig {
         journey_sample_rate: Some(0.5),
         ..Default::default()
     };
-    let state = AppState::new(engine.handle.clone(), config);
-    tokio::spawn(waypoint::server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
+    let url = format!(
+        "{}/v1/completions",
+        tiny::serve(&engine.handle, config).await
+    );
 
     let client = reqwest::Client::new();
     let outcomes = futures::stream::iter(0..REQUESTS)

@@ -2,23 +2,20 @@
 //! requests (length, stop, a traced one, an abort) and the scrape a Prometheus server would
 //! read, checked against what the responses reported.
 
+#[path = "common/tiny.rs"]
+mod tiny;
+use tiny::TinyEngine;
 #[path = "common/prometheus.rs"]
 mod prometheus;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burn::backend::Flex;
 use futures::StreamExt;
 use prometheus::{parse, Scrape};
 use serde_json::{json, Value};
-use waypoint::engine::{
-    BurnRunner, EngineConfig, EngineHandle, EngineRequest, ModelInfo, RunningEngine,
-    SchedulerConfig, StreamEvent,
-};
-use waypoint::model::KvCacheConfig;
+use waypoint::engine::{EngineHandle, EngineRequest, RunningEngine, StreamEvent};
 use waypoint::sampling::SamplingParams;
-use waypoint::server::{AppState, ServerConfig};
+use waypoint::server::ServerConfig;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const LATENCY_HISTOGRAMS: [&str; 6] = [
@@ -42,42 +39,19 @@ struct TestServer {
 }
 
 async fn start() -> TestServer {
-    let files = waypoint::loader::open("tiny").unwrap();
-    let (model, tokenizer, name) = files.load::<Flex>(&Default::default()).unwrap();
-    let num_blocks = 512;
-    let mut scheduler = SchedulerConfig::new(num_blocks, model.config().max_position_embeddings);
-    scheduler.block_size = 4;
-    scheduler.max_num_seqs = 8;
-    scheduler.max_num_batched_tokens = 256;
-    let info = ModelInfo {
-        name,
-        max_context: scheduler.max_model_len,
-        vocab_size: model.config().vocab_size,
-    };
-    let running = waypoint::engine::start(
-        BurnRunner::new(model, KvCacheConfig::with_blocks(4, num_blocks)),
-        Arc::new(tokenizer),
-        info,
-        EngineConfig {
-            scheduler,
-            max_waiting_requests: 100,
-            step_tracing: None,
-        },
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let running = TinyEngine {
+        num_blocks: 512,
+        max_num_seqs: 8,
+        max_waiting_requests: 100,
+        max_model_len: None,
+    }
+    .start();
     // With a key: scrapes must not need it.
     let config = ServerConfig {
         api_key: Some("sk-metrics".to_string()),
         ..ServerConfig::default()
     };
-    let state = AppState::new(running.handle.clone(), config);
-    tokio::spawn(async move {
-        waypoint::server::serve(listener, state, std::future::pending())
-            .await
-            .unwrap();
-    });
+    let url = tiny::serve(&running.handle, config).await;
     TestServer {
         url,
         engine: running.handle.clone(),

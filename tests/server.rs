@@ -1,64 +1,40 @@
 //! The server over real HTTP on loopback, with the real engine and the tiny model.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::backend::Flex;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use waypoint::engine::{
-    BurnRunner, EngineConfig, EngineHandle, ModelInfo, RunningEngine, SchedulerConfig,
-};
+use waypoint::engine::{EngineHandle, RunningEngine};
 use waypoint::generate::generate;
 use waypoint::model::{KvCacheConfig, PagedKvCache};
 use waypoint::sampling::SamplingParams;
-use waypoint::server::{AppState, ServerConfig};
+use waypoint::server::ServerConfig;
+
+#[path = "common/tiny.rs"]
+mod tiny;
+use tiny::TinyEngine;
 
 struct TestServer {
     url: String,
     engine: EngineHandle,
     _running: RunningEngine,
-    _runtime_guard: tokio::task::JoinHandle<()>,
 }
 
 /// Starts the tiny model behind the HTTP API on an ephemeral port.
 async fn start(num_blocks: usize, max_num_seqs: usize) -> TestServer {
-    let files = waypoint::loader::open("tiny").unwrap();
-    let (model, tokenizer, name) = files.load::<Flex>(&Default::default()).unwrap();
-    let pool = KvCacheConfig::with_blocks(4, num_blocks);
-    let mut scheduler = SchedulerConfig::new(num_blocks, model.config().max_position_embeddings);
-    scheduler.block_size = 4;
-    scheduler.max_num_seqs = max_num_seqs;
-    scheduler.max_num_batched_tokens = 256;
-    let info = ModelInfo {
-        name,
-        max_context: scheduler.max_model_len,
-        vocab_size: model.config().vocab_size,
-    };
-    let running = waypoint::engine::start(
-        BurnRunner::new(model, pool),
-        Arc::new(tokenizer),
-        info,
-        EngineConfig {
-            scheduler,
-            max_waiting_requests: 1000,
-            step_tracing: None,
-        },
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState::new(running.handle.clone(), ServerConfig::default());
-    let server = tokio::spawn(async move {
-        waypoint::server::serve(listener, state, std::future::pending())
-            .await
-            .unwrap();
-    });
+    let running = TinyEngine {
+        num_blocks,
+        max_num_seqs,
+        max_waiting_requests: 1000,
+        max_model_len: None,
+    }
+    .start();
+    let url = tiny::serve(&running.handle, ServerConfig::default()).await;
     TestServer {
         url,
         engine: running.handle.clone(),
         _running: running,
-        _runtime_guard: server,
     }
 }
 
