@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::handle::{
-    EngineCommand, EngineHandle, EngineRequest, EngineTimings, FinishReason, FinishedInfo,
-    ModelInfo, StreamEvent, TokenLogprob,
+    Admission, EngineCommand, EngineHandle, EngineRequest, EngineTimings, FinishReason,
+    FinishedInfo, ModelInfo, StreamEvent, TokenLogprob,
 };
 use super::journey::Journey;
 use super::output::SchedulerOutput;
@@ -110,6 +110,7 @@ pub fn start<R: ModelRunner>(
         waiting,
         metrics: handle.metrics().clone(),
         healthy: handle.health_flag(),
+        unpublished_admissions: Vec::new(),
         steps: 0,
         aborted: 0,
         step_time: Duration::ZERO,
@@ -162,6 +163,8 @@ struct Engine<R: ModelRunner> {
     metrics: Arc<Metrics>,
     /// [`EngineHandle::is_healthy`]'s flag.
     healthy: Arc<AtomicBool>,
+    /// Submissions taken since the last `publish_load`.
+    unpublished_admissions: Vec<Admission>,
     steps: u64,
     aborted: u64,
     step_time: Duration,
@@ -240,7 +243,11 @@ impl<R: ModelRunner> Engine<R> {
                 request,
                 output,
                 span,
-            } => self.add(request, output, span),
+                admission,
+            } => {
+                self.add(request, output, span);
+                self.unpublished_admissions.push(admission);
+            }
             EngineCommand::Abort { request_id } => {
                 if let Some(request) = self.scheduler.abort_request(&request_id) {
                     self.finish(&request, None);
@@ -259,9 +266,11 @@ impl<R: ModelRunner> Engine<R> {
 
     /// Commands and finished requests change the queue and the cache: the handle's
     /// admission check and the load gauges see it here.
-    fn publish_load(&self) {
+    fn publish_load(&mut self) {
         let waiting = self.scheduler.num_waiting();
-        self.waiting.store(waiting, Ordering::Relaxed);
+        self.waiting.store(waiting, Ordering::Release);
+        // Only now that `waiting` counts them (see `Admission`).
+        self.unpublished_admissions.clear();
         self.metrics.set_load(
             self.scheduler.num_running(),
             waiting,

@@ -4,7 +4,7 @@
 //! [`EngineHandle`]; each submitted request gets its own [`RequestStream`]. Dropping the
 //! stream (the client went away) aborts the request at the engine's next step.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -141,6 +141,9 @@ pub enum EngineCommand {
         output: mpsc::UnboundedSender<StreamEvent>,
         /// The caller's span, so engine events join the request's trace.
         span: tracing::Span,
+        /// Counts the request against `--max-waiting-requests` until the engine's published
+        /// waiting count includes it; an engine keeps it until then.
+        admission: Admission,
     },
     /// Stop a request (its stream gets `Finished` with `Abort`).
     Abort {
@@ -151,6 +154,22 @@ pub enum EngineCommand {
     AbortAll,
     /// Report what the engine tracks.
     Stats(tokio::sync::oneshot::Sender<super::core::EngineStats>),
+}
+
+/// A submitted request that the engine's published waiting count does not include yet.
+///
+/// The engine publishes its waiting count between steps; a step can take seconds, and every
+/// request submitted meanwhile would pass an admission check against the stale count. So each
+/// admission counts itself until dropped, and the engine drops it only after publishing a
+/// count that includes the request: the check may briefly count a request twice (refusing
+/// early), never zero times.
+#[derive(Debug)]
+pub struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Static facts about the served model.
@@ -168,7 +187,9 @@ pub struct ModelInfo {
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
     commands: std::sync::mpsc::Sender<EngineCommand>,
-    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    waiting: Arc<AtomicUsize>,
+    /// Live [`Admission`]s: submitted requests `waiting` does not count yet.
+    admitted: Arc<AtomicUsize>,
     max_waiting: usize,
     accepting: Arc<AtomicBool>,
     /// False once the model can no longer compute (its cache was lost with a failed step).
@@ -183,7 +204,7 @@ impl EngineHandle {
     /// Its [`Metrics`] start at zero, labelled with the model's name.
     pub fn new(
         commands: std::sync::mpsc::Sender<EngineCommand>,
-        waiting: Arc<std::sync::atomic::AtomicUsize>,
+        waiting: Arc<AtomicUsize>,
         max_waiting: usize,
         tokenizer: Arc<Tokenizer>,
         model: ModelInfo,
@@ -191,6 +212,7 @@ impl EngineHandle {
         Self {
             commands,
             waiting,
+            admitted: Arc::new(AtomicUsize::new(0)),
             max_waiting,
             accepting: Arc::new(AtomicBool::new(true)),
             healthy: Arc::new(AtomicBool::new(true)),
@@ -205,9 +227,14 @@ impl EngineHandle {
         if !self.is_accepting() {
             return Err(SubmitError::ShuttingDown);
         }
-        let waiting = self.waiting.load(Ordering::Relaxed);
-        if waiting >= self.max_waiting {
-            return Err(SubmitError::QueueFull(waiting));
+        // Count this request first, then check: two racing submissions cannot both see room
+        // for one.
+        self.admitted.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission(self.admitted.clone());
+        let queued =
+            self.waiting.load(Ordering::Acquire) + self.admitted.load(Ordering::Acquire) - 1;
+        if queued >= self.max_waiting {
+            return Err(SubmitError::QueueFull(queued));
         }
         let (output, events) = mpsc::unbounded_channel();
         let request_id = request.request_id.clone();
@@ -216,6 +243,7 @@ impl EngineHandle {
                 request,
                 output,
                 span: tracing::Span::current(),
+                admission,
             })
             .map_err(|_| SubmitError::ShuttingDown)?;
         Ok(RequestStream {
@@ -320,5 +348,60 @@ impl Drop for RequestStream {
                 request_id: std::mem::take(&mut self.request_id),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: &str) -> EngineRequest {
+        EngineRequest {
+            request_id: id.to_string(),
+            prompt_ids: vec![1, 2, 3],
+            params: crate::sampling::SamplingParams::greedy(),
+            priority: 0,
+            arrival: std::time::Instant::now(),
+            traced: false,
+            trace_id: None,
+        }
+    }
+
+    /// While the engine is busy with a step it publishes no new waiting count; submissions
+    /// meanwhile must still stop at `max_waiting`.
+    #[test]
+    fn admission_counts_submissions_the_engine_has_not_published() {
+        let (commands, engine_side) = std::sync::mpsc::channel();
+        let published_waiting = Arc::new(AtomicUsize::new(1));
+        let handle = EngineHandle::new(
+            commands,
+            published_waiting.clone(),
+            3,
+            Arc::new(Tokenizer::tiny()),
+            ModelInfo {
+                name: "m".into(),
+                max_context: 16,
+                vocab_size: 300,
+            },
+        );
+        let _first = handle.submit(request("a")).unwrap();
+        let _second = handle.submit(request("b")).unwrap();
+        // One published + two in the channel: full.
+        assert!(matches!(
+            handle.submit(request("c")),
+            Err(SubmitError::QueueFull(3))
+        ));
+        // The engine takes both, publishes a count that includes them, then lets go of their
+        // admissions: still full.
+        let taken: Vec<EngineCommand> = engine_side.try_iter().collect();
+        assert_eq!(taken.len(), 2);
+        published_waiting.store(3, Ordering::Release);
+        drop(taken);
+        assert!(handle.submit(request("d")).is_err());
+        // Two start running: room for two more, not three.
+        published_waiting.store(1, Ordering::Release);
+        let _third = handle.submit(request("e")).unwrap();
+        let _fourth = handle.submit(request("f")).unwrap();
+        assert!(handle.submit(request("g")).is_err());
     }
 }
