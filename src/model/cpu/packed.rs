@@ -1,9 +1,9 @@
 //! `x @ W^T` on the CPU with `W` packed once at load time.
 //!
 //! Why not flex's matmul: it hands both operands to `gemm`, which re-packs the weight matrix on
-//! every call. For a decode step of 64 rows that repacking moves as many bytes as the
-//! arithmetic reads, and the batched step ran at half the speed of the same matmul on a
-//! prepacked weight. Packing once and running our own register-blocked kernel removes it.
+//! every call; at the row counts of a decode step that copy costs about as much as the
+//! arithmetic. Packing once and running our own register-blocked kernel removes it: 1.1-3.3x
+//! flex's speed on the model's shapes (`examples/matmul_bench.rs`, docs/BENCHMARKS.md).
 //!
 //! Layout: the output columns (the weight's rows) are cut into panels of [`PANEL_WIDTH`]; a
 //! panel stores, for each input index `k`, its [`PANEL_WIDTH`] weights side by side, so the
