@@ -543,7 +543,17 @@ async fn a_preempted_request_reports_each_step_of_its_journey() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_protobuf_export_is_flushed_on_graceful_shutdown() {
-    let receiver = Receiver::start(Transport::HttpProtobuf).await;
+    export_is_flushed_on_graceful_shutdown(Transport::HttpProtobuf).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_is_flushed_on_graceful_shutdown() {
+    export_is_flushed_on_graceful_shutdown(Transport::Grpc).await;
+}
+
+/// Spans still queued at SIGTERM reach the collector before the process exits.
+async fn export_is_flushed_on_graceful_shutdown(transport: Transport) {
+    let receiver = Receiver::start(transport).await;
     // A batch delay far beyond the test: only the shutdown flush can deliver the spans.
     let endpoint = receiver.endpoint();
     let server = ServerProcess::start(
@@ -552,7 +562,7 @@ async fn http_protobuf_export_is_flushed_on_graceful_shutdown() {
             "--otlp-traces-endpoint",
             &endpoint,
             "--otlp-protocol",
-            "http/protobuf",
+            receiver.protocol(),
         ],
         &[
             ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
