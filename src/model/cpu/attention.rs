@@ -130,13 +130,21 @@ impl PagedAttention<'_> {
         let token_row = |row: usize| item.first_row + item.tokens.start + row / per_kv;
         let head = |row: usize| item.kv_head * per_kv + row % per_kv;
         let position = |row: usize| seq.num_cached_tokens + item.tokens.start + row / per_kv;
+        let out_width = num_heads * hd;
         let mut states: Vec<RowState> = (0..rows)
             .map(|row| RowState {
                 query: &self.queries[token_row(row) * self.query_stride + head(row) * hd..][..hd],
                 position: position(row),
                 max: f32::NEG_INFINITY,
                 sum: 0.0,
-                acc: vec![0.0; hd],
+                // SAFETY: the row accumulates in its own output cell (zeroed by `run`), which
+                // belongs to this item alone and is in bounds.
+                acc: unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out.0.add(token_row(row) * out_width + head(row) * hd),
+                        hd,
+                    )
+                },
             })
             .collect();
 
@@ -183,18 +191,10 @@ impl PagedAttention<'_> {
             key0 += len;
         }
 
-        let out_width = num_heads * hd;
-        for (row, state) in states.iter().enumerate() {
+        for state in &mut states {
             let inv = 1.0 / state.sum;
-            // SAFETY: cell (token_row, head) belongs to this item alone; in bounds.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    out.0.add(token_row(row) * out_width + head(row) * hd),
-                    hd,
-                )
-            };
-            for (o, &a) in dst.iter_mut().zip(&state.acc) {
-                *o = a * inv;
+            for a in state.acc.iter_mut() {
+                *a *= inv;
             }
         }
     }
@@ -206,7 +206,8 @@ struct RowState<'a> {
     position: usize,
     max: f32,
     sum: f32,
-    acc: Vec<f32>,
+    /// The row's output cell, `head_dim` floats.
+    acc: &'a mut [f32],
 }
 
 /// Up to [`KEY_TILE`] consecutive keys of one sequence (all in one block), with their values.
@@ -260,7 +261,7 @@ fn fold_tile(state: &mut RowState<'_>, tile: &Tile<'_>, scale: f32) {
     }
     state.max = new_max;
     state.sum = state.sum * correction + tile_sum;
-    for a in &mut state.acc {
+    for a in state.acc.iter_mut() {
         *a *= correction;
     }
     for (p, value) in scores[..visible].iter().zip(tile.values.chunks_exact(hd)) {
