@@ -44,6 +44,8 @@ struct AttentionGroup<B: Backend> {
 #[derive(Debug)]
 pub struct AttentionPlan<B: Backend> {
     sequences: Vec<SequenceSlice>,
+    /// Packed row of each sequence's first new token.
+    first_rows: Vec<usize>,
     block_size: usize,
     heads: HeadLayout,
     device: B::Device,
@@ -107,9 +109,10 @@ impl<B: ModelBackend> AttentionPlan<B> {
         heads: HeadLayout,
         device: &B::Device,
     ) -> Self {
-        let first_row = first_rows(sequences);
+        let first_rows = first_rows(sequences);
         Self {
-            write_runs: write_runs(sequences, &first_row, block_size),
+            write_runs: write_runs(sequences, &first_rows, block_size),
+            first_rows,
             sequences: sequences.to_vec(),
             block_size,
             heads,
@@ -150,9 +153,7 @@ impl<B: ModelBackend> AttentionPlan<B> {
     /// head and group; the query heads sharing that KV head are folded into the query rows,
     /// ordered (token, head), which is how a column slice of `queries` already lies in memory.
     pub fn attend_dense(&self, queries: &Tensor<B, 2>, pools: &LayerPools<B>) -> Tensor<B, 2> {
-        let dense = self.dense.get_or_init(|| {
-            DensePlan::new(&self.sequences, self.block_size, self.heads, &self.device)
-        });
+        let dense = self.dense.get_or_init(|| DensePlan::new(self));
         dense.attend(queries, pools, self.heads)
     }
 }
@@ -168,13 +169,16 @@ fn first_rows(sequences: &[SequenceSlice]) -> Vec<usize> {
 }
 
 impl<B: ModelBackend> DensePlan<B> {
-    fn new(
-        sequences: &[SequenceSlice],
-        block_size: usize,
-        heads: HeadLayout,
-        device: &B::Device,
-    ) -> Self {
-        let first_row = first_rows(sequences);
+    fn new(plan: &AttentionPlan<B>) -> Self {
+        let AttentionPlan {
+            sequences,
+            first_rows: first_row,
+            block_size,
+            heads,
+            device,
+            ..
+        } = plan;
+        let (block_size, heads) = (*block_size, *heads);
         let num_tokens: usize = sequences.iter().map(|s| s.num_new_tokens).sum();
         let decodes: Vec<usize> = (0..sequences.len())
             .filter(|&i| sequences[i].num_new_tokens == 1)
@@ -193,7 +197,7 @@ impl<B: ModelBackend> DensePlan<B> {
         let mut out_offset = 0;
         let mut groups = Vec::with_capacity(group_members.len());
         for members in &group_members {
-            let group = build_group::<B>(sequences, members, &first_row, block_size, heads, device);
+            let group = build_group::<B>(sequences, members, first_row, block_size, heads, device);
             for (slot, &i) in members.iter().enumerate() {
                 for t in 0..sequences[i].num_new_tokens {
                     output_rows[first_row[i] + t] = (out_offset + slot * group.q_len + t) as i64;

@@ -48,13 +48,17 @@ impl KvCacheConfig {
     }
 }
 
-/// One layer's pools: one keys and one values tensor per KV head, each `[num_slots, head_dim]`.
+/// One layer's pools: one keys and one values tensor per KV head, each holding
+/// `num_slots * head_dim` floats.
 ///
-/// A pool per head (rather than `[num_slots, kv_heads * head_dim]`) makes a gathered context
-/// `[seqs, 1, context, head_dim]` without a transpose, which flex would do element by element.
+/// Values are rows `[num_slots, head_dim]`. Keys are in the backend's layout
+/// ([`ModelBackend::write_cache_keys`]): rows by default, transposed within each block on flex.
+/// A pool per head (rather than `[num_slots, kv_heads * head_dim]`) keeps a head's context
+/// contiguous per block for the CPU kernel and gathers into `[seqs, 1, context, head_dim]`
+/// without a transpose on the dense path.
 #[derive(Debug)]
 pub struct LayerPools<B: ModelBackend> {
-    /// Per KV head, `[num_slots, head_dim]`.
+    /// Per KV head, shaped `[num_slots, head_dim]`, laid out by the backend.
     pub keys: Vec<Tensor<B, 2>>,
     /// Per KV head, `[num_slots, head_dim]`.
     pub values: Vec<Tensor<B, 2>>,

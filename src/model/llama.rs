@@ -344,12 +344,12 @@ impl<B: ModelBackend> Llama<B> {
 
         // Write first, then attend: the cache then holds the whole context uniformly.
         let hd = c.head_dim;
+        let runs = &plan.write_runs;
+        let layout = KeyLayout {
+            block_size: plan.block_size(),
+            head_dim: hd,
+        };
         for h in 0..c.num_kv_heads {
-            let runs = &plan.write_runs;
-            let layout = KeyLayout {
-                block_size: plan.block_size(),
-                head_dim: hd,
-            };
             replace_with(&mut pools.keys[h], |p| {
                 B::write_cache_keys(p, runs, &qk, q_dim + h * hd, layout)
             });
