@@ -298,29 +298,23 @@ where
         let local = listener.local_addr()?;
         tracing::info!(address = %local, "listening; loading the model");
 
-        // The loaded engine, shared with the shutdown timer and kept for the final join.
-        let engine_slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+        // How loading ended, for after serving: the engine to join, or the error to report.
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<anyhow::Result<_>>();
+        // The engine's handle, for the shutdown timer (absent while loading).
         let handle_slot = std::sync::Arc::new(std::sync::OnceLock::new());
-        let (load_error_tx, load_error_rx) = tokio::sync::oneshot::channel();
         let loaded = {
-            let (engine_slot, handle_slot) = (engine_slot.clone(), handle_slot.clone());
+            let handle_slot = handle_slot.clone();
             async move {
-                let engine = match tokio::task::spawn_blocking(load).await {
-                    Ok(Ok(engine)) => engine,
-                    Ok(Err(error)) => {
-                        let _ = load_error_tx.send(error);
-                        return None;
-                    }
-                    Err(panic) => {
-                        let _ = load_error_tx.send(anyhow::anyhow!("loading panicked: {panic}"));
-                        return None;
-                    }
-                };
-                let handle: waypoint::engine::EngineHandle = engine.handle.clone();
-                let state = waypoint::server::AppState::new(handle.clone(), config);
-                let _ = handle_slot.set(handle);
-                *engine_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(engine);
-                Some(state)
+                let outcome = tokio::task::spawn_blocking(load)
+                    .await
+                    .unwrap_or_else(|panic| Err(anyhow::anyhow!("loading panicked: {panic}")));
+                let state = outcome.as_ref().ok().map(|engine| {
+                    let handle: waypoint::engine::EngineHandle = engine.handle.clone();
+                    let _ = handle_slot.set(handle.clone());
+                    waypoint::server::AppState::new(handle, config)
+                });
+                let _ = loaded_tx.send(outcome);
+                state
             }
         };
         let grace = std::time::Duration::from_secs(args.shutdown_timeout);
@@ -345,15 +339,15 @@ where
         let served = waypoint::server::serve_once_loaded(listener, loaded, shutdown).await;
         drop(serving_done);
         drop(handle_slot);
-        if let Ok(error) = load_error_rx.await {
-            return Err(error.context("loading the model failed"));
-        }
+        // A shutdown during loading waits for the load to finish, then stops the engine.
+        let engine = match loaded_rx.await {
+            Ok(Ok(engine)) => engine,
+            Ok(Err(error)) => return Err(error.context("loading the model failed")),
+            Err(_) => anyhow::bail!("loading the model ended without an outcome"),
+        };
         served?;
-        let engine = engine_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(engine) = engine {
-            // The engine thread ends once every handle is gone; joining it blocks.
-            tokio::task::spawn_blocking(move || engine.shutdown()).await?;
-        }
+        // The engine thread ends once every handle is gone; joining it blocks.
+        tokio::task::spawn_blocking(move || engine.shutdown()).await?;
         anyhow::Ok(())
     })?;
     tracing::info!("waypoint stopped");

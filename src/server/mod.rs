@@ -185,9 +185,15 @@ pub async fn serve_once_loaded(
     let address = listener.local_addr()?;
     let app: Arc<OnceLock<(Router, AppState)>> = Arc::new(OnceLock::new());
     let (load_failed, load_failed_rx) = tokio::sync::oneshot::channel::<()>();
+    // Set when shutdown begins: a model that finishes loading after that is not served.
+    let stopping = Arc::new(AtomicBool::new(false));
     let slot = app.clone();
+    let stopped_while_loading = stopping.clone();
     tokio::spawn(async move {
         match loaded.await {
+            Some(_) if stopped_while_loading.load(Ordering::Acquire) => {
+                tracing::info!("the model loaded after shutdown began; not serving it");
+            }
             Some(state) => {
                 let model = state.engine.model().name.clone();
                 let _ = slot.set((router(state.clone()), state));
@@ -226,6 +232,7 @@ pub async fn serve_once_loaded(
                 // Only a failed load completes this; a dropped sender (loaded) must not.
                 Ok(()) = load_failed_rx => return,
             }
+            stopping.store(true, Ordering::Release);
             if let Some((_, state)) = app.get() {
                 state.ready.store(false, Ordering::Release);
                 state.engine.stop_accepting();
