@@ -37,21 +37,29 @@ pub unsafe fn run(tile: &Tile<'_>) {
     debug_assert!((1..=MAX_ROWS).contains(&tile.rows));
     debug_assert!(tile.x.len() >= (tile.rows - 1) * tile.x_stride + tile.depth);
     debug_assert!(tile.panel.len() >= tile.depth * PANEL_WIDTH);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::has_avx512() {
-            // SAFETY: the CPU has AVX-512F; the caller upholds the memory contract.
-            unsafe { avx512::dispatch(tile) };
-            return;
+    // SAFETY: `chosen` only returns a build the CPU supports; the caller upholds the rest.
+    unsafe { chosen()(tile) }
+}
+
+/// A build of the kernel.
+type Kernel = for<'a, 'b> unsafe fn(&'a Tile<'b>);
+
+/// The best build this CPU runs, decided once: `run` is called per tile, tens of thousands of
+/// times a step, and a feature check each time would be that many wasted lookups.
+fn chosen() -> Kernel {
+    static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::has_avx512() {
+                return avx512::dispatch as Kernel;
+            }
+            if super::has_avx2() {
+                return portable_avx2 as Kernel;
+            }
         }
-        if super::has_avx2() {
-            // SAFETY: the CPU has AVX2 and FMA; the caller upholds the memory contract.
-            unsafe { portable_avx2(tile) };
-            return;
-        }
-    }
-    // SAFETY: the caller upholds the memory contract.
-    unsafe { portable(tile) };
+        portable as Kernel
+    })
 }
 
 /// [`portable`] compiled for AVX2 (most x86 CPUs without AVX-512).
