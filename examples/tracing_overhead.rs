@@ -17,7 +17,12 @@
 //! target/release/examples/tracing_overhead [--waypoint-bin PATH] [--model PATH]
 //!     [--rounds 3] [--requests 64] [--prompt-tokens 32] [--max-tokens 64] [--repeats 1]
 //!     [--journey-only] [--vocab-size 49152]
+//!     [--otlp-endpoint http://127.0.0.1:4317 [--collector-pid PID]]
 //! ```
+//!
+//! With `--otlp-endpoint`, "on" exports to that collector instead of the in-process receiver
+//! (`scripts/telemetry-stack.sh up` starts a real one); `--collector-pid` then reports the
+//! collector's CPU time per 1,000 traced requests, from `/proc/PID/stat`.
 //!
 //! The binary defaults to the `waypoint` next to this example's directory (same profile);
 //! the model to `scripts/fetch-smollm2.sh`'s. Prints a markdown table for
@@ -70,6 +75,28 @@ struct Options {
     /// Prompt token ids stay below this (SmolLM2's vocabulary by default; 256 for `tiny`).
     #[arg(long, default_value_t = 49_152)]
     vocab_size: u32,
+    /// Export "on"'s spans to this OTLP/gRPC endpoint (a real collector) instead of the
+    /// receiver inside this process.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// The collector's process id: its CPU time per 1,000 traced requests is reported.
+    #[arg(long, requires = "otlp_endpoint")]
+    collector_pid: Option<u32>,
+}
+
+/// A process's user plus system CPU time, in seconds (`/proc/PID/stat` fields 14 and 15, in
+/// clock ticks of 1/100 s on Linux).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc stat line")?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -422,7 +449,11 @@ async fn main() -> anyhow::Result<()> {
     .iter()
     .map(|arg| arg.to_string())
     .collect();
-    on_args.push(format!("http://{sink_address}"));
+    let destination = match &options.otlp_endpoint {
+        Some(endpoint) => endpoint.clone(),
+        None => format!("http://{sink_address}"),
+    };
+    on_args.push(destination);
     if step_tracing {
         for arg in [
             "--step-tracing-enabled",
@@ -459,6 +490,7 @@ async fn main() -> anyhow::Result<()> {
     println!("on:       {}", on_args.join(" "));
     println!("          = {what_on}");
 
+    let collector_cpu_at_start = options.collector_pid.map(cpu_seconds).transpose()?;
     let run_started = Instant::now();
     let off = Server::start(&bin, &model, &[]).await?;
     let on = Server::start(&bin, &model, &on_args).await?;
@@ -564,9 +596,17 @@ async fn main() -> anyhow::Result<()> {
          identical runs",
         100.0 * (off_hi - off_lo) / median(&offs)
     );
+    if let (Some(pid), Some(start)) = (options.collector_pid, collector_cpu_at_start) {
+        let used = cpu_seconds(pid)? - start;
+        println!(
+            "collector (pid {pid}): {used:.2} s of CPU for {expected_requests} traced requests \
+             = {:.2} s per 1,000 requests",
+            used * 1000.0 / expected_requests as f64
+        );
+    }
     println!(
-        "exported: {} spans {:?}, {} span events, {} dropped events, in {} export requests; \
-         {} requests sent to \"on\" (warm-up included)",
+        "exported to this process's receiver: {} spans {:?}, {} span events, {} dropped events, \
+         in {} export requests; {} requests sent to \"on\" (warm-up included)",
         counts.total_spans(),
         counts.spans.lock().unwrap(),
         counts.events.load(Ordering::Relaxed),

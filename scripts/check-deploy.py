@@ -70,6 +70,7 @@ COUNTERS = {
     "waypoint_request_success_total",
     "waypoint_prefix_cache_queries_total",
     "waypoint_prefix_cache_hits_total",
+    "waypoint_telemetry_dropped_spans_total",
 }
 KNOWN_METRICS = HISTOGRAMS | GAUGES | COUNTERS
 # The dashboard may leave these out (reported as info).
@@ -85,7 +86,7 @@ LATENCY_WITH_EXEMPLARS = {
     "waypoint_inter_token_latency_seconds",
     "waypoint_e2e_request_latency_seconds",
 }
-KNOWN_LABELS = {"model_name", "finished_reason", "le"}
+KNOWN_LABELS = {"model_name", "finished_reason", "le", "reason"}
 
 REQUIRED_SERVICES = ["waypoint", "otel-collector", "jaeger", "prometheus", "grafana"]
 # service -> container ports that must be published on the host.
@@ -144,13 +145,29 @@ def rel(path):
         return str(path)
 
 
-def load_yaml(report, path):
+ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def with_env_defaults(value):
+    """The collector's (and Jaeger's) `${env:VAR:-default}`, as compose sees it: the default."""
+    if isinstance(value, dict):
+        return {key: with_env_defaults(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [with_env_defaults(item) for item in value]
+    if isinstance(value, str):
+        return ENV_REFERENCE.sub(lambda match: match.group(2) or "", value)
+    return value
+
+
+def load_yaml(report, path, env_defaults=False):
     where = rel(path)
     if not path.is_file():
         report.error(where, "missing")
         return None
     try:
         data = yaml.safe_load(path.read_text())
+        if env_defaults:
+            data = with_env_defaults(data)
     except yaml.YAMLError as error:
         report.error(where, f"not valid YAML: {error}")
         return None
@@ -534,30 +551,78 @@ def check_compose(report, compose, collector_ports, model_path, cli_flags):
 # deploy/prometheus.yml
 
 
+def job_targets(report, where, job, targets_dir):
+    """A job's targets: its static ones, and those of its file_sd files, which compose mounts
+    from deploy/prometheus-targets/ into the `targets/` directory beside prometheus.yml."""
+    targets = [t for static in job.get("static_configs") or [] for t in static.get("targets") or []]
+    for sd in job.get("file_sd_configs") or []:
+        for pattern in sd.get("files") or []:
+            if not str(pattern).startswith("targets/"):
+                report.error(where, f"job {job.get('job_name')}: file_sd file {pattern} is not under targets/")
+                continue
+            matches = sorted(targets_dir.glob(str(pattern)[len("targets/"):]))
+            if not matches:
+                report.error(where, f"job {job.get('job_name')}: no {rel(targets_dir)}/{pattern[len('targets/'):]} for compose")
+            for path in matches:
+                try:
+                    groups = json.loads(path.read_text())
+                except ValueError as error:
+                    report.error(rel(path), f"not valid JSON: {error}")
+                    continue
+                targets += [t for group in groups for t in group.get("targets") or []]
+    return targets
+
+
 def check_prometheus(report, config, services, waypoint_port):
     where = "deploy/prometheus.yml"
     if config is None:
         return
-    jobs = config.get("scrape_configs") or []
     found = False
-    for job in jobs:
-        for static in job.get("static_configs") or []:
-            for target in static.get("targets") or []:
-                host, port = host_port(target)
-                if services is not None and host not in services and host not in ("localhost", "127.0.0.1"):
-                    report.error(where, f"job {job.get('job_name')}: target {target} is not a compose service")
-                if host != "waypoint":
-                    continue
-                found = True
-                if waypoint_port and port != waypoint_port:
-                    report.error(where, f"job {job.get('job_name')}: target {target} is not waypoint's port {waypoint_port}")
-                if job.get("metrics_path", "/metrics") != "/metrics":
-                    report.error(where, f"job {job.get('job_name')}: metrics_path must be /metrics")
-                protocols = job.get("scrape_protocols") or (config.get("global") or {}).get("scrape_protocols")
-                if protocols and not str(protocols[0]).startswith("OpenMetrics"):
-                    report.error(where, f"job {job.get('job_name')}: scrape_protocols must start with OpenMetrics (only it carries exemplars)")
+    for job in config.get("scrape_configs") or []:
+        name = job.get("job_name")
+        for target in job_targets(report, where, job, ROOT / "deploy/prometheus-targets"):
+            host, port = host_port(target)
+            if services is not None and host not in services and host not in ("localhost", "127.0.0.1"):
+                report.error(where, f"job {name}: target {target} is not a compose service")
+            if host != "waypoint":
+                continue
+            found = True
+            if waypoint_port and port != waypoint_port:
+                report.error(where, f"job {name}: target {target} is not waypoint's port {waypoint_port}")
+            if job.get("metrics_path", "/metrics") != "/metrics":
+                report.error(where, f"job {name}: metrics_path must be /metrics")
+            protocols = job.get("scrape_protocols") or (config.get("global") or {}).get("scrape_protocols")
+            if protocols and not str(protocols[0]).startswith("OpenMetrics"):
+                report.error(where, f"job {name}: scrape_protocols must start with OpenMetrics (only it carries exemplars)")
     if not found:
         report.error(where, "no scrape target waypoint:PORT")
+
+
+def check_jaeger(report, config, compose):
+    """deploy/jaeger.yaml: Jaeger v2 with an OTLP/gRPC receiver on 4317 (where the collector
+    exports), the query API on 16686, memory storage; compose mounts it and runs it."""
+    where = "deploy/jaeger.yaml"
+    if config is None:
+        return
+    receivers = config.get("receivers") or {}
+    grpc = (((receivers.get("otlp") or {}).get("protocols") or {}).get("grpc") or {}).get("endpoint")
+    if host_port(grpc or "")[1] != 4317:
+        report.error(where, f"receivers.otlp.protocols.grpc.endpoint {grpc!r}: the collector exports to port 4317")
+    query = (config.get("extensions") or {}).get("jaeger_query") or {}
+    if host_port(((query.get("http") or {}).get("endpoint")) or "")[1] != 16686:
+        report.error(where, "extensions.jaeger_query.http.endpoint: the UI and query API belong on 16686")
+    service = config.get("service") or {}
+    for extension in ("jaeger_storage", "jaeger_query"):
+        if extension not in (service.get("extensions") or []):
+            report.error(where, f"service.extensions: no {extension}")
+    pipeline = ((service.get("pipelines") or {}).get("traces")) or {}
+    if "otlp" not in (pipeline.get("receivers") or []):
+        report.error(where, "service.pipelines.traces: no otlp receiver")
+    jaeger = ((compose or {}).get("services") or {}).get("jaeger") or {}
+    mounted = any("deploy/jaeger.yaml" in str(volume) for volume in jaeger.get("volumes") or [])
+    command = " ".join(str(part) for part in (jaeger.get("command") or []))
+    if not mounted or "--config" not in command:
+        report.error("docker-compose.yml", "services.jaeger: must mount deploy/jaeger.yaml and run it with --config")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1005,7 +1070,7 @@ def main():
 
     report = Report()
     cli_flags = cli_long_flags()
-    collector = load_yaml(report, ROOT / "otel-collector.yaml")
+    collector = load_yaml(report, ROOT / "otel-collector.yaml", env_defaults=True)
     compose = load_yaml(report, ROOT / "docker-compose.yml")
     services = list((compose or {}).get("services") or {}) or None
     collector_ports = check_collector(report, collector, services)
@@ -1013,6 +1078,7 @@ def main():
     check_dockerignore(report)
     services, context = check_compose(report, compose, collector_ports, model_path, cli_flags)
     check_prometheus(report, load_yaml(report, ROOT / "deploy/prometheus.yml"), services, context.get("waypoint_port") or 8000)
+    check_jaeger(report, load_yaml(report, ROOT / "deploy/jaeger.yaml", env_defaults=True), compose)
     uids = check_grafana_provisioning(
         report,
         load_yaml(report, ROOT / "deploy/grafana/provisioning/datasources/datasources.yml"),

@@ -36,6 +36,13 @@ const FINISH_REASONS: [FinishReason; 4] = [
     FinishReason::Error,
 ];
 
+/// What the telemetry pipeline lost, as plain counts taken at scrape time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TelemetryLosses {
+    /// Spans in batches whose export failed.
+    pub spans_export_failed: u64,
+}
+
 /// Every metric the server exports, as atomics the engine thread updates and a scrape reads.
 ///
 /// The engine creates one per served model (see
@@ -169,8 +176,14 @@ impl Metrics {
             .observe(info.completion_tokens as f64);
     }
 
-    /// The scrape: every metric, in `format`.
+    /// The scrape: every metric, in `format`, with no telemetry losses.
     pub fn render(&self, format: Format) -> String {
+        self.render_with(format, &TelemetryLosses::default())
+    }
+
+    /// The scrape: every metric, in `format`, plus what the telemetry pipeline lost (counted
+    /// outside the engine, by the exporter).
+    pub fn render_with(&self, format: Format, losses: &TelemetryLosses) -> String {
         let mut out = Writer::new(format, &self.common_labels);
         out.gauge(
             "waypoint_num_requests_running",
@@ -225,6 +238,13 @@ impl Metrics {
             "waypoint_prefix_cache_hits_total",
             "Tokens found in the prefix cache when requests are scheduled.",
             self.prefix_cache_hits.get(),
+        );
+        out.labelled_counter(
+            "waypoint_telemetry_dropped_spans_total",
+            "Trace spans that never reached the collector, by reason (export_failed: the \
+             collector was down, refused the batch or timed out).",
+            "reason",
+            &[("export_failed", losses.spans_export_failed)],
         );
         let histograms = [
             (
@@ -354,7 +374,7 @@ mod tests {
         let metrics = Metrics::new("my \"model\"", 64);
         let text = metrics.render(Format::PrometheusText);
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 3 + 6 + 8, "{text}");
+        assert_eq!(families, 3 + 7 + 8, "{text}");
         assert_eq!(
             text.lines().filter(|l| l.starts_with("# HELP ")).count(),
             families
@@ -402,6 +422,20 @@ mod tests {
             .iter()
             .all(|l| l.contains("le=\"0.3\"} ") && l.contains("0af7651916cd43dd8448eb211c80319c")));
         assert!(!metrics.render(Format::PrometheusText).contains("trace_id"));
+    }
+
+    #[test]
+    fn telemetry_losses_are_rendered_as_given() {
+        let metrics = Metrics::new("m", 64);
+        let line =
+            "waypoint_telemetry_dropped_spans_total{model_name=\"m\",reason=\"export_failed\"}";
+        let quiet = metrics.render(Format::PrometheusText);
+        assert!(quiet.contains(&format!("{line} 0\n")), "{quiet}");
+        let losses = TelemetryLosses {
+            spans_export_failed: 17,
+        };
+        let lossy = metrics.render_with(Format::OpenMetrics, &losses);
+        assert!(lossy.contains(&format!("{line} 17\n")), "{lossy}");
     }
 
     #[test]

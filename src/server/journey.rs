@@ -44,16 +44,21 @@ pub struct ApiJourney {
     ended: bool,
 }
 
+/// Emits a journey event on `span`, inside it: tracing-opentelemetry ends a span at its last
+/// exit, not at its close, so an event emitted from outside (after the handler's last poll, or
+/// from a drop) would land after the span's end. Entering it moves the end past the event.
 fn event(span: &Span, request_id: &str, kind: &'static str) {
-    tracing::event!(
-        target: TARGET,
-        parent: span,
-        tracing::Level::DEBUG,
-        request_id,
-        event.type = kind,
-        event.ts.monotonic = monotonic_seconds(),
-        "api {kind}"
-    );
+    span.in_scope(|| {
+        tracing::event!(
+            target: TARGET,
+            parent: span,
+            tracing::Level::DEBUG,
+            request_id,
+            event.type = kind,
+            event.ts.monotonic = monotonic_seconds(),
+            "api {kind}"
+        )
+    });
 }
 
 impl ApiJourney {
@@ -195,16 +200,19 @@ impl ApiJourney {
     }
 
     fn aborted(&self, reason: &'static str) {
-        tracing::event!(
-            target: TARGET,
-            parent: &self.span,
-            tracing::Level::DEBUG,
-            request_id = self.request_id.as_str(),
-            event.type = "ABORTED",
-            event.ts.monotonic = monotonic_seconds(),
-            abort.reason = reason,
-            "api ABORTED"
-        );
+        // Inside the span, as in `event`.
+        self.span.in_scope(|| {
+            tracing::event!(
+                target: TARGET,
+                parent: &self.span,
+                tracing::Level::DEBUG,
+                request_id = self.request_id.as_str(),
+                event.type = "ABORTED",
+                event.ts.monotonic = monotonic_seconds(),
+                abort.reason = reason,
+                "api ABORTED"
+            )
+        });
     }
 }
 

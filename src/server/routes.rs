@@ -18,7 +18,7 @@ use tracing::field::Empty;
 use tracing::Span;
 
 use crate::engine::{EngineHandle, FinishReason, RequestStream, StreamEvent};
-use crate::metrics::Format;
+use crate::metrics::{Format, TelemetryLosses};
 
 use super::error::ApiError;
 use super::extract::ApiJson;
@@ -307,7 +307,10 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok());
     let format = Format::from_accept(accept);
-    let body = state.engine.metrics().render(format);
+    let losses = TelemetryLosses {
+        spans_export_failed: crate::telemetry::export::spans_lost_to_failed_exports(),
+    };
+    let body = state.engine.metrics().render_with(format, &losses);
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 

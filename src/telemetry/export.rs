@@ -21,6 +21,15 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Export failures are logged at most once per this interval, with a count of the rest.
 pub const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Spans in batches whose export failed, since the process started: one exporter per process,
+/// read by `/metrics` (`waypoint_telemetry_dropped_spans_total{reason="export_failed"}`).
+static SPANS_LOST_TO_FAILED_EXPORTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many spans were lost because their export failed (collector down, refused, timed out).
+pub fn spans_lost_to_failed_exports() -> u64 {
+    SPANS_LOST_TO_FAILED_EXPORTS.load(Ordering::Relaxed)
+}
+
 /// The OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OtlpProtocol {
@@ -190,6 +199,7 @@ impl<E> LoggedFailures<E> {
     }
 
     fn failed(&self, spans: usize, error: &dyn fmt::Display) {
+        SPANS_LOST_TO_FAILED_EXPORTS.fetch_add(spans as u64, Ordering::Relaxed);
         self.failed_batches.fetch_add(1, Ordering::Relaxed);
         self.lost_spans.fetch_add(spans as u64, Ordering::Relaxed);
         let mut last = self
