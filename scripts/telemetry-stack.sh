@@ -160,10 +160,19 @@ start() {
   echo $! >"$STATE/$name.pid"
 }
 
+# http_ok URL: whether URL answers 2xx within 2 s (curl, or Python where curl is missing).
+http_ok() {
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS -o /dev/null --max-time 2 "$1" 2>/dev/null
+  else
+    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null
+  fi
+}
+
 # wait_ready NAME URL: polls URL until it answers 2xx, at most READY_TIMEOUT seconds.
 wait_ready() {
   local name=$1 url=$2 deadline=$((SECONDS + READY_TIMEOUT))
-  until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+  until http_ok "$url"; do
     if ! pid_alive "$name"; then
       tail -n 30 "$STATE/logs/$name.log" >&2 || true
       die "$name exited during start-up (log: $STATE/logs/$name.log)"
@@ -248,7 +257,7 @@ up_prometheus() {
 # Starts each program that is not running already (so `up` after one crashed restarts it
 # alone), Jaeger first: the collector exports to it.
 cmd_up() {
-  need curl "to check that each program is ready"
+  need python3 "to check that each program is ready"
   need setsid "util-linux"
   cmd_build
   mkdir -p "$STATE/logs"

@@ -20,7 +20,7 @@ tracing on, twice:
    `x-waypoint-trace: 1`, read back the same way, and an unforced one that must not appear.
 
 Every wait is bounded; a failure names what was missing and exits 1. Needs only Python 3's
-standard library, `curl` and Go (for the stack's first build).
+standard library and Go (for the stack's first build).
 """
 
 import argparse
