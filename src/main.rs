@@ -297,6 +297,11 @@ where
             .with_context(|| format!("cannot listen on {address}"))?;
         let local = listener.local_addr()?;
         tracing::info!(address = %local, "listening; loading the model");
+        // The port actually bound (`--port 0` picks one), which spans report as `server.port`.
+        let config = waypoint::server::ServerConfig {
+            port: local.port(),
+            ..config
+        };
 
         // How loading ended, for after serving: the engine to join, or the error to report.
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<anyhow::Result<_>>();

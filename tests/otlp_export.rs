@@ -247,13 +247,46 @@ async fn grpc_export_follows_the_contract() {
     // A plain request.
     let answer = complete(
         &server,
-        json!({"prompt": "hello", "max_tokens": 6, "ignore_eos": true}),
+        json!({"prompt": "hello", "max_tokens": 6, "ignore_eos": true,
+               "top_k": 5, "seed": 7, "stop": ["zz", "yy"], "presence_penalty": 0.5}),
         &[],
     )
     .await;
     let id = answer.body["id"].as_str().unwrap().to_string();
     let (request, core) = wait_journey(&receiver, &id).await;
     check_contract(&request, &core);
+    // The OpenTelemetry GenAI conventions' names, beside the seed's.
+    let string = |key: &str| request.attr(key).and_then(Attr::as_str).map(str::to_string);
+    let int = |key: &str| request.attr(key).and_then(Attr::as_int);
+    assert_eq!(
+        string("gen_ai.operation.name").as_deref(),
+        Some("text_completion")
+    );
+    assert_eq!(string("gen_ai.provider.name").as_deref(), Some("waypoint"));
+    assert_eq!(string("gen_ai.response.id").as_deref(), Some(id.as_str()));
+    assert_eq!(
+        string("gen_ai.response.model"),
+        string("gen_ai.request.model")
+    );
+    assert_eq!(
+        string("gen_ai.request.stop_sequences").as_deref(),
+        Some(r#"["zz","yy"]"#)
+    );
+    assert_eq!(string("server.address").as_deref(), Some("127.0.0.1"));
+    assert!(int("server.port").is_some_and(|port| port > 0));
+    assert_eq!(int("gen_ai.request.top_k"), Some(5));
+    assert_eq!(int("gen_ai.request.seed"), Some(7));
+    assert_eq!(int("gen_ai.request.choice.count"), Some(1));
+    assert_eq!(int("gen_ai.usage.cache_read.input_tokens"), Some(0));
+    assert_eq!(
+        request.attr("gen_ai.request.presence_penalty"),
+        Some(&Attr::Double(0.5))
+    );
+    assert_eq!(
+        request.attr("gen_ai.request.stream"),
+        Some(&Attr::Bool(false))
+    );
+    assert_eq!(request.attr("error.type"), None, "no error");
     assert_eq!(
         request.event_names(),
         [

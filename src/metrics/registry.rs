@@ -15,17 +15,22 @@ const TIME_TO_FIRST_TOKEN_BUCKETS: &[f64] = &[
     20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
 ];
 
-/// Time between two tokens of a request (vLLM's buckets): one step, or more when a step
-/// carries a long prefill or the request was preempted.
+/// Time between two tokens of a request (vLLM's buckets, which hold the GenAI convention's
+/// `gen_ai.server.time_per_output_token` boundaries): one step, or more when a step carries a
+/// long prefill, up to 960 s for a request preempted behind a long queue: a top bucket of a
+/// minute hides exactly the stalls people look for.
 const INTER_TOKEN_LATENCY_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-    40.0, 80.0,
+    40.0, 80.0, 160.0, 320.0, 640.0, 960.0,
 ];
 
-/// Whole requests and their phases (vLLM's buckets): up to two hours.
+/// Whole requests and their phases: the GenAI convention's `gen_ai.server.request.duration`
+/// boundaries (0.01 to 81.92 s, doubling) below vLLM's (up to two hours), so that short
+/// requests and phases (a queue wait of 20 ms) land in a bucket of their own.
 const REQUEST_LATENCY_BUCKETS: &[f64] = &[
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-    480.0, 960.0, 1920.0, 7680.0,
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.3, 0.5, 0.8, 1.0, 1.28, 1.5, 2.0, 2.5, 2.56, 5.0, 5.12, 10.0,
+    10.24, 15.0, 20.0, 20.48, 30.0, 40.0, 40.96, 50.0, 60.0, 81.92, 120.0, 240.0, 480.0, 960.0,
+    1920.0, 7680.0,
 ];
 
 /// The finish reasons, in the order of [`Metrics::request_success`]'s counters.
@@ -58,7 +63,7 @@ pub struct TelemetryLosses {
 ///   zero counts are skipped), and 3 stores each time the load gauges are published
 ///   ([`Metrics::set_load`]: after taking commands and after the step);
 /// - per generated token after the first: one histogram observation (a binary search of
-///   19 bounds, one add, one compare-exchange);
+///   23 bounds, one add, one compare-exchange);
 /// - per first token: one observation and one add;
 /// - per finished request: up to 6 observations and one add.
 ///
@@ -416,11 +421,15 @@ mod tests {
 
         let text = metrics.render(Format::OpenMetrics);
         let exemplar_lines: Vec<&str> = text.lines().filter(|l| l.contains("trace_id")).collect();
-        // e2e, queue and prefill: the phases the traced request reached.
+        // e2e, queue and prefill: the phases the traced request reached, each in the first
+        // bucket above its 1-3 ms.
         assert_eq!(exemplar_lines.len(), 3, "{text}");
-        assert!(exemplar_lines
-            .iter()
-            .all(|l| l.contains("le=\"0.3\"} ") && l.contains("0af7651916cd43dd8448eb211c80319c")));
+        assert!(
+            exemplar_lines
+                .iter()
+                .all(|l| l.contains("le=\"0.01\"} ")
+                    && l.contains("0af7651916cd43dd8448eb211c80319c"))
+        );
         assert!(!metrics.render(Format::PrometheusText).contains("trace_id"));
     }
 

@@ -16,10 +16,15 @@ use crate::engine::journey::monotonic_seconds;
 use crate::engine::{EngineRequest, FinishReason, FinishedInfo};
 use crate::telemetry::propagation::{RemoteParent, TraceHeaders};
 
+use super::output::Api;
 use super::ServerConfig;
 
 /// Target of the API's journey events.
 pub const TARGET: &str = "waypoint::api";
+
+/// `gen_ai.provider.name`: the convention names the service that serves the model; a
+/// self-hosted server names itself, as vLLM's spans do.
+pub const PROVIDER_NAME: &str = "waypoint";
 
 /// The request header that forces journey tracing for one request (`1`).
 pub const FORCE_TRACE_HEADER: &str = "x-waypoint-trace";
@@ -69,6 +74,7 @@ impl ApiJourney {
     pub fn start(
         config: &ServerConfig,
         headers: &HeaderMap,
+        api: Api,
         request_id: &str,
         model: &str,
         arrival: Instant,
@@ -94,14 +100,29 @@ impl ApiJourney {
             target: TARGET,
             "llm_request",
             otel.kind = "server",
+            gen_ai.operation.name = api.operation_name(),
+            gen_ai.provider.name = PROVIDER_NAME,
+            server.address = config.host.as_str(),
+            server.port = i64::from(config.port),
             gen_ai.request.id = request_id,
             gen_ai.request.model = model,
             gen_ai.request.max_tokens = Empty,
             gen_ai.request.temperature = Empty,
             gen_ai.request.top_p = Empty,
+            gen_ai.request.top_k = Empty,
+            gen_ai.request.seed = Empty,
+            gen_ai.request.frequency_penalty = Empty,
+            gen_ai.request.presence_penalty = Empty,
+            gen_ai.request.stop_sequences = Empty,
+            gen_ai.request.choice.count = Empty,
+            gen_ai.request.stream = Empty,
+            gen_ai.response.id = request_id,
+            gen_ai.response.model = model,
             gen_ai.usage.input_tokens = Empty,
             gen_ai.usage.output_tokens = Empty,
+            gen_ai.usage.cache_read.input_tokens = Empty,
             gen_ai.response.finish_reasons = Empty,
+            error.type = Empty,
             gen_ai.latency.time_to_first_token = Empty,
             gen_ai.latency.e2e = Empty,
             gen_ai.latency.time_in_queue = Empty,
@@ -135,23 +156,47 @@ impl ApiJourney {
     }
 
     /// The request was refused before reaching the engine (invalid, queue full): it departs
-    /// with `status` and no engine span.
-    pub fn rejected(mut self, status: u16) {
+    /// with `status`, the error's type, and no engine span.
+    pub fn rejected(mut self, status: u16, error_type: &'static str) {
         self.ended = true;
         self.span
             .record("http.response.status_code", i64::from(status))
+            .record("error.type", error_type)
             .record("gen_ai.latency.e2e", self.arrival.elapsed().as_secs_f64());
         event(&self.span, &self.request_id, "DEPARTED");
     }
 
-    /// The validated request goes to the engine.
-    pub fn handoff(&self, request: &EngineRequest) {
+    /// The validated request goes to the engine, streamed or not.
+    pub fn handoff(&self, request: &EngineRequest, stream: bool) {
         let params = &request.params;
-        self.span
-            .record("gen_ai.request.max_tokens", params.max_tokens as i64)
+        let span = &self.span;
+        span.record("gen_ai.request.max_tokens", params.max_tokens as i64)
             .record("gen_ai.request.temperature", f64::from(params.temperature))
             .record("gen_ai.request.top_p", f64::from(params.top_p))
+            .record(
+                "gen_ai.request.frequency_penalty",
+                f64::from(params.frequency_penalty),
+            )
+            .record(
+                "gen_ai.request.presence_penalty",
+                f64::from(params.presence_penalty),
+            )
+            // One choice per request: `n` above 1 is refused at validation.
+            .record("gen_ai.request.choice.count", 1_i64)
+            .record("gen_ai.request.stream", stream)
             .record("gen_ai.usage.input_tokens", request.prompt_ids.len() as i64);
+        if let Some(top_k) = params.top_k {
+            span.record("gen_ai.request.top_k", top_k as i64);
+        }
+        // A seed beyond i64 has no faithful integer attribute; it is left out.
+        if let Some(seed) = params.seed.and_then(|seed| i64::try_from(seed).ok()) {
+            span.record("gen_ai.request.seed", seed);
+        }
+        if !params.stop.is_empty() {
+            // The convention's string[]; `tracing` fields hold no arrays, so a JSON array.
+            let stops = serde_json::to_string(&params.stop).unwrap_or_default();
+            span.record("gen_ai.request.stop_sequences", stops.as_str());
+        }
         event(&self.span, &self.request_id, "HANDOFF_TO_CORE");
     }
 
@@ -170,6 +215,10 @@ impl ApiJourney {
         let span = &self.span;
         span.record("gen_ai.usage.input_tokens", info.prompt_tokens as i64)
             .record("gen_ai.usage.output_tokens", info.completion_tokens as i64)
+            .record(
+                "gen_ai.usage.cache_read.input_tokens",
+                info.cached_prompt_tokens as i64,
+            )
             .record("gen_ai.response.finish_reasons", info.reason.as_str())
             .record("http.response.status_code", i64::from(status))
             .record(
@@ -191,6 +240,9 @@ impl ApiJourney {
             if let Some(seconds) = value {
                 span.record(field, seconds);
             }
+        }
+        if info.reason == FinishReason::Error {
+            span.record("error.type", "engine_error");
         }
         if info.reason == FinishReason::Abort {
             self.aborted("engine_abort");

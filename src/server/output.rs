@@ -26,6 +26,14 @@ pub enum Api {
 }
 
 impl Api {
+    /// `gen_ai.operation.name` in OpenTelemetry's GenAI conventions.
+    pub fn operation_name(self) -> &'static str {
+        match self {
+            Api::Completions => "text_completion",
+            Api::Chat => "chat",
+        }
+    }
+
     /// The prefix of this API's response ids.
     pub fn id_prefix(self) -> &'static str {
         match self {

@@ -116,6 +116,7 @@ where
     let journey = ApiJourney::start(
         &state.config,
         headers,
+        api,
         &id,
         &state.engine.model().name,
         arrival,
@@ -175,7 +176,7 @@ where
     // Submitted inside the journey span, which the engine's `llm_core` span hangs under.
     let submitted = match &journey {
         Some(journey) => {
-            journey.handoff(&request);
+            journey.handoff(&request, stream_mode.is_some());
             journey.span().in_scope(|| state.engine.submit(request))
         }
         None => state.engine.submit(request),
@@ -193,7 +194,7 @@ where
 /// Ends the journey of a request refused before the engine took it.
 fn rejected(journey: Option<ApiJourney>, error: ApiError) -> ApiError {
     if let Some(journey) = journey {
-        journey.rejected(error.status().as_u16());
+        journey.rejected(error.status().as_u16(), error.error_type());
     }
     error
 }

@@ -228,8 +228,9 @@ class Waypoint:
 class Sent:
     """What the test sent and what came back: a request to find in Jaeger."""
 
-    def __init__(self, name, status, headers, body, expect_core=True, parent=None):
+    def __init__(self, name, status, headers, body, expect_core=True, parent=None, path="/v1/completions"):
         self.name = name
+        self.path = path
         self.status = status
         self.trace_id = headers.get("x-trace-id") if headers else None
         self.body = body
@@ -243,7 +244,7 @@ class Sent:
 def completion(name, payload, headers=None, expect_status=200, path="/v1/completions", **kwargs):
     status, response_headers, body = http("POST", WAYPOINT + path, payload, headers, timeout=120)
     check(status == expect_status, f"{name}: status {status}, expected {expect_status}: {body[:300]!r}")
-    return Sent(name, status, response_headers, json.loads(body), **kwargs)
+    return Sent(name, status, response_headers, json.loads(body), path=path, **kwargs)
 
 
 def streamed(name, path, payload, headers=None, abort_after_chunks=None):
@@ -279,7 +280,7 @@ def streamed(name, path, payload, headers=None, abort_after_chunks=None):
     sock.close()
     check(status == 200, f"{name}: status {status}: {text[:300]!r}")
     chunks = [json.loads(e) for e in events if e != b"[DONE]"]
-    sent = Sent(name, status, response_headers, {"chunks": chunks, "done": b"[DONE]" in events})
+    sent = Sent(name, status, response_headers, {"chunks": chunks, "done": b"[DONE]" in events}, path=path)
     sent.request_id = chunks[0]["id"] if chunks else None
     return sent
 
@@ -444,6 +445,17 @@ def check_trace(sent, spans, anchors):
           f"{where}: http.response.status_code {attrs.get('http.response.status_code')} != {sent.status}")
     if sent.request_id:
         check(attrs.get("gen_ai.request.id") == sent.request_id, f"{where}: gen_ai.request.id {attrs.get('gen_ai.request.id')} != {sent.request_id}")
+        check(attrs.get("gen_ai.response.id") == sent.request_id, f"{where}: gen_ai.response.id {attrs.get('gen_ai.response.id')}")
+    # OpenTelemetry's GenAI conventions.
+    operation = "chat" if sent.path == "/v1/chat/completions" else "text_completion"
+    check(attrs.get("gen_ai.operation.name") == operation, f"{where}: gen_ai.operation.name {attrs.get('gen_ai.operation.name')!r}")
+    check(attrs.get("gen_ai.provider.name") == "waypoint", f"{where}: gen_ai.provider.name {attrs.get('gen_ai.provider.name')!r}")
+    check(attrs.get("server.address") == HOST and attrs.get("server.port") == WAYPOINT_PORT,
+          f"{where}: server.address/port {attrs.get('server.address')}:{attrs.get('server.port')}")
+    if sent.status >= 400:
+        check(attrs.get("error.type") == "invalid_request_error", f"{where}: error.type {attrs.get('error.type')!r}")
+    else:
+        check("error.type" not in attrs, f"{where}: error.type {attrs.get('error.type')!r} on a success")
 
     api_names = [e["name"] for e in request["events"]]
     check(api_names[0] == "api.ARRIVED", f"{where}: first API event {api_names}")
