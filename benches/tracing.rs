@@ -147,12 +147,12 @@ fn sampled_journey(n: u64) -> (ApiJourney, Journey) {
     let id = request_id(n);
     let api = ApiJourney::start(&config(1.0), &HeaderMap::new(), &id, MODEL, Instant::now())
         .expect("rate 1.0 samples every request");
-    let core = Journey::start(api.span(), &id);
+    let core = Journey::start(api.span(), &id, 64);
     (api, core)
 }
 
 fn scheduler_request(n: u64) -> Request {
-    Request::new(request_id(n), (0..128).collect(), 64)
+    Request::new(request_id(n), (0..128).collect())
 }
 
 fn journey_event_recording(c: &mut Criterion) {
@@ -217,7 +217,7 @@ fn whole_journey_sampled_in(c: &mut Criterion) {
                     .expect("rate 1.0 samples every request");
                 black_box(api.trace_headers());
                 api.handoff(&submitted);
-                let mut core = Journey::start(api.span(), id);
+                let mut core = Journey::start(api.span(), id, 64);
                 core.queued(&request, 1);
                 core.scheduled(&request, 2);
                 core.token(&request, 2);
@@ -269,6 +269,7 @@ fn step_events(c: &mut Criterion) {
     let blocks: Vec<BlockId> = (0..9).map(BlockId).collect();
     let sequence = ScheduledSequence {
         request_id: request.request_id(),
+        location: Default::default(),
         token_ids: &[17],
         num_computed_tokens: 130,
         block_table: &blocks,
