@@ -40,6 +40,7 @@ use waypoint::engine::{
 };
 use waypoint::sampling::SamplingParams;
 use waypoint::server::journey::ApiJourney;
+use waypoint::server::output::Api;
 use waypoint::server::ServerConfig;
 use waypoint::telemetry::{self, LogFormat};
 
@@ -130,6 +131,7 @@ fn sampled_out_request(c: &mut Criterion) {
                 let journey = ApiJourney::start(
                     black_box(&config),
                     black_box(&headers),
+                    Api::Completions,
                     black_box(&id),
                     MODEL,
                     arrival,
@@ -145,14 +147,21 @@ fn sampled_out_request(c: &mut Criterion) {
 /// The API's and the engine's spans of one sampled request.
 fn sampled_journey(n: u64) -> (ApiJourney, Journey) {
     let id = request_id(n);
-    let api = ApiJourney::start(&config(1.0), &HeaderMap::new(), &id, MODEL, Instant::now())
-        .expect("rate 1.0 samples every request");
-    let core = Journey::start(api.span(), &id);
+    let api = ApiJourney::start(
+        &config(1.0),
+        &HeaderMap::new(),
+        Api::Completions,
+        &id,
+        MODEL,
+        Instant::now(),
+    )
+    .expect("rate 1.0 samples every request");
+    let core = Journey::start(api.span(), &id, 64);
     (api, core)
 }
 
 fn scheduler_request(n: u64) -> Request {
-    Request::new(request_id(n), (0..128).collect(), 64)
+    Request::new(request_id(n), (0..128).collect())
 }
 
 fn journey_event_recording(c: &mut Criterion) {
@@ -213,11 +222,18 @@ fn whole_journey_sampled_in(c: &mut Criterion) {
             || scheduler_request(2),
             |request| {
                 let id = &submitted.request_id;
-                let mut api = ApiJourney::start(&config, &headers, id, MODEL, Instant::now())
-                    .expect("rate 1.0 samples every request");
+                let mut api = ApiJourney::start(
+                    &config,
+                    &headers,
+                    Api::Completions,
+                    id,
+                    MODEL,
+                    Instant::now(),
+                )
+                .expect("rate 1.0 samples every request");
                 black_box(api.trace_headers());
-                api.handoff(&submitted);
-                let mut core = Journey::start(api.span(), id);
+                api.handoff(&submitted, false);
+                let mut core = Journey::start(api.span(), id, 64);
                 core.queued(&request, 1);
                 core.scheduled(&request, 2);
                 core.token(&request, 2);
@@ -269,6 +285,7 @@ fn step_events(c: &mut Criterion) {
     let blocks: Vec<BlockId> = (0..9).map(BlockId).collect();
     let sequence = ScheduledSequence {
         request_id: request.request_id(),
+        location: Default::default(),
         token_ids: &[17],
         num_computed_tokens: 130,
         block_table: &blocks,

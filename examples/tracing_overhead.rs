@@ -29,9 +29,8 @@
 //! `docs/BENCHMARKS.md`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -150,78 +149,45 @@ impl Counts {
 }
 
 // ---------------------------------------------------------------------------------------
-// `waypoint serve` as a child process.
+// `waypoint serve` as a child process: the integration tests' launcher, waited on without
+// blocking this single-threaded runtime (the OTLP receiver runs on it and must answer).
 
-struct Server {
-    child: Child,
-    base_url: String,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
+#[path = "../tests/common/process.rs"]
+mod process;
+use process::{field, ServerProcess};
+
+struct Server(ServerProcess);
 
 impl Server {
-    async fn start(bin: &PathBuf, model: &str, args: &[String]) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin)
-            .args(["serve", "--model", model, "--port", "0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let pipe = child.stderr.take().unwrap();
-        let lines = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
+    async fn start(bin: &Path, model: &str, args: &[String]) -> anyhow::Result<Self> {
+        let mut server = ServerProcess::spawn(bin, model, args, &[]).map_err(anyhow::Error::msg)?;
         let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let ready = stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|line| line.contains("waypoint ready"))
-                .cloned();
-            if let Some(line) = ready {
-                let address =
-                    field(&line, "address").with_context(|| format!("no address in {line:?}"))?;
-                return Ok(Self {
-                    child,
-                    base_url: format!("http://{address}"),
-                    stderr,
-                });
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "waypoint serve exited with {status}:\n{}",
-                    stderr.lock().unwrap().join("\n")
-                );
-            }
+        while !server.poll_ready().map_err(anyhow::Error::msg)? {
             if Instant::now() > deadline {
                 bail!("waypoint serve was not ready within 180 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Ok(Self(server))
+    }
+
+    fn base_url(&self) -> &str {
+        &self.0.base_url
     }
 
     /// SIGTERM (a graceful shutdown, which flushes queued spans), then what the engine's
     /// `engine stopped` line says. Waits asynchronously: the receiver runs on this thread and
     /// must answer the final export.
     async fn stop(mut self) -> anyhow::Result<Option<EngineTime>> {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
+        self.0.send_sigterm();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait()?.is_none() {
+        while self.0.try_wait().is_none() {
             if Instant::now() > deadline {
                 bail!("waypoint serve ignored SIGTERM");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let lines = self.stderr.lock().unwrap().clone();
+        let lines = self.0.stderr();
         for line in lines
             .iter()
             .filter(|line| line.contains("WARN") || line.contains("ERROR"))
@@ -260,21 +226,6 @@ impl EngineTime {
     fn step_ms(&self) -> f64 {
         1e3 * self.step_seconds / self.steps
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The value of `name=VALUE` in a log line.
-fn field(line: &str, name: &str) -> Option<String> {
-    let start = line.find(&format!("{name}="))? + name.len() + 1;
-    let rest = &line[start..];
-    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-    Some(rest[..end].to_string())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -507,7 +458,7 @@ async fn main() -> anyhow::Result<()> {
         options.vocab_size,
     );
     for server in [&off, &on] {
-        run_workload(&client, &server.base_url, &warm, 8).await?;
+        run_workload(&client, server.base_url(), &warm, 8).await?;
     }
     let expected_requests = options.requests * (1 + options.rounds * options.repeats);
 
@@ -534,7 +485,7 @@ async fn main() -> anyhow::Result<()> {
                     options.vocab_size,
                 );
                 let (t, e) =
-                    run_workload(&client, &server.base_url, &prompts, options.max_tokens).await?;
+                    run_workload(&client, server.base_url(), &prompts, options.max_tokens).await?;
                 tokens += t;
                 elapsed += e;
             }

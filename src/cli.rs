@@ -105,55 +105,87 @@ pub struct EngineArgs {
     pub max_model_len: Option<usize>,
 }
 
+/// Why the serving flags do not fit together (or the model), found before the model loads.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Fewer tokens per step than sequences per step: some sequence would never run.
+    #[error(
+        "--max-num-batched-tokens ({budget}) must be at least --max-num-seqs ({max_num_seqs})"
+    )]
+    BudgetBelowMaxNumSeqs {
+        /// `--max-num-batched-tokens`.
+        budget: usize,
+        /// `--max-num-seqs`.
+        max_num_seqs: usize,
+    },
+    /// Nothing fits a context of 0.
+    #[error("--max-model-len must be positive")]
+    ZeroMaxModelLen,
+    /// Beyond what the model was trained for.
+    #[error("--max-model-len {given} exceeds the model's context of {context}")]
+    MaxModelLenAboveContext {
+        /// `--max-model-len`.
+        given: usize,
+        /// The model's `max_position_embeddings`.
+        context: usize,
+    },
+    /// The scheduler's own rules (written once, in `SchedulerConfig::validate`).
+    #[error("scheduler flags: {0}")]
+    Scheduler(#[from] crate::engine::scheduler::SchedulerConfigError),
+    /// Blocks of 0 or of more than 1024 tokens.
+    #[error("--block-size {0} must be in 1..=1024")]
+    BlockSize(usize),
+    /// A pool of no blocks.
+    #[error("--num-kv-blocks must be positive")]
+    ZeroKvBlocks,
+    /// A fraction of memory cannot be resolved without `/proc/meminfo`.
+    #[error("--kv-cache-memory as a fraction needs /proc/meminfo; give bytes")]
+    NoMemInfo,
+}
+
 impl EngineArgs {
-    /// The engine configuration for `model` with cache `pool`, checking the flags together.
+    /// The engine configuration for `model` with cache `pool`, checking the flags together:
+    /// the only place they are checked, before the model loads.
     pub fn config(
         &self,
         model: &crate::model::LlamaConfig,
         pool: crate::model::KvCacheConfig,
-    ) -> Result<crate::engine::EngineConfig, String> {
-        if self.max_num_seqs == 0 {
-            return Err("--max-num-seqs must be positive".into());
-        }
+    ) -> Result<crate::engine::EngineConfig, ConfigError> {
         if self.max_num_batched_tokens < self.max_num_seqs {
-            return Err(format!(
-                "--max-num-batched-tokens ({}) must be at least --max-num-seqs ({})",
-                self.max_num_batched_tokens, self.max_num_seqs
-            ));
+            return Err(ConfigError::BudgetBelowMaxNumSeqs {
+                budget: self.max_num_batched_tokens,
+                max_num_seqs: self.max_num_seqs,
+            });
         }
         let max_model_len = match self.max_model_len {
-            Some(0) => return Err("--max-model-len must be positive".into()),
-            Some(n) if n > model.max_position_embeddings => {
-                return Err(format!(
-                    "--max-model-len {n} exceeds the model's context of {}",
-                    model.max_position_embeddings
-                ))
+            Some(0) => return Err(ConfigError::ZeroMaxModelLen),
+            Some(given) if given > model.max_position_embeddings => {
+                return Err(ConfigError::MaxModelLenAboveContext {
+                    given,
+                    context: model.max_position_embeddings,
+                })
             }
             Some(n) => n,
             None => model.max_position_embeddings,
         };
-        if !self.enable_chunked_prefill && self.max_num_batched_tokens < max_model_len {
-            return Err(format!(
-                "without chunked prefill, --max-num-batched-tokens ({}) must be at least the \
-                 max model length ({max_model_len}) or long prompts could never run",
-                self.max_num_batched_tokens
-            ));
-        }
         let policy = match self.scheduling_policy.as_str() {
             "priority" => crate::engine::SchedulingPolicy::Priority,
             _ => crate::engine::SchedulingPolicy::Fcfs,
         };
+        let scheduler = crate::engine::SchedulerConfig {
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_num_seqs: self.max_num_seqs,
+            enable_chunked_prefill: self.enable_chunked_prefill,
+            policy,
+            block_size: pool.block_size,
+            num_blocks: pool.num_blocks,
+            enable_prefix_caching: self.enable_prefix_caching,
+            max_model_len,
+        };
+        // Zero sequences, a budget below the longest sequence without chunked prefill, ...
+        scheduler.validate()?;
         Ok(crate::engine::EngineConfig {
-            scheduler: crate::engine::SchedulerConfig {
-                max_num_batched_tokens: self.max_num_batched_tokens,
-                max_num_seqs: self.max_num_seqs,
-                enable_chunked_prefill: self.enable_chunked_prefill,
-                policy,
-                block_size: pool.block_size,
-                num_blocks: pool.num_blocks,
-                enable_prefix_caching: self.enable_prefix_caching,
-                max_model_len,
-            },
+            scheduler,
             max_waiting_requests: self.max_waiting_requests,
             step_tracing: None,
         })
@@ -165,23 +197,18 @@ impl CacheArgs {
     pub fn pool(
         &self,
         model: &crate::model::LlamaConfig,
-    ) -> Result<crate::model::KvCacheConfig, String> {
+    ) -> Result<crate::model::KvCacheConfig, ConfigError> {
         if self.block_size == 0 || self.block_size > 1024 {
-            return Err(format!(
-                "--block-size {} must be in 1..=1024",
-                self.block_size
-            ));
+            return Err(ConfigError::BlockSize(self.block_size));
         }
         Ok(match self.num_kv_blocks {
-            Some(0) => return Err("--num-kv-blocks must be positive".to_string()),
+            Some(0) => return Err(ConfigError::ZeroKvBlocks),
             Some(n) => crate::model::KvCacheConfig::with_blocks(self.block_size, n),
             None => {
                 let bytes = match self.kv_cache_memory {
                     Memory::Bytes(bytes) => bytes,
                     Memory::Fraction(f) => {
-                        let available = available_memory().ok_or(
-                            "--kv-cache-memory as a fraction needs /proc/meminfo; give bytes",
-                        )?;
+                        let available = available_memory().ok_or(ConfigError::NoMemInfo)?;
                         (available as f64 * f) as usize
                     }
                 };

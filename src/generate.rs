@@ -1,35 +1,25 @@
 //! One request run to completion on its own: the loop behind `waypoint generate`.
 //!
-//! The prompt is prefilled in chunks of at most [`PREFILL_CHUNK`] tokens, then tokens are
-//! decoded one at a time. The sequence owns the whole cache pool, blocks in order.
+//! It is the engine's step with one request and no thread: the same [`Scheduler`] (so the
+//! prompt is prefilled in chunks of at most [`PREFILL_CHUNK`] tokens, then tokens are decoded
+//! one at a time) and the same [`OutputProcessor`] (so every stop rule, and the text, is
+//! exactly what `waypoint serve` would give for the same prompt and parameters).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::model::{ForwardBatch, ForwardError, Llama, ModelBackend, PagedKvCache, SequenceSlice};
-use crate::sampling::{Sampler, SamplingParams, StopStringMatcher};
-use crate::tokenizer::{IncrementalDetokenizer, Tokenizer, TokenizerError};
+use crate::engine::output_processor::{OutputProcessor, OutputSink};
+use crate::engine::request::Request;
+use crate::engine::scheduler::{AddRequestError, SchedulerConfigError, UpdateError};
+use crate::engine::{max_sequence_len, Scheduler, SchedulerConfig, SchedulingPolicy, StreamEvent};
+use crate::model::{ForwardError, Llama, ModelBackend, PagedKvCache};
+use crate::sampling::SamplingParams;
+use crate::tokenizer::Tokenizer;
+
+pub use crate::engine::FinishReason;
 
 /// Longest prompt chunk computed in one forward pass.
 pub const PREFILL_CHUNK: usize = 512;
-
-/// Why generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-sequence token, a stop token id or a stop string.
-    Stop,
-    /// `max_tokens`, the model's context or the cache ran out.
-    Length,
-}
-
-impl FinishReason {
-    /// The OpenAI API's name.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
-    }
-}
 
 /// What a finished generation produced.
 #[derive(Clone, Debug)]
@@ -40,7 +30,7 @@ pub struct Generation {
     pub text: String,
     /// Prompt length in tokens.
     pub prompt_tokens: usize,
-    /// Why it ended.
+    /// Why it ended: `Stop` or `Length` (failures are errors).
     pub finish_reason: FinishReason,
     /// Time spent computing the prompt (until the first token is sampled).
     pub prefill_time: Duration,
@@ -62,111 +52,144 @@ pub enum GenerateError {
         /// Room in context and cache.
         limit: usize,
     },
+    /// The cache pool cannot be scheduled over.
+    #[error(transparent)]
+    Config(#[from] SchedulerConfigError),
+    /// The scheduler refused the request.
+    #[error(transparent)]
+    Refused(#[from] AddRequestError),
     /// The model rejected the batch.
     #[error(transparent)]
     Forward(#[from] ForwardError),
-    /// Detokenization failed.
+    /// The step's output did not fit the scheduler (a bug).
     #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
+    Update(#[from] UpdateError),
+    /// The output could not be produced (a token without text).
+    #[error("generation failed: {0}")]
+    Output(String),
+}
+
+/// Sends text to the caller as it becomes safe to show, and keeps the tokens.
+struct TextSink<'a, F: FnMut(&str)> {
+    on_text: F,
+    text: &'a mut String,
+    token_ids: &'a mut Vec<u32>,
+}
+
+impl<F: FnMut(&str)> OutputSink for TextSink<'_, F> {
+    fn send(&mut self, event: StreamEvent) {
+        match event {
+            StreamEvent::Delta {
+                text, token_ids, ..
+            } => {
+                if !text.is_empty() {
+                    (self.on_text)(&text);
+                    self.text.push_str(&text);
+                }
+                self.token_ids.extend(token_ids);
+            }
+            // `finish` returns it too.
+            StreamEvent::Finished(_) => {}
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
 }
 
 /// Generates from `prompt_ids` until a stop condition, calling `on_text` with each piece of
 /// text as soon as it is safe to show.
 pub fn generate<B: ModelBackend>(
     model: &Llama<B>,
-    tokenizer: &Tokenizer,
+    tokenizer: &Arc<Tokenizer>,
     cache: &mut PagedKvCache<B>,
     prompt_ids: &[u32],
     params: &SamplingParams,
-    mut on_text: impl FnMut(&str),
+    on_text: impl FnMut(&str),
 ) -> Result<Generation, GenerateError> {
     if prompt_ids.is_empty() {
         return Err(GenerateError::EmptyPrompt);
     }
     let pool = cache.config();
-    let limit = model.config().max_position_embeddings.min(pool.num_slots());
+    let max_model_len = model.config().max_position_embeddings;
+    let limit = max_sequence_len(max_model_len, pool.num_slots());
+    // As the API refuses it: at least one token of room.
     if prompt_ids.len() >= limit {
         return Err(GenerateError::PromptTooLong {
             prompt: prompt_ids.len(),
             limit,
         });
     }
-    let block_table: Vec<u32> = (0..pool.num_blocks as u32).collect();
-    let mut sampler = Sampler::new(params);
-    let mut detokenizer = IncrementalDetokenizer::new(prompt_ids, true);
-    let mut stops = StopStringMatcher::new(&params.stop);
-    let eos: Vec<u32> = if params.ignore_eos {
-        Vec::new()
-    } else {
-        tokenizer.eos_token_ids().to_vec()
+    let mut scheduler = Scheduler::new(SchedulerConfig {
+        max_num_batched_tokens: PREFILL_CHUNK,
+        max_num_seqs: 1,
+        enable_chunked_prefill: true,
+        policy: SchedulingPolicy::Fcfs,
+        block_size: pool.block_size,
+        num_blocks: pool.num_blocks,
+        enable_prefix_caching: false,
+        max_model_len,
+    })?;
+    let (mut text, mut token_ids) = (String::new(), Vec::new());
+    let sink = TextSink {
+        on_text,
+        text: &mut text,
+        token_ids: &mut token_ids,
     };
-
     let started = Instant::now();
+    let mut processor = OutputProcessor::new(
+        params,
+        prompt_ids,
+        tokenizer.clone(),
+        scheduler.max_sequence_len(),
+        sink,
+        started,
+    );
+    scheduler.add_request(Request::new("generate", prompt_ids.to_vec()))?;
     let mut first_token_at = None;
-    let mut output: Vec<u32> = Vec::new();
-    let mut text = String::new();
-    let mut cached = 0;
-    let mut pending: Vec<u32> = prompt_ids.to_vec();
-    let mut stopped_by_string = false;
-    let finish_reason = loop {
-        // Compute everything not yet cached (the prompt in chunks, then the last sample).
-        let mut logits = None;
-        while !pending.is_empty() {
-            let take = pending.len().min(PREFILL_CHUNK);
-            let chunk: Vec<u32> = pending.drain(..take).collect();
-            let batch = ForwardBatch {
-                sequences: vec![SequenceSlice {
-                    num_cached_tokens: cached,
-                    num_new_tokens: chunk.len(),
-                    block_table: block_table.clone(),
-                }],
-                token_ids: chunk,
-                ..Default::default()
-            };
-            cached += take;
-            logits = Some(model.forward(&batch, cache)?);
+    let info = loop {
+        let mut output = scheduler.schedule();
+        if output.is_empty() {
+            // The prompt fits the pool (checked above), so one request always schedules.
+            return Err(GenerateError::Output("nothing could be scheduled".into()));
         }
-        let mut row = logits.expect("at least one token was computed").data;
-        let sampled = sampler.sample(&mut row, prompt_ids, &output, &eos);
+        let batch = output.take_forward_batch();
+        let mut logits = model.forward(&batch, cache)?;
+        let mut sampled = Vec::with_capacity(1);
+        for (row, seq) in output.batch().enumerate() {
+            let request = scheduler.running_request(seq.location.running_index);
+            sampled.push(match request {
+                Some(request) if seq.samples => processor.sample(logits.row_mut(row), request),
+                _ => 0,
+            });
+        }
+        let update = scheduler.update_from_output(&output, &sampled)?;
+        let Some(&index) = update.new_tokens.first() else {
+            continue; // a prompt chunk with more to come
+        };
         first_token_at.get_or_insert_with(Instant::now);
-        output.push(sampled.token_id);
-
-        let is_min_reached = output.len() >= params.min_tokens;
-        let is_stop_token = is_min_reached
-            && (eos.contains(&sampled.token_id)
-                || params.stop_token_ids.contains(&sampled.token_id));
-        if is_stop_token {
-            break FinishReason::Stop;
+        let Some(request) = scheduler.running_request(index) else {
+            continue;
+        };
+        if let Some(reason) = processor.on_token(request, output.step) {
+            let ended = scheduler.finish_running(&[(index, reason)]);
+            if let Some(request) = ended.first() {
+                break processor.finish(request, None, output.step);
+            }
         }
-        let delta = detokenizer.push(tokenizer, sampled.token_id)?;
-        let outcome = stops.push(&delta);
-        on_text(&outcome.emit);
-        text.push_str(&outcome.emit);
-        if outcome.stopped.is_some() {
-            stopped_by_string = true;
-            break FinishReason::Stop;
-        }
-        if output.len() >= params.max_tokens || prompt_ids.len() + output.len() >= limit {
-            break FinishReason::Length;
-        }
-        pending.push(sampled.token_id);
     };
-    if !stopped_by_string {
-        // Release what the detokenizer and the stop matcher were holding back.
-        let outcome = stops.push(&detokenizer.flush());
-        let mut tail = outcome.emit;
-        if outcome.stopped.is_none() {
-            tail.push_str(&stops.finish());
-        }
-        on_text(&tail);
-        text.push_str(&tail);
+    if info.reason == FinishReason::Error {
+        return Err(GenerateError::Output(
+            info.error.unwrap_or_else(|| "no detail".to_string()),
+        ));
     }
     let first_token_at = first_token_at.unwrap_or(started);
     Ok(Generation {
-        token_ids: output,
+        token_ids,
         text,
         prompt_tokens: prompt_ids.len(),
-        finish_reason,
+        finish_reason: info.reason,
         prefill_time: first_token_at - started,
         decode_time: first_token_at.elapsed(),
     })

@@ -1,14 +1,16 @@
 //! The `waypoint` command line.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use waypoint::cli::{CacheArgs, Device};
 use waypoint::generate::generate;
 use waypoint::model::{ModelBackend, PagedKvCache};
-use waypoint::sampling::SamplingParams;
+use waypoint::sampling::{SamplingParams, DEFAULT_MAX_TOKENS};
 use waypoint::telemetry::{ExportArgs, ExportConfig, LogFormat, Traces};
 use waypoint::tokenizer::ChatMessage;
 
@@ -47,7 +49,7 @@ struct GenerateArgs {
     #[arg(long)]
     chat: bool,
     /// Most tokens to generate.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS)]
     max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
@@ -80,7 +82,7 @@ fn main() -> ExitCode {
         // `serve` installs its subscriber itself, inside its runtime (the exporter needs it).
         Command::Serve(args) => run_serve(args, cli.log_format),
         command => waypoint::telemetry::install(cli.log_format, None)
-            .map_err(anyhow::Error::msg)
+            .map_err(anyhow::Error::from)
             .and_then(|_| match command {
                 Command::Generate(args) => run_generate(args),
                 Command::Bench(args) => run_bench(args),
@@ -190,7 +192,7 @@ fn run_serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
             step_span_window: step_tracing
                 .map(|_| std::time::Duration::from_secs_f64(args.step_tracing_span_window)),
         });
-        waypoint::telemetry::install(log_format, traces).map_err(anyhow::Error::msg)?
+        waypoint::telemetry::install(log_format, traces)?
     };
     if traces_off(&args) && export.target.is_some() {
         tracing::warn!(
@@ -209,10 +211,13 @@ fn run_serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
         });
     }
     let served = match args.device {
-        Device::Cpu => serve_on::<burn::backend::Flex>(args, Default::default(), &runtime),
+        Device::Cpu => {
+            serve_on::<burn::backend::Flex>(args, step_tracing, Default::default(), &runtime)
+        }
         #[cfg(feature = "cuda")]
         Device::Cuda(index) => serve_on::<burn::backend::Cuda>(
             args,
+            step_tracing,
             burn::backend::cuda::CudaDevice::new(index),
             &runtime,
         ),
@@ -232,34 +237,40 @@ fn traces_off(args: &ServeArgs) -> bool {
     !args.enable_journey_tracing && !args.step_tracing_enabled
 }
 
+/// How long in-flight requests get after the engine died before `serve` exits. The dead
+/// engine has already failed every request it held, so this only lets their error responses
+/// reach the clients; a longer wait would only delay the restart.
+const DEAD_ENGINE_DRAIN: Duration = Duration::from_secs(2);
+
 fn serve_on<B: ModelBackend>(
     args: ServeArgs,
+    step_tracing: Option<waypoint::engine::StepTracingConfig>,
     device: B::Device,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<()>
 where
     waypoint::engine::BurnRunner<B>: waypoint::engine::ModelRunner,
 {
-    // Bad flags and a missing file fail before anything listens; the slow part (reading and
-    // packing the weights) runs while the server answers 503 "loading".
+    // Bad flags and a missing file fail before anything listens: every check between flags
+    // (and against the model's shape, which opening reads) runs here, once. The slow part
+    // (reading and packing the weights) runs while the server answers 503 "loading".
     let files = waypoint::loader::open(&args.model)?;
-    let pool = args.cache.pool(&files.config).map_err(anyhow::Error::msg)?;
-    let step_tracing = args.step_tracing()?;
+    let pool = args.cache.pool(&files.config)?;
+    let mut engine_config = args.engine.config(&files.config, pool)?;
+    engine_config.step_tracing = step_tracing;
     let name = args
         .served_model_name
         .clone()
         .unwrap_or_else(|| files.name.clone());
-    let engine_args = args.engine.clone();
     let load = move || -> anyhow::Result<waypoint::engine::RunningEngine> {
         let (model, tokenizer, _) = files.load::<B>(&device)?;
-        let mut engine_config = engine_args
-            .config(model.config(), pool)
-            .map_err(anyhow::Error::msg)?;
-        engine_config.step_tracing = step_tracing;
+        let scheduler = &engine_config.scheduler;
         let model_info = waypoint::engine::ModelInfo {
             name: name.clone(),
-            // A sequence can never outgrow the KV pool either.
-            max_context: engine_config.scheduler.max_model_len.min(pool.num_slots()),
+            max_context: waypoint::engine::max_sequence_len(
+                scheduler.max_model_len,
+                pool.num_slots(),
+            ),
             vocab_size: model.config().vocab_size,
         };
         tracing::info!(
@@ -270,13 +281,12 @@ where
             "KV cache allocated"
         );
         let runner = waypoint::engine::BurnRunner::new(model, pool);
-        waypoint::engine::start(
+        Ok(waypoint::engine::start(
             runner,
-            std::sync::Arc::new(tokenizer),
+            Arc::new(tokenizer),
             model_info,
             engine_config,
-        )
-        .map_err(anyhow::Error::msg)
+        )?)
     };
 
     let config = waypoint::server::ServerConfig {
@@ -307,6 +317,9 @@ where
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<anyhow::Result<_>>();
         // The engine's handle, for the shutdown timer (absent while loading).
         let handle_slot = std::sync::Arc::new(std::sync::OnceLock::new());
+        // The same handle, for the watch on the engine's death.
+        let (watch_tx, watch_rx) =
+            tokio::sync::oneshot::channel::<waypoint::engine::EngineHandle>();
         let loaded = {
             let handle_slot = handle_slot.clone();
             async move {
@@ -316,16 +329,38 @@ where
                 let state = outcome.as_ref().ok().map(|engine| {
                     let handle: waypoint::engine::EngineHandle = engine.handle.clone();
                     let _ = handle_slot.set(handle.clone());
+                    let _ = watch_tx.send(handle.clone());
                     waypoint::server::AppState::new(handle, config)
                 });
                 let _ = loaded_tx.send(outcome);
                 state
             }
         };
-        let grace = std::time::Duration::from_secs(args.shutdown_timeout);
+        let engine_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let grace = Duration::from_secs(args.shutdown_timeout);
         let timer_handle = handle_slot.clone();
+        let died_flag = engine_died.clone();
         let shutdown = async move {
-            shutdown_signal().await;
+            // A dead engine shuts the server down as a signal does, with a short drain, so
+            // that `serve` exits non-zero and an orchestrator restarts it (rather than keep a
+            // process up that can only answer 503).
+            let death = async move {
+                match watch_rx.await {
+                    Ok(handle) => handle.died().await,
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            let grace = tokio::select! {
+                _ = shutdown_signal() => grace,
+                _ = death => {
+                    died_flag.store(true, std::sync::atomic::Ordering::Release);
+                    tracing::error!(
+                        drain_seconds = DEAD_ENGINE_DRAIN.as_secs_f64(),
+                        "the engine died: draining, then exiting with an error"
+                    );
+                    grace.min(DEAD_ENGINE_DRAIN)
+                }
+            };
             // In-flight requests get `grace` to finish; then the rest are aborted, which ends
             // their streams and lets the server's drain complete. The timer ends early when
             // serving is done, so that its engine handle does not hold the engine up.
@@ -353,6 +388,9 @@ where
         served?;
         // The engine thread ends once every handle is gone; joining it blocks.
         tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+        if engine_died.load(std::sync::atomic::Ordering::Acquire) {
+            anyhow::bail!("the engine failed (see the log above); exiting so that it is restarted");
+        }
         anyhow::Ok(())
     })?;
     tracing::info!("waypoint stopped");
@@ -402,9 +440,9 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 fn generate_on<B: ModelBackend>(args: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
     let files = waypoint::loader::open(&args.model)?;
-    let pool = files.config.clone();
-    let pool = args.cache.pool(&pool).map_err(anyhow::Error::msg)?;
+    let pool = args.cache.pool(&files.config)?;
     let (model, tokenizer, _name) = files.load::<B>(device)?;
+    let tokenizer = Arc::new(tokenizer);
     let mut cache = PagedKvCache::new(pool, model.config(), device);
 
     let prompt_ids = if args.chat {
@@ -451,7 +489,10 @@ fn generate_on<B: ModelBackend>(args: &GenerateArgs, device: &B::Device) -> anyh
                 .and_then(|_| stdout.flush());
         },
     )?;
-    let _ = writeln!(stdout);
+    // A shell prompt should not start mid-line; a pipe gets exactly the generated text.
+    if stdout.is_terminal() {
+        let _ = writeln!(stdout);
+    }
     let generated = generation.token_ids.len();
     let rate =
         |tokens: usize, time: std::time::Duration| tokens as f64 / time.as_secs_f64().max(1e-9);

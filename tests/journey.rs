@@ -81,18 +81,18 @@ async fn journeys_are_reported_in_order_through_preemption_sampling_and_abort() 
     // together so the engine takes them in the same step: preemption is certain.
     let mut streams = Vec::new();
     for i in 0..3u32 {
+        let params = SamplingParams {
+            max_tokens: 80,
+            ignore_eos: true,
+            ..SamplingParams::greedy()
+        };
         let request = EngineRequest {
-            request_id: format!("journey-{i}"),
-            prompt_ids: vec![256, 10 + i, 20, 30, 40],
-            params: SamplingParams {
-                max_tokens: 80,
-                ignore_eos: true,
-                ..SamplingParams::greedy()
-            },
-            priority: 0,
-            arrival: std::time::Instant::now(),
             traced: true,
-            trace_id: None,
+            ..EngineRequest::new(
+                format!("journey-{i}"),
+                vec![256, 10 + i, 20, 30, 40],
+                params,
+            )
         };
         streams.push(engine.handle.submit(request).unwrap());
     }

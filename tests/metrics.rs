@@ -291,13 +291,8 @@ async fn metrics_agree_with_what_the_requests_reported() {
         ..SamplingParams::greedy()
     };
     let traced = EngineRequest {
-        request_id: "traced".to_string(),
-        prompt_ids: prompt_ids.clone(),
-        params: greedy(4),
-        priority: 0,
-        arrival: Instant::now(),
-        traced: false,
         trace_id: Some(TRACE_ID.to_string()),
+        ..EngineRequest::new("traced", prompt_ids.clone(), greedy(4))
     };
     let (tokens, usage, reason) = run_direct(&server.engine, traced).await;
     assert_eq!(reason, "length");

@@ -165,10 +165,7 @@ fn check_contract(request: &ReceivedSpan, core: &ReceivedSpan) {
     );
     for event in &request.events {
         assert!(
-            matches!(
-                event.attributes.get("event.ts.monotonic"),
-                Some(Attr::Double(_))
-            ),
+            matches!(event.attributes.get("ts.monotonic"), Some(Attr::Double(_))),
             "{event:?}"
         );
     }

@@ -219,12 +219,127 @@ async fn greedy_output_through_the_server_equals_generate() {
         max_tokens: 24,
         ..SamplingParams::greedy()
     };
+    let tokenizer = std::sync::Arc::new(tokenizer);
     let generation = generate(&model, &tokenizer, &mut cache, &ids, &params, |_| {}).unwrap();
     assert_eq!(body["choices"][0]["text"], generation.text);
     assert_eq!(
         body["usage"]["completion_tokens"],
         generation.token_ids.len()
     );
+}
+
+/// Every stop rule, through `waypoint generate`'s loop and through the server, on the same
+/// prompts and parameters: the same text, the same number of tokens, the same reason. Both
+/// drive the one output processor; this shows that nothing else between them stops a
+/// request differently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stop_rule_ends_generate_and_serve_alike() {
+    let server = start(512, 8).await;
+    let files = waypoint::loader::open("tiny").unwrap();
+    let (model, tokenizer, _) = files.load::<Flex>(&Default::default()).unwrap();
+    let tokenizer = std::sync::Arc::new(tokenizer);
+    // As many slots as the server's pool (512 blocks of 4): the same longest sequence.
+    let pool = KvCacheConfig::with_blocks(16, 128);
+    let run_generate = |prompt: &str, params: &SamplingParams| {
+        let mut cache = PagedKvCache::new(pool, model.config(), &Default::default());
+        let ids = tokenizer.encode(prompt, true).unwrap();
+        generate(&model, &tokenizer, &mut cache, &ids, params, |_| {}).unwrap()
+    };
+
+    // What the model says when nothing stops it, to pick stops it will meet.
+    let prompt = "The quick brown fox";
+    let free = run_generate(
+        prompt,
+        &SamplingParams {
+            max_tokens: 12,
+            ignore_eos: true,
+            ..SamplingParams::greedy()
+        },
+    );
+    let chars: Vec<char> = free.text.chars().collect();
+    assert!(chars.len() >= 6, "{:?}", free.text);
+    let stop_string: String = chars[3..5].iter().collect();
+    let long_prompt = "a".repeat(2030);
+
+    let cases: Vec<(&str, Value, SamplingParams)> = vec![
+        (
+            prompt,
+            json!({"max_tokens": 7, "ignore_eos": true}),
+            SamplingParams {
+                max_tokens: 7,
+                ignore_eos: true,
+                ..SamplingParams::greedy()
+            },
+        ),
+        (
+            prompt,
+            json!({"max_tokens": 12, "stop_token_ids": [free.token_ids[3]]}),
+            SamplingParams {
+                max_tokens: 12,
+                stop_token_ids: vec![free.token_ids[3]],
+                ..SamplingParams::greedy()
+            },
+        ),
+        (
+            prompt,
+            json!({"max_tokens": 12, "stop_token_ids": [free.token_ids[1]], "min_tokens": 4}),
+            SamplingParams {
+                max_tokens: 12,
+                stop_token_ids: vec![free.token_ids[1]],
+                min_tokens: 4,
+                ..SamplingParams::greedy()
+            },
+        ),
+        (
+            prompt,
+            json!({"max_tokens": 12, "stop": [stop_string]}),
+            SamplingParams {
+                max_tokens: 12,
+                stop: vec![stop_string.clone()],
+                ..SamplingParams::greedy()
+            },
+        ),
+        (
+            prompt,
+            json!({"max_tokens": 40}),
+            SamplingParams {
+                max_tokens: 40,
+                ..SamplingParams::greedy()
+            },
+        ),
+        // No max_tokens: the context's end (2048 tokens) ends it, in both.
+        (
+            &long_prompt,
+            json!({"ignore_eos": true}),
+            SamplingParams {
+                ignore_eos: true,
+                ..SamplingParams::greedy()
+            },
+        ),
+    ];
+    let url = format!("{}/v1/completions", server.url);
+    for (prompt, extra, params) in cases {
+        let mut body = json!({"prompt": prompt, "temperature": 0});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, served) = post(&url, body).await;
+        assert_eq!(status, 200, "{served}");
+        let generated = run_generate(prompt, &params);
+        let choice = &served["choices"][0];
+        assert_eq!(choice["text"], generated.text, "{extra}");
+        assert_eq!(
+            choice["finish_reason"],
+            generated.finish_reason.as_str(),
+            "{extra}"
+        );
+        assert_eq!(
+            served["usage"]["completion_tokens"],
+            generated.token_ids.len(),
+            "{extra}"
+        );
+    }
+    assert_engine_drains(&server.engine).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

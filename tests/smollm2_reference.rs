@@ -22,7 +22,8 @@ const LOGIT_TOLERANCE: f32 = 0.02;
 
 struct Loaded {
     model: Llama<Flex>,
-    tokenizer: Tokenizer,
+    /// Shared, as `generate` takes it (its output processor keeps a reference).
+    tokenizer: std::sync::Arc<Tokenizer>,
 }
 
 fn smollm2() -> Option<&'static Loaded> {
@@ -34,7 +35,10 @@ fn smollm2() -> Option<&'static Loaded> {
             let (model, tokenizer, _) = files
                 .load::<Flex>(&Default::default())
                 .expect("SmolLM2 loads");
-            Some(Loaded { model, tokenizer })
+            Some(Loaded {
+                model,
+                tokenizer: std::sync::Arc::new(tokenizer),
+            })
         })
         .as_ref()
 }

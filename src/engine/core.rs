@@ -1,12 +1,19 @@
 //! The engine loop: an actor on its own thread that owns the scheduler, the model runner and
-//! every request's output state (sampler, detokenizer, stop strings, response channel).
+//! every request's [`OutputProcessor`].
 //!
-//! Each iteration: take commands, drop requests whose client left, schedule, run the model,
-//! sample, let the scheduler advance and judge lengths, turn tokens into text deltas, and
-//! send them. Nothing about a request outlives it: when it finishes or is aborted its blocks
-//! are freed by the scheduler and its state here is removed in the same iteration.
+//! Each iteration takes commands, drops requests whose client left, then runs a step:
+//! schedule, run the model, sample, let the scheduler append, let each processor judge its
+//! token and emit it, finish what ended. Nothing about a request outlives it: when it
+//! finishes or is aborted its blocks are freed by the scheduler and its processor is removed
+//! in the same iteration.
+//!
+//! A panic anywhere in an iteration is caught at the loop's top: the engine is then dead.
+//! Every request still in it gets an error, `/health` turns 503 (through the health flag),
+//! [`EngineHandle::died`] wakes (so `waypoint serve` can drain and exit non-zero), and the
+//! thread only answers commands until every handle is gone.
 
-use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -15,19 +22,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::handle::{
-    Admission, EngineCommand, EngineHandle, EngineRequest, EngineTimings, FinishReason,
-    FinishedInfo, ModelInfo, StreamEvent, TokenLogprob,
+    Admission, EngineCommand, EngineHandle, EngineRequest, FinishedInfo, ModelInfo, StreamEvent,
 };
 use super::journey::Journey;
 use super::output::SchedulerOutput;
+use super::output_processor::OutputProcessor;
 use super::request::Request;
-use super::runner::ModelRunner;
-use super::scheduler::{Scheduler, SchedulerConfig};
+use super::runner::{ExecuteError, ModelRunner};
+use super::scheduler::{Scheduler, SchedulerConfig, SchedulerConfigError};
 use super::step_trace::{self, StepTracer, StepTracingConfig};
+use super::types::{EngineStats, FinishReason};
 use crate::metrics::{Metrics, TraceId};
-use crate::model::{ForwardBatch, SequenceSlice};
-use crate::sampling::{Sampler, SamplingParams, StopStringMatcher};
-use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
+use crate::model::Logits;
+use crate::tokenizer::Tokenizer;
 
 /// How the engine schedules and how much it queues.
 #[derive(Clone, Debug)]
@@ -40,29 +47,15 @@ pub struct EngineConfig {
     pub step_tracing: Option<StepTracingConfig>,
 }
 
-/// What the engine tracks right now (for health checks and leak tests).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct EngineStats {
-    /// Requests waiting.
-    pub waiting: usize,
-    /// Requests running.
-    pub running: usize,
-    /// Requests with output state (sampler, channel) in the engine.
-    pub live_outputs: usize,
-    /// KV blocks in use.
-    pub blocks_in_use: usize,
-    /// Whether the scheduler holds no request and no block.
-    pub scheduler_empty: bool,
-    /// Preemptions since start.
-    pub total_preemptions: u64,
-    /// Steps run since start.
-    pub steps: u64,
-    /// Requests aborted since start (client gone, cancelled, shutdown).
-    pub aborted: u64,
-    /// Wall time of all steps (scheduling, model, sampling, detokenizing, sending).
-    pub step_time: Duration,
-    /// Of that, time inside the model call.
-    pub model_time: Duration,
+/// Why [`start`] could not start an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The scheduler configuration is unusable.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerConfigError),
+    /// The operating system refused the thread.
+    #[error("cannot start the engine thread: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// A started engine: its handle and its thread.
@@ -90,8 +83,8 @@ pub fn start<R: ModelRunner>(
     tokenizer: Arc<Tokenizer>,
     model: ModelInfo,
     config: EngineConfig,
-) -> Result<RunningEngine, String> {
-    let scheduler = Scheduler::new(config.scheduler.clone()).map_err(|e| e.to_string())?;
+) -> Result<RunningEngine, StartError> {
+    let scheduler = Scheduler::new(config.scheduler.clone())?;
     let (commands_tx, commands) = std::sync::mpsc::channel();
     let waiting = Arc::new(AtomicUsize::new(0));
     let handle = EngineHandle::new(
@@ -105,11 +98,12 @@ pub fn start<R: ModelRunner>(
         runner,
         scheduler,
         tokenizer,
-        outputs: HashMap::new(),
+        live: Slots::default(),
         commands,
         waiting,
         metrics: handle.metrics().clone(),
         healthy: handle.health_flag(),
+        death: handle.death_notifier(),
         unpublished_admissions: Vec::new(),
         steps: 0,
         aborted: 0,
@@ -120,49 +114,90 @@ pub fn start<R: ModelRunner>(
     };
     let thread = std::thread::Builder::new()
         .name("waypoint-engine".into())
-        .spawn(move || engine.run())
-        .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+        .spawn(move || engine.run())?;
     Ok(RunningEngine { handle, thread })
 }
 
-/// The engine's per-request output state.
-struct RequestOutput {
-    sender: UnboundedSender<StreamEvent>,
-    params: SamplingParams,
-    sampler: Sampler,
-    detokenizer: IncrementalDetokenizer,
-    stops: StopStringMatcher,
-    /// End-of-sequence ids that stop this request (empty with `ignore_eos`).
-    eos_token_ids: Vec<u32>,
-    /// Text and logprobs produced this step, sent after the scheduler's update.
-    pending_text: String,
-    pending_logprobs: Vec<TokenLogprob>,
-    /// A stop string ended it: the held-back text is dropped, not flushed.
-    stopped_by_string: bool,
-    detokenize_error: Option<String>,
-    span: tracing::Span,
-    /// Present when the request's journey is traced.
-    journey: Option<Journey>,
-    arrival: Instant,
-    first_scheduled: Option<Instant>,
-    first_token: Option<Instant>,
-    /// For the inter-token latency.
-    last_token: Option<Instant>,
-    num_prompt_tokens: usize,
-    /// Shown as the exemplar of this request's latency observations.
-    trace_id: Option<TraceId>,
+/// A request the engine is serving: its id (to abort it by) and its output processor.
+#[derive(Debug)]
+struct LiveRequest {
+    request_id: String,
+    processor: OutputProcessor,
+}
+
+/// A slab: values at stable indices, reused after removal, found without a search.
+#[derive(Debug)]
+struct Slots<T> {
+    entries: Vec<Option<T>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Slots<T> {
+    /// The index the next [`Slots::insert`] will use.
+    fn next_index(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.entries.len())
+    }
+
+    fn insert(&mut self, value: T) -> usize {
+        self.len += 1;
+        match self.free.pop() {
+            Some(index) => {
+                self.entries[index] = Some(value);
+                index
+            }
+            None => {
+                self.entries.push(Some(value));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.entries.get_mut(index)?.as_mut()
+    }
+
+    fn remove(&mut self, index: usize) -> Option<T> {
+        let value = self.entries.get_mut(index)?.take()?;
+        self.free.push(index);
+        self.len -= 1;
+        Some(value)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.entries.iter().flatten()
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.free.clear();
+        self.len = 0;
+        self.entries.drain(..).flatten()
+    }
 }
 
 struct Engine<R: ModelRunner> {
     runner: R,
     scheduler: Scheduler,
     tokenizer: Arc<Tokenizer>,
-    outputs: HashMap<String, RequestOutput>,
+    /// Indexed by [`Request::output_slot`].
+    live: Slots<LiveRequest>,
     commands: Receiver<EngineCommand>,
     waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     /// [`EngineHandle::is_healthy`]'s flag.
     healthy: Arc<AtomicBool>,
+    /// Wakes [`EngineHandle::died`].
+    death: tokio::sync::watch::Sender<bool>,
     /// Submissions taken since the last `publish_load`.
     unpublished_admissions: Vec<Admission>,
     steps: u64,
@@ -177,49 +212,14 @@ struct Engine<R: ModelRunner> {
 impl<R: ModelRunner> Engine<R> {
     fn run(mut self) {
         loop {
-            let idle = !self.scheduler.has_unfinished_requests();
-            // Block when idle; otherwise only look at what has arrived.
-            let first = if idle {
-                match self.commands.recv() {
-                    Ok(command) => Some(command),
-                    Err(_) => break,
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.iterate())) {
+                Ok(ControlFlow::Continue(())) => {}
+                Ok(ControlFlow::Break(())) => break,
+                Err(panic) => {
+                    self.die(&panic_message(panic.as_ref()));
+                    return;
                 }
-            } else {
-                None
-            };
-            if let Some(command) = first {
-                self.handle_command(command);
             }
-            while let Ok(command) = self.commands.try_recv() {
-                self.handle_command(command);
-            }
-            self.drop_departed_clients();
-            self.publish_load();
-            if !self.scheduler.has_unfinished_requests() {
-                continue;
-            }
-            let step_started = Instant::now();
-            let output = self.scheduler.schedule();
-            if output.is_empty() {
-                // Nothing fits right now; wait for a command rather than spin.
-                match self.commands.recv_timeout(Duration::from_millis(5)) {
-                    Ok(command) => self.handle_command(command),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => {}
-                }
-                continue;
-            }
-            let traced_step = self.step_tracer.sample();
-            if traced_step.is_some() && self.step_tracer.sample_snapshots() {
-                self.snapshot_requests(&output);
-            }
-            let num_finished = self.step(&output);
-            if let Some(traced_step) = traced_step {
-                traced_step.batch_summary(&output.stats, num_finished);
-            }
-            // Before the loop may block: the gauges must not show finished requests.
-            self.publish_load();
-            self.step_time += step_started.elapsed();
         }
         if self.steps > 0 {
             let overhead = self.step_time.saturating_sub(self.model_time);
@@ -235,6 +235,161 @@ impl<R: ModelRunner> Engine<R> {
         for request in self.scheduler.abort_all() {
             self.finish(&request, None);
         }
+    }
+
+    /// One turn of the loop: commands, then a step if there is work. `Break` once every
+    /// handle is gone and nothing is left to do.
+    fn iterate(&mut self) -> ControlFlow<()> {
+        if !self.scheduler.has_unfinished_requests() {
+            // Idle: block until a command comes.
+            match self.commands.recv() {
+                Ok(command) => self.handle_command(command),
+                Err(_) => return ControlFlow::Break(()),
+            }
+        }
+        while let Ok(command) = self.commands.try_recv() {
+            self.handle_command(command);
+        }
+        self.drop_departed_clients();
+        self.publish_load();
+        if !self.scheduler.has_unfinished_requests() {
+            return ControlFlow::Continue(());
+        }
+        let step_started = Instant::now();
+        let mut output = self.scheduler.schedule();
+        if output.is_empty() {
+            // Nothing fits right now; wait for a command rather than spin.
+            match self.commands.recv_timeout(Duration::from_millis(5)) {
+                Ok(command) => self.handle_command(command),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            }
+            return ControlFlow::Continue(());
+        }
+        let traced_step = self.step_tracer.sample();
+        if traced_step.is_some() && self.step_tracer.sample_snapshots() {
+            self.snapshot_requests(&output);
+        }
+        let num_finished = self.step(&mut output);
+        if let Some(traced_step) = traced_step {
+            traced_step.batch_summary(&output.stats, num_finished);
+        }
+        // Before the loop may block: the gauges must not show finished requests.
+        self.publish_load();
+        self.step_time += step_started.elapsed();
+        ControlFlow::Continue(())
+    }
+
+    /// Runs one scheduled step: run the model, sample, let the scheduler append, let each
+    /// processor judge and emit its token, finish what ended. Returns how many requests
+    /// finished in it.
+    fn step(&mut self, output: &mut SchedulerOutput) -> usize {
+        self.steps += 1;
+        self.scheduler_step = output.step;
+        let stats = &output.stats;
+        self.metrics.record_step(
+            stats.num_preemptions,
+            stats.prefix_cache_queries,
+            stats.prefix_cache_hits,
+        );
+        self.report_scheduling(output);
+
+        let mut logits = match self.run_model(output) {
+            Ok(logits) => logits,
+            Err(error) => return self.fail_sequences(output, &error),
+        };
+        let sampled = self.sample(output, &mut logits);
+        let update = match self.scheduler.update_from_output(output, &sampled) {
+            Ok(update) => update,
+            Err(error) => {
+                // Only a bug gets here (the output is the one just scheduled); the requests
+                // are scheduled again next step.
+                tracing::error!(%error, "scheduler update failed");
+                return 0;
+            }
+        };
+        self.metrics
+            .record_generated_tokens(update.new_tokens.len());
+        let mut ended = Vec::new();
+        for &index in &update.new_tokens {
+            let Some(request) = self.scheduler.running_request(index) else {
+                continue;
+            };
+            let Some(live) = self.live.get_mut(request.output_slot()) else {
+                continue;
+            };
+            if let Some(reason) = live.processor.on_token(request, output.step) {
+                ended.push((index, reason));
+            }
+        }
+        let finished = self.scheduler.finish_running(&ended);
+        for request in &finished {
+            self.finish(request, None);
+        }
+        finished.len()
+    }
+
+    /// The model's logits for the batch; a panic inside the model is caught here and fails
+    /// the batch, since a backend panic need not mean the engine's own state is broken.
+    fn run_model(&mut self, output: &mut SchedulerOutput) -> Result<Logits, ExecuteError> {
+        let batch = output.take_forward_batch();
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.runner.execute(&batch)))
+            .unwrap_or_else(|panic| Err(ExecuteError::Panicked(panic_message(panic.as_ref()))));
+        self.model_time += started.elapsed();
+        result
+    }
+
+    /// One token per sequence of the batch, in batch order (0 where none is kept).
+    fn sample(&mut self, output: &SchedulerOutput, logits: &mut Logits) -> Vec<u32> {
+        let mut sampled = Vec::with_capacity(output.num_sequences());
+        for (row, seq) in output.batch().enumerate() {
+            let request = self.scheduler.running_request(seq.location.running_index);
+            let live = self.live.get_mut(seq.location.output_slot);
+            let token = match (request, live) {
+                (Some(request), Some(live)) if seq.samples => {
+                    live.processor.sample(logits.row_mut(row), request)
+                }
+                _ => 0,
+            };
+            sampled.push(token);
+        }
+        sampled
+    }
+
+    /// The model could not compute the batch: the sequences at fault fail (all of them
+    /// when the error names none); the others are scheduled again next step, since nothing
+    /// of this step was applied. Returns how many requests ended.
+    fn fail_sequences(&mut self, output: &SchedulerOutput, error: &ExecuteError) -> usize {
+        tracing::error!(step = output.step, %error, "model step failed");
+        if !self.runner.can_continue() && self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                "the model cannot compute any more batches; /health now reports 503, \
+                 restart the server"
+            );
+        }
+        let failing: Vec<String> = output
+            .batch()
+            .enumerate()
+            .filter(|(row, _)| {
+                error
+                    .failed_sequences()
+                    .is_none_or(|rows| rows.contains(row))
+            })
+            .map(|(_, seq)| seq.request_id.to_owned())
+            .collect();
+        let message = match error.failed_sequences() {
+            Some(_) => format!("the model cannot compute this request: {error}"),
+            None => "the model failed on this batch".to_string(),
+        };
+        for request_id in &failing {
+            if let Some(request) = self
+                .scheduler
+                .finish_request(request_id, FinishReason::Error)
+            {
+                self.finish(&request, Some(message.clone()));
+            }
+        }
+        failing.len()
     }
 
     fn handle_command(&mut self, command: EngineCommand) {
@@ -283,7 +438,7 @@ impl<R: ModelRunner> Engine<R> {
         EngineStats {
             waiting: self.scheduler.num_waiting(),
             running: self.scheduler.num_running(),
-            live_outputs: self.outputs.len(),
+            live_outputs: self.live.len,
             blocks_in_use: kv.num_total_blocks() - kv.num_free_blocks(),
             scheduler_empty: self.scheduler.is_empty(),
             total_preemptions: self.scheduler.total_preemptions(),
@@ -316,72 +471,49 @@ impl<R: ModelRunner> Engine<R> {
             }
             parsed
         });
-        let scheduled = Request::new(request_id.clone(), prompt_ids.clone(), params.max_tokens)
+        let processor = OutputProcessor::new(
+            &params,
+            &prompt_ids,
+            self.tokenizer.clone(),
+            self.scheduler.max_sequence_len(),
+            sender,
+            arrival,
+        )
+        .with_metrics(self.metrics.clone(), trace_id);
+        let slot = self.live.next_index();
+        let scheduled = Request::new(request_id.clone(), prompt_ids)
             .with_priority(priority)
-            .with_arrival(arrival);
+            .with_arrival(arrival)
+            .with_output_slot(slot);
         if let Err(error) = self.scheduler.add_request(scheduled) {
-            let info = FinishedInfo {
-                reason: FinishReason::Error,
-                prompt_tokens: prompt_ids.len(),
-                completion_tokens: 0,
-                cached_prompt_tokens: 0,
-                num_preemptions: 0,
-                error: Some(error.to_string()),
-                timings: EngineTimings::default(),
-            };
-            self.metrics
-                .record_finished(&info, arrival.elapsed(), trace_id);
-            let _ = sender.send(StreamEvent::Finished(info));
+            processor.refuse(error.to_string());
             return;
         }
-        let journey = traced.then(|| Journey::start(&span, &request_id));
-        if let (Some(journey), Some(request)) = (&journey, self.scheduler.request(&request_id)) {
-            journey.queued(request, self.scheduler_step);
+        let journey = traced.then(|| Journey::start(&span, &request_id, params.max_tokens));
+        let processor = processor.with_trace(span, journey);
+        // Once per request, so a search is fine.
+        if let Some(request) = self.scheduler.request(&request_id) {
+            processor.on_queued(request, self.scheduler_step);
         }
-        let eos_token_ids = if params.ignore_eos {
-            Vec::new()
-        } else {
-            self.tokenizer.eos_token_ids().to_vec()
-        };
-        self.outputs.insert(
+        let inserted = self.live.insert(LiveRequest {
             request_id,
-            RequestOutput {
-                sender,
-                sampler: Sampler::new(&params),
-                detokenizer: IncrementalDetokenizer::new(&prompt_ids, true),
-                stops: StopStringMatcher::new(&params.stop),
-                params,
-                eos_token_ids,
-                pending_text: String::new(),
-                pending_logprobs: Vec::new(),
-                stopped_by_string: false,
-                detokenize_error: None,
-                span,
-                journey,
-                arrival,
-                first_scheduled: None,
-                first_token: None,
-                last_token: None,
-                num_prompt_tokens: prompt_ids.len(),
-                trace_id,
-            },
-        );
+            processor,
+        });
+        debug_assert_eq!(inserted, slot);
     }
 
     /// A closed response channel means the client left: abort now so its blocks are freed
     /// before this step is scheduled.
     fn drop_departed_clients(&mut self) {
         let departed: Vec<String> = self
-            .outputs
+            .live
             .iter()
-            .filter(|(_, out)| out.sender.is_closed())
-            .map(|(id, _)| id.clone())
+            .filter(|live| live.processor.is_closed())
+            .map(|live| live.request_id.clone())
             .collect();
         for id in departed {
             if let Some(request) = self.scheduler.abort_request(&id) {
                 self.finish(&request, None);
-            } else {
-                self.outputs.remove(&id);
             }
         }
     }
@@ -390,302 +522,176 @@ impl<R: ModelRunner> Engine<R> {
     fn snapshot_requests(&self, output: &SchedulerOutput) {
         let block_size = self.scheduler.kv_cache().block_size();
         for sequence in output.batch() {
-            if let Some(request) = self.scheduler.request(sequence.request_id) {
+            if let Some(request) = self
+                .scheduler
+                .running_request(sequence.location.running_index)
+            {
                 step_trace::request_snapshot(output.step, request, &sequence, block_size);
             }
         }
     }
 
-    /// Runs one scheduled step; returns how many requests finished in it.
-    fn step(&mut self, output: &SchedulerOutput) -> usize {
-        self.steps += 1;
-        self.scheduler_step = output.step;
-        self.report_scheduling(output);
-        self.metrics.record_step(&output.stats);
+    /// What `schedule()` decided, told to the processors: admissions (first scheduling
+    /// time, journey) and preemptions (journey).
+    fn report_scheduling(&mut self, output: &SchedulerOutput) {
         let now = Instant::now();
         for new in &output.scheduled_new {
-            if let Some(out) = self.outputs.get_mut(&new.request_id) {
-                out.first_scheduled.get_or_insert(now);
+            let request = self.scheduler.running_request(new.location.running_index);
+            let live = self.live.get_mut(new.location.output_slot);
+            if let (Some(request), Some(live)) = (request, live) {
+                live.processor.on_scheduled(request, output.step, now);
             }
         }
-        let batch = forward_batch(output);
-        let model_started = Instant::now();
-        // A panic in the backend must not take the engine thread (and every request) down:
-        // the batch fails with an error instead, and the server stays up to say so.
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.runner.execute(&batch)))
-                .unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".to_string());
-                    Err(format!("the model panicked: {what}"))
-                });
-        self.model_time += model_started.elapsed();
-        let mut logits = match result {
-            Ok(logits) => logits,
-            Err(error) => {
-                tracing::error!(step = output.step, %error, "model step failed");
-                if !self.runner.can_continue() && self.healthy.swap(false, Ordering::AcqRel) {
-                    tracing::error!(
-                        "the model cannot compute any more batches; /health now reports 503, \
-                         restart the server"
-                    );
-                }
-                for seq in output.batch() {
-                    let id = seq.request_id.to_string();
-                    if let Some(request) = self.scheduler.finish_request(&id, FinishReason::Error) {
-                        self.finish(&request, Some("the model failed on this batch".into()));
-                    }
-                }
-                return output.num_sequences();
-            }
-        };
-
-        // Sample where a sequence's tokens are all computed; mid-prompt chunks get a
-        // placeholder the scheduler ignores.
-        let mut sampled = Vec::with_capacity(output.num_sequences());
-        for (row, seq) in output.batch().enumerate() {
-            let request = self.scheduler.request(seq.request_id);
-            match (request, self.outputs.get_mut(seq.request_id)) {
-                (Some(request), Some(out)) if seq.samples => {
-                    // Each row is sampled once, so the sampler may process it in place
-                    // (no vocab-sized copy per sequence per step).
-                    let token = out.sampler.sample(
-                        logits.row_mut(row),
-                        request.prompt_ids(),
-                        request.output_ids(),
-                        &out.eos_token_ids,
-                    );
-                    if out.params.logprobs.is_some() {
-                        out.pending_logprobs.push(TokenLogprob {
-                            token_id: token.token_id,
-                            logprob: token.logprob,
-                            top: token.top_logprobs,
-                        });
-                    }
-                    sampled.push(token.token_id);
-                }
-                _ => sampled.push(0),
-            }
-        }
-
-        let outputs = &mut self.outputs;
-        let tokenizer = &self.tokenizer;
-        let update = self
-            .scheduler
-            .update_from_output(output, &sampled, |request| {
-                let out = outputs.get_mut(request.request_id())?;
-                check_stop(out, request, tokenizer)
-            });
-        let update = match update {
-            Ok(update) => update,
-            Err(error) => {
-                tracing::error!(%error, "scheduler update failed");
-                return 0;
-            }
-        };
-        let now = Instant::now();
-        self.metrics
-            .record_generated_tokens(update.new_tokens.len());
-        for (request_id, token) in &update.new_tokens {
-            if let Some(out) = self.outputs.get_mut(request_id) {
-                out.first_token.get_or_insert(now);
-                match out.last_token.replace(now) {
-                    Some(previous) => self
-                        .metrics
-                        .record_inter_token(now.duration_since(previous), out.trace_id),
-                    None => self.metrics.record_first_token(
-                        now.duration_since(out.arrival),
-                        out.num_prompt_tokens,
-                        out.trace_id,
-                    ),
-                }
-                if let Some(journey) = &mut out.journey {
-                    let request = self.scheduler.request(request_id).or_else(|| {
-                        update
-                            .finished
-                            .iter()
-                            .find(|r| r.request_id() == request_id)
-                    });
-                    if let Some(request) = request {
-                        journey.token(request, output.step);
-                    }
-                }
-                let event = StreamEvent::Delta {
-                    text: std::mem::take(&mut out.pending_text),
-                    token_ids: vec![*token],
-                    logprobs: std::mem::take(&mut out.pending_logprobs),
-                };
-                let _ = out.sender.send(event);
-            }
-        }
-        for request in &update.finished {
-            self.finish(request, None);
-        }
-        update.finished.len()
-    }
-
-    /// Journey events for what `schedule()` decided: admissions and preemptions.
-    fn report_scheduling(&self, output: &SchedulerOutput) {
-        let traced = |id: &str| self.outputs.get(id).and_then(|out| out.journey.as_ref());
-        for new in &output.scheduled_new {
-            if let (Some(journey), Some(request)) = (
-                traced(&new.request_id),
-                self.scheduler.request(&new.request_id),
-            ) {
-                journey.scheduled(request, output.step);
-            }
-        }
+        // Preemptions are rare: a search by id is fine.
         for id in &output.preempted {
-            if let (Some(journey), Some(request)) = (traced(id), self.scheduler.request(id)) {
-                journey.preempted(request, output.step);
+            if let Some(request) = self.scheduler.request(id) {
+                if let Some(live) = self.live.get_mut(request.output_slot()) {
+                    live.processor.on_preempted(request, output.step);
+                }
             }
         }
     }
 
-    /// Sends the last text and the `Finished` event, and forgets the request.
-    fn finish(&mut self, request: &Request, error: Option<String>) {
-        let Some(mut out) = self.outputs.remove(request.request_id()) else {
-            return;
-        };
-        let reason = request.finish_reason().unwrap_or(FinishReason::Abort);
-        if reason == FinishReason::Abort {
+    /// Ends a request the scheduler has let go of: its processor sends the last text and
+    /// the `Finished` event, and is dropped.
+    fn finish(&mut self, request: &Request, error: Option<String>) -> Option<FinishedInfo> {
+        let slot = request.output_slot();
+        // Slots are reused: make sure this one is still the request's.
+        let owned = self
+            .live
+            .get_mut(slot)
+            .is_some_and(|live| live.request_id == request.request_id());
+        debug_assert!(owned, "{request:?} does not own output slot {slot}");
+        if !owned {
+            return None;
+        }
+        let live = self.live.remove(slot)?;
+        if request
+            .finish_reason()
+            .is_none_or(|r| r == FinishReason::Abort)
+        {
             self.aborted += 1;
         }
-        if matches!(reason, FinishReason::Stop | FinishReason::Length) && !out.stopped_by_string {
-            let flushed = out.detokenizer.flush();
-            let outcome = out.stops.push(&flushed);
-            let mut tail = outcome.emit;
-            if outcome.stopped.is_none() {
-                tail.push_str(&out.stops.finish());
-            }
-            if !tail.is_empty() {
-                let _ = out.sender.send(StreamEvent::Delta {
-                    text: tail,
-                    token_ids: Vec::new(),
-                    logprobs: Vec::new(),
-                });
-            }
-        }
-        let error = error.or(out.detokenize_error.take());
-        if let Some(journey) = out.journey.take() {
-            let status = if error.is_some() {
-                FinishReason::Error
-            } else {
-                reason
-            };
-            journey.finished(request, self.scheduler_step, status);
-        }
-        let _entered = out.span.enter();
-        tracing::debug!(
-            request_id = request.request_id(),
-            finish_reason = reason.as_str(),
-            prompt_tokens = request.num_prompt_tokens(),
-            output_tokens = request.num_output_tokens(),
-            num_preemptions = request.num_preemptions(),
-            blocks_allocated = request.num_blocks_allocated(),
-            blocks_from_prefix_cache = request.num_cached_blocks_hit(),
-            prompt_tokens_computed = request.num_computed_prompt_tokens(),
-            "request finished"
+        Some(live.processor.finish(request, error, self.scheduler_step))
+    }
+
+    /// A panic escaped an iteration: the engine's state can no longer be trusted. Every
+    /// request still here fails, the engine reports itself dead, and the thread only
+    /// answers commands (refusing new work) until every handle is gone.
+    fn die(&mut self, what: &str) {
+        tracing::error!(
+            panic = what,
+            "the engine thread panicked; failing every request. /health now reports 503; \
+             restart the server"
         );
-        let info = FinishedInfo {
-            reason: if error.is_some() {
-                FinishReason::Error
-            } else {
-                reason
-            },
-            prompt_tokens: request.num_prompt_tokens(),
-            completion_tokens: request.num_output_tokens(),
-            cached_prompt_tokens: request.num_cached_prompt_tokens(),
-            num_preemptions: request.num_preemptions(),
-            error,
-            timings: out.timings(),
-        };
-        self.metrics
-            .record_finished(&info, out.arrival.elapsed(), out.trace_id);
-        let _ = out.sender.send(StreamEvent::Finished(info));
-    }
-}
-
-impl RequestOutput {
-    /// Seconds in queue, prefill and decode, as far as the request got.
-    fn timings(&self) -> EngineTimings {
-        let seconds = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64();
-        let end = Instant::now();
-        EngineTimings {
-            queue: self.first_scheduled.map(|s| seconds(self.arrival, s)),
-            prefill: self
-                .first_scheduled
-                .zip(self.first_token)
-                .map(|(s, t)| seconds(s, t)),
-            decode: self.first_token.map(|t| seconds(t, end)),
+        self.healthy.store(false, Ordering::Release);
+        self.death.send_replace(true);
+        let message = format!("the engine failed: {what}");
+        for live in self.live.drain() {
+            live.processor.refuse(message.clone());
+        }
+        self.waiting.store(0, Ordering::Release);
+        self.unpublished_admissions.clear();
+        self.metrics.set_load(0, 0, 0.0);
+        while let Ok(command) = self.commands.recv() {
+            match command {
+                EngineCommand::Submit {
+                    output, request, ..
+                } => {
+                    // Only a submission racing the death gets here: the handle refuses
+                    // the rest.
+                    let info = FinishedInfo::failed(request.prompt_ids.len(), message.clone());
+                    let _ = output.send(StreamEvent::Finished(info));
+                }
+                EngineCommand::Stats(reply) => {
+                    let _ = reply.send(EngineStats {
+                        steps: self.steps,
+                        aborted: self.aborted,
+                        ..EngineStats::default()
+                    });
+                }
+                EngineCommand::Abort { .. } | EngineCommand::AbortAll => {}
+            }
         }
     }
 }
 
-/// Decides whether the token just appended to `request` ends it, and turns it into text.
-fn check_stop(
-    out: &mut RequestOutput,
-    request: &Request,
-    tokenizer: &Tokenizer,
-) -> Option<FinishReason> {
-    let token = request.last_output_token()?;
-    let min_reached = request.num_output_tokens() >= out.params.min_tokens;
-    if min_reached
-        && (out.eos_token_ids.contains(&token) || out.params.stop_token_ids.contains(&token))
-    {
-        return Some(FinishReason::Stop);
-    }
-    let delta = match out.detokenizer.push(tokenizer, token) {
-        Ok(delta) => delta,
-        Err(error) => {
-            out.detokenize_error = Some(error.to_string());
-            return Some(FinishReason::Error);
-        }
-    };
-    let outcome = out.stops.push(&delta);
-    out.pending_text.push_str(&outcome.emit);
-    if outcome.stopped.is_some() {
-        out.stopped_by_string = true;
-        return Some(FinishReason::Stop);
-    }
-    None
-}
-
-fn forward_batch(output: &SchedulerOutput) -> ForwardBatch {
-    let mut batch = ForwardBatch::default();
-    for seq in output.batch() {
-        batch.token_ids.extend_from_slice(seq.token_ids);
-        batch.sequences.push(SequenceSlice {
-            num_cached_tokens: seq.num_computed_tokens,
-            num_new_tokens: seq.token_ids.len(),
-            block_table: seq.block_table.iter().map(|b| b.0).collect(),
-        });
-    }
-    batch
+/// What a caught panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::RequestStream;
     use crate::metrics::Format;
-    use crate::model::Logits;
+    use crate::model::{BatchError, ForwardError};
+    use crate::sampling::SamplingParams;
     use crate::tokenizer::TINY_VOCAB_SIZE;
 
-    /// Panics on its first call, then always predicts byte `A` (or, when `broken_by_panic`,
-    /// says it cannot continue, like a model whose cache went down with the panic).
-    struct FlakyRunner {
-        calls: usize,
-        broken_by_panic: bool,
+    /// What a [`FakeRunner`] does on a given call.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Fault {
+        /// Panic inside `execute` (caught around the model call).
+        PanicInExecute,
+        /// Fail, blaming the sequences whose first new token is this id.
+        RejectToken(u32),
+        /// Fail the batch holding a sequence whose first new token is this id, then panic
+        /// when asked whether it can continue: a panic outside the model call, which only
+        /// the loop's top catches.
+        PanicInCanContinue(u32),
     }
 
-    impl ModelRunner for FlakyRunner {
-        fn execute(&mut self, batch: &ForwardBatch) -> Result<Logits, String> {
+    /// Always predicts byte `A`, except for its fault on the first call (if any);
+    /// `broken_by_fault` makes it say it cannot continue, like a model whose cache went down
+    /// with a panic.
+    struct FakeRunner {
+        calls: usize,
+        fault: Option<Fault>,
+        broken_by_fault: bool,
+        /// Set once `PanicInCanContinue` failed a batch.
+        failed: bool,
+        /// How long each call takes, so that a test can act while a request runs.
+        delay: Duration,
+    }
+
+    impl ModelRunner for FakeRunner {
+        fn execute(&mut self, batch: &crate::model::ForwardBatch) -> Result<Logits, ExecuteError> {
             self.calls += 1;
-            if self.calls == 1 {
-                panic!("backend exploded");
+            std::thread::sleep(self.delay);
+            // The sequences whose first new token is `bad`.
+            let starting_with = |bad: u32| {
+                let mut start = 0;
+                let mut sequences = Vec::new();
+                for (index, seq) in batch.sequences.iter().enumerate() {
+                    if batch.token_ids[start] == bad {
+                        sequences.push(index);
+                    }
+                    start += seq.num_new_tokens;
+                }
+                sequences
+            };
+            match self.fault {
+                Some(Fault::PanicInExecute) if self.calls == 1 => panic!("backend exploded"),
+                Some(Fault::PanicInCanContinue(bad)) if !starting_with(bad).is_empty() => {
+                    self.failed = true;
+                    return Err(ExecuteError::Batch(ForwardError::Readback("lost".into())));
+                }
+                Some(Fault::RejectToken(bad)) => {
+                    let sequences = starting_with(bad);
+                    if let Some(&index) = sequences.first() {
+                        return Err(ExecuteError::Sequences {
+                            sequences,
+                            source: ForwardError::Batch(BatchError::EmptySequence { index }),
+                        });
+                    }
+                }
+                _ => {}
             }
             let mut data = vec![0.0; batch.sequences.len() * TINY_VOCAB_SIZE];
             for row in 0..batch.sequences.len() {
@@ -698,15 +704,30 @@ mod tests {
         }
 
         fn can_continue(&self) -> bool {
-            !self.broken_by_panic
+            if self.failed {
+                panic!("the runner's health check exploded");
+            }
+            !self.broken_by_fault
         }
     }
 
-    /// An engine over a [`FlakyRunner`], serving the tiny tokenizer as model `name`.
-    fn start_flaky(name: &str, broken_by_panic: bool) -> RunningEngine {
-        let runner = FlakyRunner {
+    /// An engine over a [`FakeRunner`], serving the tiny tokenizer as model `name`.
+    fn start_fake(name: &str, fault: Option<Fault>, broken_by_fault: bool) -> RunningEngine {
+        start_fake_with_delay(name, fault, broken_by_fault, Duration::ZERO)
+    }
+
+    fn start_fake_with_delay(
+        name: &str,
+        fault: Option<Fault>,
+        broken_by_fault: bool,
+        delay: Duration,
+    ) -> RunningEngine {
+        let runner = FakeRunner {
             calls: 0,
-            broken_by_panic,
+            fault,
+            broken_by_fault,
+            failed: false,
+            delay,
         };
         let model = ModelInfo {
             name: name.into(),
@@ -722,21 +743,18 @@ mod tests {
     }
 
     fn request(id: &str) -> EngineRequest {
-        EngineRequest {
-            request_id: id.to_string(),
-            prompt_ids: vec![1, 2, 3],
-            params: SamplingParams {
-                max_tokens: 3,
-                ..SamplingParams::greedy()
-            },
-            priority: 0,
-            arrival: Instant::now(),
-            traced: false,
-            trace_id: None,
-        }
+        request_with_prompt(id, vec![1, 2, 3])
     }
 
-    async fn finish(mut stream: crate::engine::RequestStream) -> (String, FinishedInfo) {
+    fn request_with_prompt(id: &str, prompt_ids: Vec<u32>) -> EngineRequest {
+        let params = SamplingParams {
+            max_tokens: 3,
+            ..SamplingParams::greedy()
+        };
+        EngineRequest::new(id, prompt_ids, params)
+    }
+
+    async fn finish(mut stream: RequestStream) -> (String, FinishedInfo) {
         let mut text = String::new();
         while let Some(event) = stream.next().await {
             match event {
@@ -749,7 +767,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_model_fails_its_batch_and_the_engine_lives_on() {
-        let engine = start_flaky("flaky", false);
+        let engine = start_fake("flaky", Some(Fault::PanicInExecute), false);
         let (_, failed) = finish(engine.handle.submit(request("first")).unwrap()).await;
         assert_eq!(failed.reason, FinishReason::Error);
         assert!(failed.error.unwrap().contains("failed"));
@@ -784,11 +802,118 @@ mod tests {
 
     #[tokio::test]
     async fn a_model_that_cannot_continue_marks_the_engine_unhealthy() {
-        let engine = start_flaky("broken", true);
+        let engine = start_fake("broken", Some(Fault::PanicInExecute), true);
         assert!(engine.handle.is_healthy());
         let (_, failed) = finish(engine.handle.submit(request("first")).unwrap()).await;
         assert_eq!(failed.reason, FinishReason::Error);
         assert!(!engine.handle.is_healthy());
+        assert!(!engine.handle.has_died(), "unhealthy, not dead");
         engine.shutdown();
+    }
+
+    /// Three requests share every step; the model cannot compute the one whose prompt starts
+    /// with token 99. That one fails alone; the others are computed again without it and
+    /// finish as they would have.
+    #[tokio::test]
+    async fn a_failing_sequence_fails_alone_and_the_rest_of_its_batch_completes() {
+        let engine = start_fake("picky", Some(Fault::RejectToken(99)), false);
+        let streams = [
+            engine
+                .handle
+                .submit(request_with_prompt("good-1", vec![1, 2, 3])),
+            engine
+                .handle
+                .submit(request_with_prompt("bad", vec![99, 2, 3])),
+            engine
+                .handle
+                .submit(request_with_prompt("good-2", vec![4, 5, 6])),
+        ]
+        .map(Result::unwrap);
+        let mut results = Vec::new();
+        for stream in streams {
+            results.push(finish(stream).await);
+        }
+        let [(good_1, good_1_info), (bad, bad_info), (good_2, good_2_info)] =
+            <[_; 3]>::try_from(results).unwrap();
+        assert_eq!(bad_info.reason, FinishReason::Error);
+        assert!(bad.is_empty());
+        assert!(
+            bad_info.error.as_deref().unwrap().contains("sequence"),
+            "{bad_info:?}"
+        );
+        for (text, info) in [(good_1, good_1_info), (good_2, good_2_info)] {
+            assert_eq!((text.as_str(), info.reason), ("AAA", FinishReason::Length));
+            assert_eq!(info.completion_tokens, 3);
+        }
+        assert!(engine.handle.is_healthy());
+        let stats = engine.handle.stats().await.unwrap();
+        assert!(
+            stats.scheduler_empty && stats.live_outputs == 0,
+            "{stats:?}"
+        );
+        engine.shutdown();
+    }
+
+    /// The drill: a panic outside the model call reaches the loop's top. Every request in
+    /// the engine fails (a bystander mid-generation too), the engine says it is dead and
+    /// unhealthy, and refuses new work.
+    async fn engine_panic_drill(engine: RunningEngine, panicking: EngineRequest) {
+        // Long enough (50 tokens at 5 ms a step) to be still running when the panic comes.
+        let mut bystander = engine
+            .handle
+            .submit(EngineRequest {
+                params: SamplingParams {
+                    max_tokens: 50,
+                    ..SamplingParams::greedy()
+                },
+                ..request("bystander")
+            })
+            .unwrap();
+        assert!(matches!(
+            bystander.next().await,
+            Some(StreamEvent::Delta { .. })
+        ));
+        let culprit = engine.handle.submit(panicking).unwrap();
+        let (_, culprit) = finish(culprit).await;
+        let (_, bystander) = finish(bystander).await;
+        for info in [&culprit, &bystander] {
+            assert_eq!(info.reason, FinishReason::Error, "{info:?}");
+            assert!(
+                info.error.as_deref().unwrap().contains("the engine failed"),
+                "{info:?}"
+            );
+        }
+        tokio::time::timeout(Duration::from_secs(5), engine.handle.died())
+            .await
+            .expect("the engine reports its death");
+        assert!(engine.handle.has_died() && !engine.handle.is_healthy());
+        assert_eq!(
+            engine.handle.submit(request("after")).err(),
+            Some(crate::engine::SubmitError::EngineDead)
+        );
+        // Still answers (it does not hang a caller), and ends when the handles go.
+        assert!(engine.handle.stats().await.is_some());
+        engine.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_scheduler_kills_the_engine_visibly() {
+        let engine = start_fake_with_delay("drill", None, false, Duration::from_millis(5));
+        let panicking = request_with_prompt(
+            "culprit",
+            super::super::scheduler::PANIC_IN_SCHEDULE.to_vec(),
+        );
+        engine_panic_drill(engine, panicking).await;
+    }
+
+    #[tokio::test]
+    async fn a_panic_from_the_runner_outside_the_model_call_kills_the_engine_visibly() {
+        let engine = start_fake_with_delay(
+            "drill",
+            Some(Fault::PanicInCanContinue(77)),
+            false,
+            Duration::from_millis(5),
+        );
+        engine_panic_drill(engine, request_with_prompt("culprit", vec![77, 1])).await;
     }
 }

@@ -4,43 +4,20 @@
 //! [`EngineHandle`]; each submitted request gets its own [`RequestStream`]. Dropping the
 //! stream (the client went away) aborts the request at the engine's next step.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::types::{EngineStats, FinishReason};
 use crate::metrics::Metrics;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 
-/// Why a request ended (OpenAI's `finish_reason`, plus our `abort` and `error`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FinishReason {
-    /// An end-of-sequence token, a stop token id or a stop string.
-    Stop,
-    /// `max_tokens` or the model's context.
-    Length,
-    /// The client went away or the request was cancelled (also at shutdown).
-    Abort,
-    /// The engine failed while running it.
-    Error,
-}
-
-impl FinishReason {
-    /// The name used in API responses and metric labels.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::Abort => "abort",
-            FinishReason::Error => "error",
-        }
-    }
-}
-
-/// A validated request, ready for the engine.
-#[derive(Clone, Debug)]
+/// A validated request, ready for the engine. Its `Debug` prints counts, never the prompt.
+#[derive(Clone)]
 pub struct EngineRequest {
     /// Unique id (also the API response id).
     pub request_id: String,
@@ -57,6 +34,39 @@ pub struct EngineRequest {
     /// The W3C trace id (32 hex digits) of the request's trace, when it has one: latency
     /// metrics show it as an exemplar. The API's journey sets it.
     pub trace_id: Option<String>,
+}
+
+impl EngineRequest {
+    /// A request for `prompt_ids` with `params`, arriving now, priority 0, untraced: the
+    /// API fills the rest in when it has them.
+    pub fn new(
+        request_id: impl Into<String>,
+        prompt_ids: Vec<u32>,
+        params: SamplingParams,
+    ) -> Self {
+        Self {
+            request_id: request_id.into(),
+            prompt_ids,
+            params,
+            priority: 0,
+            arrival: Instant::now(),
+            traced: false,
+            trace_id: None,
+        }
+    }
+}
+
+impl fmt::Debug for EngineRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineRequest")
+            .field("request_id", &self.request_id)
+            .field("num_prompt_tokens", &self.prompt_ids.len())
+            .field("max_tokens", &self.params.max_tokens)
+            .field("num_stop_strings", &self.params.stop.len())
+            .field("priority", &self.priority)
+            .field("traced", &self.traced)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Log-probability information for one generated token.
@@ -89,6 +99,21 @@ pub struct FinishedInfo {
     pub timings: EngineTimings,
 }
 
+impl FinishedInfo {
+    /// A request of `prompt_tokens` that failed before it produced anything.
+    pub fn failed(prompt_tokens: usize, error: String) -> Self {
+        Self {
+            reason: FinishReason::Error,
+            prompt_tokens,
+            completion_tokens: 0,
+            cached_prompt_tokens: 0,
+            num_preemptions: 0,
+            error: Some(error),
+            timings: EngineTimings::default(),
+        }
+    }
+}
+
 /// Seconds a request spent in each engine phase.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EngineTimings {
@@ -100,8 +125,8 @@ pub struct EngineTimings {
     pub decode: Option<f64>,
 }
 
-/// One message on a request's stream.
-#[derive(Clone, Debug, PartialEq)]
+/// One message on a request's stream. Its `Debug` prints counts, never the text.
+#[derive(Clone, PartialEq)]
 pub enum StreamEvent {
     /// New output: text safe to show (never half a character, never part of a stop string)
     /// and the token ids it came from.
@@ -117,6 +142,25 @@ pub enum StreamEvent {
     Finished(FinishedInfo),
 }
 
+impl fmt::Debug for StreamEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamEvent::Delta {
+                text,
+                token_ids,
+                logprobs,
+            } => f
+                .debug_struct("Delta")
+                .field("text_bytes", &text.len())
+                .field("num_tokens", &token_ids.len())
+                .field("num_logprobs", &logprobs.len())
+                .finish(),
+            // Counts and the reason; an error message names no user text.
+            StreamEvent::Finished(info) => f.debug_tuple("Finished").field(info).finish(),
+        }
+    }
+}
+
 /// Why the engine refused a request outright.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
@@ -126,6 +170,9 @@ pub enum SubmitError {
     /// The engine is shutting down or gone.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The engine thread failed (a panic): nothing more will run until a restart.
+    #[error("the engine failed and cannot take requests; the server must be restarted")]
+    EngineDead,
 }
 
 /// Messages from handles to the engine thread.
@@ -153,7 +200,7 @@ pub enum EngineCommand {
     /// Stop every request (shutdown timeout).
     AbortAll,
     /// Report what the engine tracks.
-    Stats(tokio::sync::oneshot::Sender<super::core::EngineStats>),
+    Stats(tokio::sync::oneshot::Sender<EngineStats>),
 }
 
 /// A submitted request that the engine's published waiting count does not include yet.
@@ -192,8 +239,11 @@ pub struct EngineHandle {
     admitted: Arc<AtomicUsize>,
     max_waiting: usize,
     accepting: Arc<AtomicBool>,
-    /// False once the model can no longer compute (its cache was lost with a failed step).
+    /// False once the model can no longer compute (its cache was lost with a failed step),
+    /// or the engine thread died.
     healthy: Arc<AtomicBool>,
+    /// Turns true once, when the engine thread dies (a panic it caught at its top).
+    death: Arc<tokio::sync::watch::Sender<bool>>,
     tokenizer: Arc<Tokenizer>,
     model: Arc<ModelInfo>,
     metrics: Arc<Metrics>,
@@ -216,6 +266,7 @@ impl EngineHandle {
             max_waiting,
             accepting: Arc::new(AtomicBool::new(true)),
             healthy: Arc::new(AtomicBool::new(true)),
+            death: Arc::new(tokio::sync::watch::Sender::new(false)),
             tokenizer,
             metrics: Arc::new(Metrics::new(&model.name, model.max_context)),
             model: Arc::new(model),
@@ -224,6 +275,9 @@ impl EngineHandle {
 
     /// Sends `request` to the engine.
     pub fn submit(&self, request: EngineRequest) -> Result<RequestStream, SubmitError> {
+        if self.has_died() {
+            return Err(SubmitError::EngineDead);
+        }
         if !self.is_accepting() {
             return Err(SubmitError::ShuttingDown);
         }
@@ -292,13 +346,35 @@ impl EngineHandle {
         self.healthy.clone()
     }
 
+    /// The sender behind [`Self::died`], for the engine thread (a sender, not a handle: see
+    /// [`Self::health_flag`]).
+    pub(crate) fn death_notifier(&self) -> tokio::sync::watch::Sender<bool> {
+        (*self.death).clone()
+    }
+
+    /// Whether the engine thread died (see [`Self::died`]).
+    pub fn has_died(&self) -> bool {
+        *self.death.borrow()
+    }
+
+    /// Resolves once the engine thread has died: a panic escaped one of its iterations,
+    /// every request in it was failed, and it takes no more work. `waypoint serve` drains
+    /// and exits non-zero then, so that an orchestrator restarts it. Never resolves for an
+    /// engine that stops normally.
+    pub async fn died(&self) {
+        let mut watching = self.death.subscribe();
+        if watching.wait_for(|&dead| dead).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Aborts every request in the engine (used when the shutdown grace period ends).
     pub fn abort_all(&self) {
         let _ = self.commands.send(EngineCommand::AbortAll);
     }
 
     /// What the engine tracks right now, or `None` if it is gone.
-    pub async fn stats(&self) -> Option<super::core::EngineStats> {
+    pub async fn stats(&self) -> Option<EngineStats> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.commands.send(EngineCommand::Stats(reply)).ok()?;
         answer.await.ok()
@@ -356,19 +432,33 @@ mod tests {
     use super::*;
 
     fn request(id: &str) -> EngineRequest {
-        EngineRequest {
-            request_id: id.to_string(),
-            prompt_ids: vec![1, 2, 3],
-            params: crate::sampling::SamplingParams::greedy(),
-            priority: 0,
-            arrival: std::time::Instant::now(),
-            traced: false,
-            trace_id: None,
-        }
+        EngineRequest::new(id, vec![1, 2, 3], SamplingParams::greedy())
     }
 
     /// While the engine is busy with a step it publishes no new waiting count; submissions
     /// meanwhile must still stop at `max_waiting`.
+    #[test]
+    fn debug_prints_no_prompt_and_no_text() {
+        let request = EngineRequest::new(
+            "visible-id",
+            vec![424_242, 171_717],
+            SamplingParams {
+                stop: vec!["secret stop".into()],
+                ..SamplingParams::greedy()
+            },
+        );
+        let delta = StreamEvent::Delta {
+            text: "secret text".into(),
+            token_ids: vec![424_242],
+            logprobs: Vec::new(),
+        };
+        let printed = format!("{request:?} {delta:?}");
+        assert!(printed.contains("visible-id"), "{printed}");
+        for secret in ["424242", "171717", "secret"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+    }
+
     #[test]
     fn admission_counts_submissions_the_engine_has_not_published() {
         let (commands, engine_side) = std::sync::mpsc::channel();

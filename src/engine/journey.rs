@@ -10,8 +10,8 @@
 
 use tracing::Span;
 
-use super::handle::FinishReason;
 use super::request::{Request, RequestStatus};
+use super::types::FinishReason;
 
 /// Target of every journey event.
 pub const TARGET: &str = "waypoint::journey";
@@ -27,6 +27,8 @@ pub use waypoint_layers::monotonic_seconds;
 #[derive(Debug)]
 pub struct Journey {
     span: Span,
+    /// The request's `max_tokens`, reported as `decode.max_tokens`.
+    max_tokens: usize,
     first_token_sent: bool,
 }
 
@@ -65,7 +67,7 @@ macro_rules! journey_event {
             prefill.done_tokens = request.num_computed_tokens().min(request.num_prompt_tokens()) as u64,
             prefill.total_tokens = request.num_prompt_tokens() as u64,
             decode.done_tokens = request.num_output_tokens() as u64,
-            decode.max_tokens = request.max_tokens() as u64,
+            decode.max_tokens = $journey.max_tokens as u64,
             num_preemptions = request.num_preemptions() as u64,
             $($($extra)+,)?
             "journey {}", $kind
@@ -74,8 +76,9 @@ macro_rules! journey_event {
 }
 
 impl Journey {
-    /// Opens the `llm_core` span under `parent` (the API's `llm_request` span).
-    pub fn start(parent: &Span, request_id: &str) -> Self {
+    /// Opens the `llm_core` span under `parent` (the API's `llm_request` span) for a request
+    /// that may generate `max_tokens` tokens.
+    pub fn start(parent: &Span, request_id: &str, max_tokens: usize) -> Self {
         let span = tracing::info_span!(
             target: TARGET,
             parent: parent,
@@ -85,6 +88,7 @@ impl Journey {
         );
         Self {
             span,
+            max_tokens,
             first_token_sent: false,
         }
     }

@@ -11,12 +11,16 @@
 use std::fmt;
 
 use super::kv_cache::BlockId;
+use crate::model::{ForwardBatch, SequenceSlice};
 
 /// A request admitted this step (new, or resumed after a preemption).
 #[derive(Clone, PartialEq, Eq)]
 pub struct NewRequestData {
     /// The request.
     pub request_id: String,
+    /// Where the request is in the scheduler's running list, and its engine output slot:
+    /// so the engine and the scheduler's update find it without a search.
+    pub location: SequenceLocation,
     /// The tokens this step computes: positions `num_computed_tokens..` of the sequence
     /// (a prompt chunk, or all of a preempted request's tokens from the first not cached).
     pub token_ids: Vec<u32>,
@@ -34,10 +38,10 @@ pub struct NewRequestData {
 pub struct RunningRequestData {
     /// The request.
     pub request_id: String,
+    /// See [`NewRequestData::location`].
+    pub location: SequenceLocation,
     /// The tokens this step computes (one for a decode).
     pub token_ids: Vec<u32>,
-    /// Blocks appended to the table this step (often none).
-    pub new_block_ids: Vec<BlockId>,
     /// Leading tokens already in the cache.
     pub num_computed_tokens: usize,
     /// The request's whole block table (the model runner keeps no state between steps).
@@ -47,11 +51,23 @@ pub struct RunningRequestData {
     pub samples: bool,
 }
 
+/// Where a scheduled request lives, valid from `schedule()` until its update.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SequenceLocation {
+    /// Its index in the scheduler's running list
+    /// ([`Scheduler::running_request`](super::scheduler::Scheduler::running_request)).
+    pub running_index: usize,
+    /// [`Request::output_slot`](super::request::Request::output_slot).
+    pub output_slot: usize,
+}
+
 /// One sequence of the batch, as the model runner needs it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ScheduledSequence<'a> {
     /// The request.
     pub request_id: &'a str,
+    /// Where it lives in the scheduler and the engine.
+    pub location: SequenceLocation,
     /// Tokens to compute this step, at positions `num_computed_tokens..`.
     pub token_ids: &'a [u32],
     /// Tokens already in the cache (the model's `num_cached_tokens`).
@@ -111,8 +127,6 @@ pub struct SchedulerOutput {
     pub total_num_scheduled_tokens: usize,
     /// Requests preempted this step (their blocks are freed; they wait to be recomputed).
     pub preempted: Vec<String>,
-    /// Requests that finished (or were aborted) since the previous step.
-    pub finished_ids: Vec<String>,
     /// The step's counts.
     pub stats: StepStats,
 }
@@ -133,6 +147,7 @@ impl SchedulerOutput {
     pub fn batch(&self) -> impl Iterator<Item = ScheduledSequence<'_>> + '_ {
         let running = self.scheduled_running.iter().map(|r| ScheduledSequence {
             request_id: &r.request_id,
+            location: r.location,
             token_ids: &r.token_ids,
             num_computed_tokens: r.num_computed_tokens,
             block_table: &r.block_table,
@@ -140,12 +155,46 @@ impl SchedulerOutput {
         });
         let new = self.scheduled_new.iter().map(|r| ScheduledSequence {
             request_id: &r.request_id,
+            location: r.location,
             token_ids: &r.token_ids,
             num_computed_tokens: r.num_computed_tokens,
             block_table: &r.block_table,
             samples: r.samples,
         });
         running.chain(new)
+    }
+
+    /// The model's input for this batch, in batch order. Each block table moves into it
+    /// (the scheduler copied it from the KV cache once; it is not copied again), so
+    /// afterwards [`SchedulerOutput::batch`] shows empty block tables: take it after
+    /// anything that reads them (step snapshots).
+    pub fn take_forward_batch(&mut self) -> ForwardBatch {
+        let mut batch = ForwardBatch {
+            token_ids: Vec::with_capacity(self.total_num_scheduled_tokens),
+            sequences: Vec::with_capacity(self.num_sequences()),
+            ..ForwardBatch::default()
+        };
+        let running = self
+            .scheduled_running
+            .iter_mut()
+            .map(|r| (&r.token_ids, r.num_computed_tokens, &mut r.block_table));
+        let new = self
+            .scheduled_new
+            .iter_mut()
+            .map(|r| (&r.token_ids, r.num_computed_tokens, &mut r.block_table));
+        for (token_ids, num_computed_tokens, block_table) in running.chain(new) {
+            batch.token_ids.extend_from_slice(token_ids);
+            batch.sequences.push(SequenceSlice {
+                num_cached_tokens: num_computed_tokens,
+                num_new_tokens: token_ids.len(),
+                // `BlockId` is a `u32`: collecting in place reuses the allocation.
+                block_table: std::mem::take(block_table)
+                    .into_iter()
+                    .map(|b| b.0)
+                    .collect(),
+            });
+        }
+        batch
     }
 }
 
@@ -169,7 +218,6 @@ impl fmt::Debug for RunningRequestData {
             .field("request_id", &self.request_id)
             .field("num_new_tokens", &self.token_ids.len())
             .field("num_computed_tokens", &self.num_computed_tokens)
-            .field("new_block_ids", &self.new_block_ids)
             .field("num_blocks", &self.block_table.len())
             .field("samples", &self.samples)
             .finish()
@@ -199,7 +247,6 @@ impl fmt::Debug for SchedulerOutput {
                 &self.total_num_scheduled_tokens,
             )
             .field("preempted", &self.preempted)
-            .field("finished_ids", &self.finished_ids)
             .field("stats", &self.stats)
             .finish()
     }
@@ -215,6 +262,10 @@ mod tests {
             step: 3,
             scheduled_new: vec![NewRequestData {
                 request_id: "new".into(),
+                location: SequenceLocation {
+                    running_index: 1,
+                    output_slot: 7,
+                },
                 token_ids: vec![987_654, 123_321],
                 num_computed_tokens: 16,
                 block_table: vec![BlockId(4), BlockId(5)],
@@ -223,7 +274,7 @@ mod tests {
             scheduled_running: vec![RunningRequestData {
                 request_id: "old".into(),
                 token_ids: vec![555_777],
-                new_block_ids: vec![],
+                location: SequenceLocation::default(),
                 num_computed_tokens: 7,
                 block_table: vec![BlockId(1)],
                 samples: true,

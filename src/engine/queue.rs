@@ -175,7 +175,7 @@ mod tests {
     use super::*;
 
     fn request(id: &str, priority: i64, arrival_seq: u64) -> Request {
-        let mut request = Request::new(id, vec![1], 1).with_priority(priority);
+        let mut request = Request::new(id, vec![1]).with_priority(priority);
         request.set_arrival_seq(arrival_seq);
         request
     }

@@ -16,7 +16,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use super::handle::FinishReason;
+use super::types::FinishReason;
 
 /// Where a request is in its life.
 ///
@@ -84,7 +84,9 @@ pub struct Request {
     priority: i64,
     arrival: Instant,
     arrival_seq: u64,
-    max_tokens: usize,
+    /// The engine's index of the request's output processor; the scheduler only carries it
+    /// into each step's batch, so the engine finds the processor without a search.
+    output_slot: usize,
     num_preemptions: u32,
     num_blocks_allocated: usize,
     num_cached_blocks_hit: usize,
@@ -93,11 +95,12 @@ pub struct Request {
 }
 
 impl Request {
-    /// A waiting request for `prompt_ids` that may generate up to `max_tokens` tokens.
+    /// A waiting request for `prompt_ids`. When it ends is not the scheduler's business: the
+    /// engine's output processor decides, and the scheduler appends until told.
     ///
-    /// By default its priority is 0 and it arrived now; see [`Request::with_priority`] and
-    /// [`Request::with_arrival`].
-    pub fn new(request_id: impl Into<String>, prompt_ids: Vec<u32>, max_tokens: usize) -> Self {
+    /// By default its priority is 0, it arrived now and its output slot is 0; see
+    /// [`Request::with_priority`], [`Request::with_arrival`] and [`Request::with_output_slot`].
+    pub fn new(request_id: impl Into<String>, prompt_ids: Vec<u32>) -> Self {
         Self {
             request_id: request_id.into(),
             num_prompt_tokens: prompt_ids.len(),
@@ -107,7 +110,7 @@ impl Request {
             priority: 0,
             arrival: Instant::now(),
             arrival_seq: 0,
-            max_tokens,
+            output_slot: 0,
             num_preemptions: 0,
             num_blocks_allocated: 0,
             num_cached_blocks_hit: 0,
@@ -127,6 +130,17 @@ impl Request {
     pub fn with_arrival(mut self, arrival: Instant) -> Self {
         self.arrival = arrival;
         self
+    }
+
+    /// Sets the index of the request's output processor in the engine. By default, 0.
+    pub fn with_output_slot(mut self, output_slot: usize) -> Self {
+        self.output_slot = output_slot;
+        self
+    }
+
+    /// The index of the request's output processor in the engine.
+    pub fn output_slot(&self) -> usize {
+        self.output_slot
     }
 
     /// The request's unique id.
@@ -204,11 +218,6 @@ impl Request {
     /// scheduler, so it breaks every tie between requests.
     pub fn arrival_seq(&self) -> u64 {
         self.arrival_seq
-    }
-
-    /// Most tokens the request may generate.
-    pub fn max_tokens(&self) -> usize {
-        self.max_tokens
     }
 
     /// Times the request was preempted (its blocks freed, to be computed again).
@@ -304,7 +313,6 @@ impl fmt::Debug for Request {
             .field("num_computed_tokens", &self.num_computed_tokens)
             .field("priority", &self.priority)
             .field("arrival_seq", &self.arrival_seq)
-            .field("max_tokens", &self.max_tokens)
             .field("num_preemptions", &self.num_preemptions)
             .finish_non_exhaustive()
     }
@@ -332,7 +340,7 @@ mod tests {
 
     #[test]
     fn tokens_and_prompt_accounting() {
-        let mut request = Request::new("r", vec![1, 2, 3], 4);
+        let mut request = Request::new("r", vec![1, 2, 3]);
         request.admit(2, 1);
         assert_eq!(request.num_cached_prompt_tokens(), 2);
         request.advance_computed(1);
@@ -355,7 +363,7 @@ mod tests {
 
     #[test]
     fn debug_prints_no_token_ids() {
-        let request = Request::new("secret-test", vec![424242, 171717], 4);
+        let request = Request::new("secret-test", vec![424242, 171717]);
         let printed = format!("{request:?}");
         assert!(printed.contains("secret-test"));
         assert!(!printed.contains("424242") && !printed.contains("171717"));

@@ -12,8 +12,10 @@
 //!    retried.
 //! 2. The model runs [`SchedulerOutput::batch`] and samples one token per sequence.
 //! 3. [`Scheduler::update_from_output`] advances each request's computed tokens, caches the
-//!    blocks they filled, appends the sampled token where a sequence's tokens are all
-//!    computed (not mid-prompt), and finishes requests that stop, freeing their blocks.
+//!    blocks they filled, and appends the sampled token where a sequence's tokens are all
+//!    computed (not mid-prompt). It judges nothing.
+//! 4. The engine's output processors decide which of those requests end;
+//!    [`Scheduler::finish_running`] ends them and frees their blocks.
 //!
 //! Preemption is by recomputation: the request's blocks are freed and it goes back to the
 //! front of the waiting queue with its outputs; when admitted again it computes prompt and
@@ -21,29 +23,32 @@
 //! stopped. So a preempted request produces the same tokens it would have without the
 //! preemption, as long as sampling depends only on the tokens.
 //!
-//! What ends a request:
-//! - `max_tokens` outputs, or the longest sequence ([`Scheduler::max_sequence_len`]):
-//!   `Length`, judged here;
-//! - an end-of-sequence token, a stop token or a stop string: the caller's `check_stop`
-//!   closure in [`Scheduler::update_from_output`] decides (it knows the sampling
-//!   parameters and the detokenized text), and is asked first;
-//! - aborts and failures: [`Scheduler::abort_request`], [`Scheduler::finish_request`].
+//! What ends a request is decided outside: every stop rule (length included) by the
+//! request's `OutputProcessor` (`engine/output_processor.rs`), then
+//! [`Scheduler::finish_running`]; aborts and failures through [`Scheduler::abort_request`]
+//! and [`Scheduler::finish_request`]. The scheduler only refuses, at
+//! [`Scheduler::add_request`], a prompt longer than [`Scheduler::max_sequence_len`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
-use super::handle::FinishReason;
-use super::kv_cache::{
-    BlockId, ComputedBlocks, KvCacheConfigError, KvCacheManager, PrefixCacheStats,
+use super::kv_cache::{ComputedBlocks, KvCacheConfigError, KvCacheManager, PrefixCacheStats};
+use super::output::{
+    NewRequestData, RunningRequestData, SchedulerOutput, SequenceLocation, StepStats,
 };
-use super::output::{NewRequestData, RunningRequestData, SchedulerOutput, StepStats};
 use super::queue::{RequestQueue, SchedulingPolicy};
 use super::request::{Request, RequestStatus};
+use super::types::{max_sequence_len, FinishReason};
 
 // The scheduler's tests live beside this file in `tests.rs`, pulled in from here (with an
 // explicit path) so that `engine/mod.rs` need not know of them.
 #[cfg(test)]
 #[path = "tests.rs"]
 mod tests;
+
+/// A waiting request with this prompt makes `schedule()` panic, in test builds only (the
+/// engine-panic drill; a prompt, so that a test can send it over HTTP too).
+#[cfg(test)]
+pub(crate) const PANIC_IN_SCHEDULE: &[u32] = &[1, 3, 3, 7, 1, 3, 3, 7];
 
 /// How the scheduler batches and what the KV cache holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +89,39 @@ impl SchedulerConfig {
     }
 }
 
+impl SchedulerConfig {
+    /// Longest sequence (prompt plus output): see [`max_sequence_len`].
+    pub fn max_sequence_len(&self) -> usize {
+        max_sequence_len(
+            self.max_model_len,
+            self.num_blocks.saturating_mul(self.block_size),
+        )
+    }
+
+    /// Checks the fields together. The one place these rules are written: `waypoint serve`
+    /// calls it on its flags before the model loads, and [`Scheduler::new`] on what it gets.
+    pub fn validate(&self) -> Result<(), SchedulerConfigError> {
+        KvCacheManager::check_config(self.num_blocks, self.block_size)?;
+        if self.max_num_batched_tokens == 0 {
+            return Err(SchedulerConfigError::ZeroTokenBudget);
+        }
+        if self.max_num_seqs == 0 {
+            return Err(SchedulerConfigError::ZeroMaxNumSeqs);
+        }
+        if self.max_model_len == 0 {
+            return Err(SchedulerConfigError::ZeroMaxModelLen);
+        }
+        let max_len = self.max_sequence_len();
+        if !self.enable_chunked_prefill && self.max_num_batched_tokens < max_len {
+            return Err(SchedulerConfigError::BudgetBelowMaxLen {
+                budget: self.max_num_batched_tokens,
+                max_len,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Why a scheduler cannot be built from a configuration.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SchedulerConfigError {
@@ -121,9 +159,6 @@ pub enum AddRequestError {
     /// There is nothing to compute.
     #[error("the prompt is empty")]
     EmptyPrompt,
-    /// There is nothing to generate.
-    #[error("max_tokens must be at least 1")]
-    ZeroMaxTokens,
     /// Finished, or otherwise not fresh.
     #[error("the request is {0:?}, not waiting")]
     NotWaiting(RequestStatus),
@@ -161,18 +196,16 @@ pub enum UpdateError {
 /// What a model step changed.
 #[derive(Debug, Default)]
 pub struct StepUpdate {
-    /// Tokens generated this step, one per request whose tokens were all computed, in
-    /// batch order (including the last token of requests that just finished).
-    pub new_tokens: Vec<(String, u32)>,
-    /// Requests that finished this step, in batch order; they hold no blocks any more.
-    pub finished: Vec<Request>,
+    /// The requests that got a token this step (their tokens were all computed), as indices
+    /// for [`Scheduler::running_request`], in batch order. Valid until the next change to
+    /// the running list ([`Scheduler::finish_running`], `schedule()`, an abort).
+    pub new_tokens: Vec<usize>,
 }
 
 /// This step's share of one running request.
 #[derive(Debug, Default)]
 struct Plan {
     num_tokens: usize,
-    new_blocks: Vec<BlockId>,
     admitted: bool,
 }
 
@@ -191,36 +224,19 @@ pub struct Scheduler {
     step: u64,
     /// The step whose output `update_from_output` expects.
     pending_step: Option<u64>,
-    finished_since_last_step: Vec<String>,
     total_preemptions: u64,
 }
 
 impl Scheduler {
     /// An idle scheduler with an empty KV cache.
     pub fn new(config: SchedulerConfig) -> Result<Self, SchedulerConfigError> {
+        config.validate()?;
         let kv = KvCacheManager::new(
             config.num_blocks,
             config.block_size,
             config.enable_prefix_caching,
         )?;
-        if config.max_num_batched_tokens == 0 {
-            return Err(SchedulerConfigError::ZeroTokenBudget);
-        }
-        if config.max_num_seqs == 0 {
-            return Err(SchedulerConfigError::ZeroMaxNumSeqs);
-        }
-        if config.max_model_len == 0 {
-            return Err(SchedulerConfigError::ZeroMaxModelLen);
-        }
-        // A sequence longer than the pool could never get its blocks, even alone.
-        let pool_tokens = config.num_blocks.saturating_mul(config.block_size);
-        let max_len = config.max_model_len.min(pool_tokens);
-        if !config.enable_chunked_prefill && config.max_num_batched_tokens < max_len {
-            return Err(SchedulerConfigError::BudgetBelowMaxLen {
-                budget: config.max_num_batched_tokens,
-                max_len,
-            });
-        }
+        let max_len = config.max_sequence_len();
         Ok(Self {
             waiting: config.policy.new_queue(),
             config,
@@ -231,7 +247,6 @@ impl Scheduler {
             last_arrival_seq: 0,
             step: 0,
             pending_step: None,
-            finished_since_last_step: Vec::new(),
             total_preemptions: 0,
         })
     }
@@ -242,7 +257,8 @@ impl Scheduler {
     }
 
     /// Longest sequence (prompt plus output): `max_model_len`, or less if the whole KV
-    /// cache holds fewer tokens. A request reaching it finishes with `Length`.
+    /// cache holds fewer tokens. A request reaching it must be finished (its output
+    /// processor says `Length`).
     pub fn max_sequence_len(&self) -> usize {
         self.max_len
     }
@@ -261,9 +277,6 @@ impl Scheduler {
         }
         if request.num_prompt_tokens() == 0 {
             return Err(AddRequestError::EmptyPrompt);
-        }
-        if request.max_tokens() == 0 {
-            return Err(AddRequestError::ZeroMaxTokens);
         }
         if request.status() != RequestStatus::Waiting || request.num_computed_tokens() != 0 {
             return Err(AddRequestError::NotWaiting(request.status()));
@@ -316,7 +329,38 @@ impl Scheduler {
         ids.iter().filter_map(|id| self.abort_request(id)).collect()
     }
 
-    /// The tracked (waiting or running) request with this id.
+    /// The running request at `index` (a [`SequenceLocation::running_index`] of the pending
+    /// step, or an index from [`StepUpdate::new_tokens`]).
+    pub fn running_request(&self, index: usize) -> Option<&Request> {
+        self.running.get(index)
+    }
+
+    /// Ends the running requests at these indices (from [`StepUpdate::new_tokens`], before
+    /// any other change to the running list) with their reasons, freeing their blocks after
+    /// their computed full blocks went into the prefix cache. Returns them in running order;
+    /// an index out of range is ignored.
+    pub fn finish_running(&mut self, finished: &[(usize, FinishReason)]) -> Vec<Request> {
+        if finished.is_empty() {
+            return Vec::new();
+        }
+        for &(index, reason) in finished {
+            if let Some(request) = self.running.get_mut(index) {
+                request.finish(reason);
+            }
+        }
+        let (finished, running) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition::<Vec<_>, _>(Request::is_finished);
+        self.running = running;
+        for request in &finished {
+            self.kv.free(request.request_id());
+            self.tracked.remove(request.request_id());
+        }
+        finished
+    }
+
+    /// The tracked (waiting or running) request with this id, found by a search: for
+    /// tests and rare events, not for every sequence of a step.
     pub fn request(&self, request_id: &str) -> Option<&Request> {
         self.running
             .iter()
@@ -377,6 +421,15 @@ impl Scheduler {
     /// Calling it again without [`Scheduler::update_from_output`] (the step failed) is
     /// allowed: nothing advanced, so the same tokens are scheduled again.
     pub fn schedule(&mut self) -> SchedulerOutput {
+        // The engine-panic drill: a panic from inside the scheduler, as a bug would raise.
+        #[cfg(test)]
+        if self
+            .waiting
+            .iter()
+            .any(|r| r.prompt_ids() == PANIC_IN_SCHEDULE)
+        {
+            panic!("injected scheduler panic");
+        }
         self.step += 1;
         self.pending_step = Some(self.step);
         let prefix_stats_before = self.kv.prefix_cache_stats();
@@ -405,7 +458,6 @@ impl Scheduler {
                     running[index].record_allocated_blocks(new_blocks.len());
                     plans[index] = Plan {
                         num_tokens: num_new,
-                        new_blocks,
                         admitted: false,
                     };
                     budget -= num_new;
@@ -467,7 +519,6 @@ impl Scheduler {
                 running.push(request);
                 plans.push(Plan {
                     num_tokens: num_new,
-                    new_blocks,
                     admitted: true,
                 });
                 budget -= num_new;
@@ -502,51 +553,36 @@ impl Scheduler {
     /// Applies a model step: `sampled` holds one token per sequence of `output.batch()`,
     /// in that order (any value where the sequence's `samples` is false: mid-prompt).
     ///
-    /// For each request whose tokens are now all computed, the token is appended and
-    /// `check_stop` is asked whether the request ends (it sees the request with the token
-    /// appended: end-of-sequence and stop tokens, stop strings, `min_tokens`); if it says
-    /// nothing, the scheduler ends it with `Length` at `max_tokens` or at
-    /// [`Scheduler::max_sequence_len`]. Finished requests have their blocks freed, after
-    /// their computed full blocks went into the prefix cache. Requests that were aborted
-    /// since `schedule()` are skipped.
-    pub fn update_from_output<F>(
+    /// Each scheduled request advances its computed tokens and caches the full blocks they
+    /// filled; where its tokens are now all computed, the sampled token is appended and the
+    /// request is listed in [`StepUpdate::new_tokens`]. Whether it ends is for the caller to
+    /// decide ([`Scheduler::finish_running`]). A sequence whose request was aborted since
+    /// `schedule()` is skipped.
+    pub fn update_from_output(
         &mut self,
         output: &SchedulerOutput,
         sampled: &[u32],
-        mut check_stop: F,
-    ) -> Result<StepUpdate, UpdateError>
-    where
-        F: FnMut(&Request) -> Option<FinishReason>,
-    {
+    ) -> Result<StepUpdate, UpdateError> {
         if self.pending_step != Some(output.step) {
             return Err(UpdateError::StaleOutput {
                 got: output.step,
                 pending: self.pending_step,
             });
         }
-        let batch: Vec<_> = output.batch().collect();
-        if sampled.len() != batch.len() {
+        if sampled.len() != output.num_sequences() {
             return Err(UpdateError::SampledCountMismatch {
-                expected: batch.len(),
+                expected: output.num_sequences(),
                 got: sampled.len(),
             });
         }
         self.pending_step = None;
-        let positions: HashMap<&str, usize> = batch
-            .iter()
-            .enumerate()
-            .map(|(position, seq)| (seq.request_id, position))
-            .collect();
-
-        let max_len = self.max_len;
         let block_size = self.kv.block_size();
         let mut update = StepUpdate::default();
-        let mut any_finished = false;
-        for request in &mut self.running {
-            let Some(&position) = positions.get(request.request_id()) else {
+        for (seq, &token) in output.batch().zip(sampled) {
+            let Some(index) = self.running_index(seq.location.running_index, seq.request_id) else {
                 continue;
             };
-            let seq = &batch[position];
+            let request = &mut self.running[index];
             // Holds for every output of the pending step; a hand-made one is not trusted
             // to move a request beyond its tokens or its blocks.
             let computed = seq.num_computed_tokens + seq.token_ids.len();
@@ -563,34 +599,26 @@ impl Scheduler {
                 // Mid-prompt: the sample at a chunk's end means nothing.
                 continue;
             }
-            let token = sampled[position];
             request.append_output_token(token);
-            update
-                .new_tokens
-                .push((request.request_id().to_owned(), token));
-            let reason = check_stop(request).or_else(|| {
-                let at_limit = request.num_output_tokens() >= request.max_tokens()
-                    || request.num_tokens() >= max_len;
-                at_limit.then_some(FinishReason::Length)
-            });
-            if let Some(reason) = reason {
-                request.finish(reason);
-                any_finished = true;
-            }
-        }
-
-        if any_finished {
-            let (finished, running) = std::mem::take(&mut self.running)
-                .into_iter()
-                .partition::<Vec<_>, _>(Request::is_finished);
-            self.running = running;
-            for request in &finished {
-                self.kv.free(request.request_id());
-                self.untrack(request.request_id());
-            }
-            update.finished = finished;
+            update.new_tokens.push(index);
         }
         Ok(update)
+    }
+
+    /// Where the request `request_id`, scheduled at `hint`, is in the running list now: at
+    /// `hint` unless the list changed since `schedule()` (an abort), then found by a search;
+    /// `None` if it is no longer running.
+    fn running_index(&self, hint: usize, request_id: &str) -> Option<usize> {
+        if self
+            .running
+            .get(hint)
+            .is_some_and(|r| r.request_id() == request_id)
+        {
+            return Some(hint);
+        }
+        self.running
+            .iter()
+            .position(|r| r.request_id() == request_id)
     }
 
     fn preempt(&mut self, mut request: Request) {
@@ -607,7 +635,6 @@ impl Scheduler {
 
     fn untrack(&mut self, request_id: &str) {
         self.tracked.remove(request_id);
-        self.finished_since_last_step.push(request_id.to_owned());
     }
 
     fn build_output(
@@ -620,7 +647,6 @@ impl Scheduler {
         let prefix = self.kv.prefix_cache_stats().since(&prefix_stats_before);
         let mut output = SchedulerOutput {
             step: self.step,
-            finished_ids: std::mem::take(&mut self.finished_since_last_step),
             stats: StepStats {
                 step: self.step,
                 num_waiting: self.waiting.len(),
@@ -637,7 +663,7 @@ impl Scheduler {
             ..SchedulerOutput::default()
         };
         // Running requests come before admitted ones in `running`, so this is batch order.
-        for (request, plan) in running.iter().zip(plans) {
+        for (running_index, (request, plan)) in running.iter().zip(plans).enumerate() {
             if plan.num_tokens == 0 {
                 continue;
             }
@@ -661,6 +687,10 @@ impl Scheduler {
             }
             let samples = start + plan.num_tokens == request.num_tokens();
             let request_id = request.request_id().to_owned();
+            let location = SequenceLocation {
+                running_index,
+                output_slot: request.output_slot(),
+            };
             output
                 .num_scheduled_tokens
                 .push((request_id.clone(), plan.num_tokens));
@@ -668,6 +698,7 @@ impl Scheduler {
             if plan.admitted {
                 output.scheduled_new.push(NewRequestData {
                     request_id,
+                    location,
                     token_ids,
                     num_computed_tokens: start,
                     block_table,
@@ -676,8 +707,8 @@ impl Scheduler {
             } else {
                 output.scheduled_running.push(RunningRequestData {
                     request_id,
+                    location,
                     token_ids,
-                    new_block_ids: plan.new_blocks,
                     num_computed_tokens: start,
                     block_table,
                     samples,

@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
+use crate::engine::kv_cache::BlockId;
 use crate::engine::output::NewRequestData;
 
 const VOCAB: u32 = 50_000;
@@ -33,7 +34,7 @@ fn tokens(seed: u32, len: usize) -> Vec<u32> {
         .collect()
 }
 
-/// What ends a request besides length (the engine's `check_stop` in real life).
+/// What ends a request besides length (the engine's output processor in real life).
 #[derive(Clone, Copy, Debug, Default)]
 enum Stop {
     #[default]
@@ -273,8 +274,8 @@ fn check(case: &Case) -> Report {
     for step in 1.. {
         assert!(step <= MAX_STEPS, "no progress after {MAX_STEPS} steps");
         for arrival in case.arrivals.iter().filter(|a| a.step == step) {
-            let request = Request::new(&arrival.id, arrival.prompt.clone(), arrival.max_tokens)
-                .with_priority(arrival.priority);
+            let request =
+                Request::new(&arrival.id, arrival.prompt.clone()).with_priority(arrival.priority);
             if let Err(error) = scheduler.add_request(request) {
                 report.refused.insert(arrival.id.clone(), error);
             }
@@ -296,15 +297,37 @@ fn check(case: &Case) -> Report {
         assert_eq!(output.step, step);
         check_step(&scheduler, &output);
         let sampled = model.run(&scheduler, &output);
-        let stop = case.stop;
         let update = scheduler
-            .update_from_output(&output, &sampled, |r| {
-                r.last_output_token()
-                    .filter(|&t| stop.stops(t))
-                    .map(|_| FinishReason::Stop)
-            })
+            .update_from_output(&output, &sampled)
             .expect("update");
-        for request in update.finished {
+        // The stop rules, as the engine's output processor applies them (stop tokens
+        // first, then length); the scheduler only appended.
+        let max_len = scheduler.max_sequence_len();
+        let ended: Vec<(usize, FinishReason)> = update
+            .new_tokens
+            .iter()
+            .filter_map(|&index| {
+                let request = scheduler.running_request(index).expect("running");
+                let max_tokens = case
+                    .arrivals
+                    .iter()
+                    .find(|a| a.id == request.request_id())
+                    .expect("arrived")
+                    .max_tokens;
+                let token = request.last_output_token().expect("a token was appended");
+                let reason = if case.stop.stops(token) {
+                    Some(FinishReason::Stop)
+                } else if request.num_output_tokens() >= max_tokens
+                    || request.num_tokens() >= max_len
+                {
+                    Some(FinishReason::Length)
+                } else {
+                    None
+                };
+                reason.map(|reason| (index, reason))
+            })
+            .collect();
+        for request in scheduler.finish_running(&ended) {
             let id = request.request_id().to_owned();
             assert!(scheduler.kv_cache().block_table(&id).is_empty());
             assert!(scheduler.request(&id).is_none());
@@ -685,8 +708,8 @@ fn abort_frees_waiting_and_running_requests() {
     assert_eq!(running.num_output_tokens(), 0);
     assert_eq!(running.num_computed_tokens(), 16);
     assert_eq!(report.request("waiting").num_blocks_allocated(), 0);
-    assert_eq!(report.step(2).finished_ids, ["waiting"]);
-    assert_eq!(report.step(3).finished_ids, ["running"]);
+    // Each is gone from the batch from the step after its abort on.
+    assert_eq!(report.batch_ids(2), ["running"]);
     assert!(report.step(3).is_empty());
     assert_eq!(report.runs("later")[0].0, 4);
     assert_eq!(report.finish_order, ["waiting", "running", "later"]);
@@ -861,18 +884,16 @@ impl Rng {
 }
 
 #[test]
-fn finish_request_frees_at_once_and_reports_next_step() {
+fn finish_request_frees_at_once() {
     let mut scheduler = Scheduler::new(config(64, 8, 4, 16, 64)).unwrap();
     scheduler
-        .add_request(Request::new("a", tokens(1, 10), 50))
+        .add_request(Request::new("a", tokens(1, 10)))
         .unwrap();
     scheduler
-        .add_request(Request::new("b", tokens(2, 10), 50))
+        .add_request(Request::new("b", tokens(2, 10)))
         .unwrap();
     let output = scheduler.schedule();
-    scheduler
-        .update_from_output(&output, &[1, 2], |_| None)
-        .unwrap();
+    scheduler.update_from_output(&output, &[1, 2]).unwrap();
     assert_eq!(scheduler.kv_cache().block_table("a").len(), 3);
     let a = scheduler.finish_request("a", FinishReason::Stop).unwrap();
     assert_eq!(a.finish_reason(), Some(FinishReason::Stop));
@@ -881,7 +902,6 @@ fn finish_request_frees_at_once_and_reports_next_step() {
     assert!(scheduler.finish_request("a", FinishReason::Stop).is_none());
     assert!(scheduler.abort_request("nobody").is_none());
     let output = scheduler.schedule();
-    assert_eq!(output.finished_ids, ["a"]);
     assert_eq!(
         output.batch().map(|s| s.request_id).collect::<Vec<_>>(),
         ["b"]
@@ -890,10 +910,8 @@ fn finish_request_frees_at_once_and_reports_next_step() {
     assert_eq!(aborted.len(), 1);
     assert!(scheduler.is_empty());
     // b was aborted between schedule() and its update: the update skips it.
-    let update = scheduler
-        .update_from_output(&output, &[3], |_| None)
-        .unwrap();
-    assert!(update.new_tokens.is_empty() && update.finished.is_empty());
+    let update = scheduler.update_from_output(&output, &[3]).unwrap();
+    assert!(update.new_tokens.is_empty());
     assert!(scheduler.is_empty());
 }
 
@@ -901,11 +919,11 @@ fn finish_request_frees_at_once_and_reports_next_step() {
 fn update_refuses_mismatched_or_stale_outputs() {
     let mut scheduler = Scheduler::new(config(64, 8, 4, 16, 64)).unwrap();
     scheduler
-        .add_request(Request::new("a", tokens(1, 5), 3))
+        .add_request(Request::new("a", tokens(1, 5)))
         .unwrap();
     let first = scheduler.schedule();
     assert_eq!(
-        scheduler.update_from_output(&first, &[], |_| None).err(),
+        scheduler.update_from_output(&first, &[]).err(),
         Some(UpdateError::SampledCountMismatch {
             expected: 1,
             got: 0
@@ -917,20 +935,23 @@ fn update_refuses_mismatched_or_stale_outputs() {
         second.scheduled_running[0].token_ids,
         first.scheduled_new[0].token_ids
     );
-    assert!(second.scheduled_running[0].new_block_ids.is_empty());
     assert_eq!(
-        scheduler.update_from_output(&first, &[7], |_| None).err(),
+        second.scheduled_running[0].block_table,
+        first.scheduled_new[0].block_table
+    );
+    assert_eq!(
+        scheduler.update_from_output(&first, &[7]).err(),
         Some(UpdateError::StaleOutput {
             got: 1,
             pending: Some(2)
         })
     );
-    let update = scheduler
-        .update_from_output(&second, &[7], |_| None)
-        .unwrap();
-    assert_eq!(update.new_tokens, [("a".to_owned(), 7)]);
+    let update = scheduler.update_from_output(&second, &[7]).unwrap();
+    assert_eq!(update.new_tokens, [0]);
+    let a = scheduler.running_request(0).unwrap();
+    assert_eq!((a.request_id(), a.output_ids()), ("a", &[7][..]));
     assert!(matches!(
-        scheduler.update_from_output(&second, &[7], |_| None),
+        scheduler.update_from_output(&second, &[7]),
         Err(UpdateError::StaleOutput { pending: None, .. })
     ));
 }
@@ -982,42 +1003,36 @@ fn bad_configs_and_requests_are_refused() {
     );
 
     let mut scheduler = Scheduler::new(base).unwrap();
-    scheduler
-        .add_request(Request::new("a", vec![1], 1))
-        .unwrap();
+    scheduler.add_request(Request::new("a", vec![1])).unwrap();
     assert_eq!(
-        scheduler.add_request(Request::new("a", vec![2], 1)),
+        scheduler.add_request(Request::new("a", vec![2])),
         Err(AddRequestError::DuplicateId("a".into()))
     );
     assert_eq!(
-        scheduler.add_request(Request::new("e", vec![], 1)),
+        scheduler.add_request(Request::new("e", vec![])),
         Err(AddRequestError::EmptyPrompt)
     );
-    assert_eq!(
-        scheduler.add_request(Request::new("z", vec![1], 0)),
-        Err(AddRequestError::ZeroMaxTokens)
-    );
     let output = scheduler.schedule();
-    let update = scheduler
-        .update_from_output(&output, &[5], |_| None)
+    let update = scheduler.update_from_output(&output, &[5]).unwrap();
+    let finished = scheduler
+        .finish_running(&[(update.new_tokens[0], FinishReason::Length)])
+        .into_iter()
+        .next()
         .unwrap();
-    let finished = update.finished.into_iter().next().unwrap();
     assert_eq!(finished.finish_reason(), Some(FinishReason::Length));
     assert_eq!(
         scheduler.add_request(finished),
         Err(AddRequestError::NotWaiting(RequestStatus::FinishedLength))
     );
     // A finished request's id is free again.
-    scheduler
-        .add_request(Request::new("a", vec![1], 1))
-        .unwrap();
+    scheduler.add_request(Request::new("a", vec![1])).unwrap();
 }
 
 #[test]
 fn output_debug_never_shows_tokens() {
     let mut scheduler = Scheduler::new(config(64, 8, 4, 16, 64)).unwrap();
     scheduler
-        .add_request(Request::new("visible-id", vec![31_337, 27_182, 16_180], 3))
+        .add_request(Request::new("visible-id", vec![31_337, 27_182, 16_180]))
         .unwrap();
     let output = scheduler.schedule();
     let printed = format!("{output:?} {scheduler:?}");
@@ -1031,18 +1046,19 @@ fn output_debug_never_shows_tokens() {
 fn reset_prefix_cache_needs_an_idle_pool() {
     let mut scheduler = Scheduler::new(config(64, 8, 4, 16, 64)).unwrap();
     scheduler
-        .add_request(Request::new("a", tokens(1, 9), 1))
+        .add_request(Request::new("a", tokens(1, 9)))
         .unwrap();
     let output = scheduler.schedule();
     assert!(!scheduler.reset_prefix_cache());
-    scheduler
-        .update_from_output(&output, &[1], |_| None)
-        .unwrap();
+    let update = scheduler.update_from_output(&output, &[1]).unwrap();
+    // Still running: its blocks are held.
+    assert!(!scheduler.reset_prefix_cache());
+    scheduler.finish_running(&[(update.new_tokens[0], FinishReason::Length)]);
     assert_eq!(scheduler.kv_cache().pool().num_cached_blocks(), 2);
     assert!(scheduler.reset_prefix_cache());
     assert_eq!(scheduler.kv_cache().pool().num_cached_blocks(), 0);
     scheduler
-        .add_request(Request::new("b", tokens(1, 9), 1))
+        .add_request(Request::new("b", tokens(1, 9)))
         .unwrap();
     let output = scheduler.schedule();
     assert_eq!(output.scheduled_new[0].num_computed_tokens, 0);

@@ -89,7 +89,7 @@ pub fn config(file: &GgufFile, path: &Path) -> Result<LlamaConfig, LoadError> {
     };
     config.validate().map_err(|reason| LoadError::Config {
         path: path.to_path_buf(),
-        reason,
+        reason: reason.to_string(),
     })?;
     Ok(config)
 }

@@ -101,7 +101,7 @@ pub fn config(dir: &Path) -> Result<LlamaConfig, LoadError> {
     };
     config
         .validate()
-        .map_err(|reason| config_error(&path, reason))?;
+        .map_err(|reason| config_error(&path, reason.to_string()))?;
     Ok(config)
 }
 

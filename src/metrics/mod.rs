@@ -33,4 +33,4 @@ pub use exposition::Format;
 pub use instruments::{
     BucketSnapshot, Counter, Exemplar, Gauge, Histogram, HistogramSnapshot, TraceId,
 };
-pub use registry::{Metrics, TelemetryLosses};
+pub use registry::{FinishedRequest, Metrics, TelemetryLosses, FINISH_REASONS, REJECTION_REASONS};

@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use super::exposition::{render_labels, Format, Writer};
 use super::instruments::{Counter, Gauge, Histogram, TraceId};
-use crate::engine::output::StepStats;
-use crate::engine::{FinishReason, FinishedInfo};
 
 /// Time to first token (vLLM's buckets): from a millisecond for a cached short prompt to
 /// minutes for a long one queued behind others.
@@ -33,13 +31,35 @@ const REQUEST_LATENCY_BUCKETS: &[f64] = &[
     1920.0, 7680.0,
 ];
 
-/// The finish reasons, in the order of [`Metrics::request_success`]'s counters.
-const FINISH_REASONS: [FinishReason; 4] = [
-    FinishReason::Stop,
-    FinishReason::Length,
-    FinishReason::Abort,
-    FinishReason::Error,
-];
+/// The finish reasons a request can end with (the engine's `FinishReason::as_str`), in the
+/// order of [`Metrics::request_success`]'s counters. Plain strings, so that metrics depend on
+/// nothing of the engine's.
+pub const FINISH_REASONS: [&str; 4] = ["stop", "length", "abort", "error"];
+
+/// Why the API refused a request before the engine saw it, in the order of
+/// [`Metrics::request_rejected`]'s counters: the queue was full (429), the body too large
+/// (413), the request invalid (400, 404 for an unknown model), or the server could not take
+/// it (503: loading, shutting down, engine gone).
+pub const REJECTION_REASONS: [&str; 4] = ["queue_full", "too_large", "invalid", "unavailable"];
+
+/// A request that ended, in plain values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinishedRequest {
+    /// One of [`FINISH_REASONS`].
+    pub reason: &'static str,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// From arrival at the API to the end.
+    pub e2e: Duration,
+    /// Seconds queued, in prefill and in decode; `None` for phases it never reached.
+    pub queue: Option<f64>,
+    /// See `queue`.
+    pub prefill: Option<f64>,
+    /// See `queue`.
+    pub decode: Option<f64>,
+}
 
 /// What the telemetry pipeline lost, as plain counts taken at scrape time.
 #[derive(Debug, Default, Clone, Copy)]
@@ -80,6 +100,8 @@ pub struct Metrics {
     generation_tokens: Counter,
     /// One per entry of [`FINISH_REASONS`].
     request_success: [Counter; 4],
+    /// One per entry of [`REJECTION_REASONS`].
+    request_rejected: [Counter; 4],
     prefix_cache_queries: Counter,
     prefix_cache_hits: Counter,
     time_to_first_token: Histogram,
@@ -106,6 +128,7 @@ impl Metrics {
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
             request_success: Default::default(),
+            request_rejected: Default::default(),
             prefix_cache_queries: Counter::default(),
             prefix_cache_hits: Counter::default(),
             time_to_first_token: Histogram::new(TIME_TO_FIRST_TOKEN_BUCKETS),
@@ -129,10 +152,26 @@ impl Metrics {
 
     /// Counts what one `schedule()` decided: preemptions, and the prefix-cache lookups (in
     /// tokens) of the requests it admitted.
-    pub fn record_step(&self, stats: &StepStats) {
-        add_unless_zero(&self.preemptions, stats.num_preemptions as u64);
-        add_unless_zero(&self.prefix_cache_queries, stats.prefix_cache_queries);
-        add_unless_zero(&self.prefix_cache_hits, stats.prefix_cache_hits);
+    pub fn record_step(
+        &self,
+        preemptions: usize,
+        prefix_cache_queries: u64,
+        prefix_cache_hits: u64,
+    ) {
+        add_unless_zero(&self.preemptions, preemptions as u64);
+        add_unless_zero(&self.prefix_cache_queries, prefix_cache_queries);
+        add_unless_zero(&self.prefix_cache_hits, prefix_cache_hits);
+    }
+
+    /// A request the API refused before the engine saw it; `reason` is one of
+    /// [`REJECTION_REASONS`] (anything else is not counted: it would be a bug, caught by
+    /// the debug assertion).
+    pub fn record_rejected(&self, reason: &str) {
+        let index = REJECTION_REASONS.iter().position(|&r| r == reason);
+        debug_assert!(index.is_some(), "unknown rejection reason {reason}");
+        if let Some(index) = index {
+            self.request_rejected[index].inc_by(1);
+        }
     }
 
     /// Counts the tokens one step generated (over all its requests).
@@ -161,14 +200,18 @@ impl Metrics {
 
     /// A request that ended, for any reason: `e2e` is from its arrival at the API to now.
     /// Phases it never reached (say, an abort while waiting) are not observed.
-    pub fn record_finished(&self, info: &FinishedInfo, e2e: Duration, trace_id: Option<TraceId>) {
-        self.request_success[reason_index(info.reason)].inc_by(1);
+    pub fn record_finished(&self, info: &FinishedRequest, trace_id: Option<TraceId>) {
+        let index = FINISH_REASONS.iter().position(|&r| r == info.reason);
+        debug_assert!(index.is_some(), "unknown finish reason {}", info.reason);
+        if let Some(index) = index {
+            self.request_success[index].inc_by(1);
+        }
         self.e2e_request_latency
-            .observe_traced(e2e.as_secs_f64(), trace_id);
+            .observe_traced(info.e2e.as_secs_f64(), trace_id);
         let phases = [
-            (&self.request_queue_time, info.timings.queue),
-            (&self.request_prefill_time, info.timings.prefill),
-            (&self.request_decode_time, info.timings.decode),
+            (&self.request_queue_time, info.queue),
+            (&self.request_prefill_time, info.prefill),
+            (&self.request_decode_time, info.decode),
         ];
         for (histogram, seconds) in phases {
             if let Some(seconds) = seconds {
@@ -222,17 +265,22 @@ impl Metrics {
             "Tokens generated.",
             self.generation_tokens.get(),
         );
-        let successes = FINISH_REASONS.map(|reason| {
-            (
-                reason.as_str(),
-                self.request_success[reason_index(reason)].get(),
-            )
-        });
+        let successes: [(&str, u64); 4] =
+            std::array::from_fn(|i| (FINISH_REASONS[i], self.request_success[i].get()));
         out.labelled_counter(
             "waypoint_request_success_total",
             "Requests that ended, by finish reason (stop, length, abort, error).",
             "finished_reason",
             &successes,
+        );
+        let rejections: [(&str, u64); 4] =
+            std::array::from_fn(|i| (REJECTION_REASONS[i], self.request_rejected[i].get()));
+        out.labelled_counter(
+            "waypoint_request_rejected_total",
+            "Requests refused before the engine saw them, by reason (queue_full: 429, \
+             too_large: 413, invalid: 400/404, unavailable: 503).",
+            "reason",
+            &rejections,
         );
         out.counter(
             "waypoint_prefix_cache_queries_total",
@@ -308,15 +356,6 @@ impl fmt::Debug for Metrics {
     }
 }
 
-fn reason_index(reason: FinishReason) -> usize {
-    match reason {
-        FinishReason::Stop => 0,
-        FinishReason::Length => 1,
-        FinishReason::Abort => 2,
-        FinishReason::Error => 3,
-    }
-}
-
 /// A zero add would still be an atomic read-modify-write; most steps have nothing to add.
 fn add_unless_zero(counter: &Counter, n: u64) {
     if n > 0 {
@@ -345,21 +384,16 @@ fn one_two_five_buckets(max: usize) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::EngineTimings;
 
-    fn finished(reason: FinishReason, completion_tokens: usize) -> FinishedInfo {
-        FinishedInfo {
+    fn finished(reason: &'static str, completion_tokens: usize, e2e: Duration) -> FinishedRequest {
+        FinishedRequest {
             reason,
             prompt_tokens: 12,
             completion_tokens,
-            cached_prompt_tokens: 0,
-            num_preemptions: 0,
-            error: None,
-            timings: EngineTimings {
-                queue: Some(0.001),
-                prefill: Some(0.002),
-                decode: None,
-            },
+            e2e,
+            queue: Some(0.001),
+            prefill: Some(0.002),
+            decode: None,
         }
     }
 
@@ -393,22 +427,40 @@ mod tests {
             );
             assert!(text.contains(&sample), "{sample} in {text}");
         }
+        for reason in REJECTION_REASONS {
+            let sample = format!(
+                "waypoint_request_rejected_total{{model_name=\"my \\\"model\\\"\",reason=\"{reason}\"}} 0"
+            );
+            assert!(text.contains(&sample), "{sample} in {text}");
+        }
+    }
+
+    #[test]
+    fn rejected_requests_count_by_reason() {
+        let metrics = Metrics::new("m", 64);
+        metrics.record_rejected("queue_full");
+        metrics.record_rejected("invalid");
+        metrics.record_rejected("invalid");
+        let text = metrics.render(Format::PrometheusText);
+        for (reason, count) in [
+            ("queue_full", 1),
+            ("too_large", 0),
+            ("invalid", 2),
+            ("unavailable", 0),
+        ] {
+            let sample = format!(
+                "waypoint_request_rejected_total{{model_name=\"m\",reason=\"{reason}\"}} {count}\n"
+            );
+            assert!(text.contains(&sample), "{sample} in {text}");
+        }
     }
 
     #[test]
     fn finished_requests_count_by_reason_and_skip_phases_not_reached() {
         let metrics = Metrics::new("m", 64);
         let trace = TraceId::parse("0af7651916cd43dd8448eb211c80319c");
-        metrics.record_finished(
-            &finished(FinishReason::Length, 4),
-            Duration::from_millis(3),
-            trace,
-        );
-        metrics.record_finished(
-            &finished(FinishReason::Abort, 0),
-            Duration::from_millis(1),
-            None,
-        );
+        metrics.record_finished(&finished("length", 4, Duration::from_millis(3)), trace);
+        metrics.record_finished(&finished("abort", 0, Duration::from_millis(1)), None);
         assert_eq!(
             metrics.request_success.each_ref().map(Counter::get),
             [0, 1, 1, 0]
@@ -450,12 +502,7 @@ mod tests {
     #[test]
     fn steps_and_tokens_feed_the_counters_and_gauges() {
         let metrics = Metrics::new("m", 64);
-        metrics.record_step(&StepStats {
-            num_preemptions: 2,
-            prefix_cache_queries: 40,
-            prefix_cache_hits: 32,
-            ..StepStats::default()
-        });
+        metrics.record_step(2, 40, 32);
         metrics.record_generated_tokens(3);
         metrics.record_first_token(Duration::from_millis(5), 40, None);
         metrics.record_inter_token(Duration::from_millis(20), None);

@@ -83,8 +83,10 @@ pub enum BatchError {
         num_blocks: usize,
     },
     /// A token id outside the vocabulary.
-    #[error("token id {token} is outside the vocabulary of {vocab_size}")]
+    #[error("sequence {index} has token id {token}, outside the vocabulary of {vocab_size}")]
     TokenOutOfRange {
+        /// Position of the sequence in the batch.
+        index: usize,
         /// The offending token id.
         token: u32,
         /// Vocabulary size.
@@ -100,6 +102,21 @@ pub enum BatchError {
         /// Longest supported context.
         limit: usize,
     },
+}
+
+impl BatchError {
+    /// The batch position of the sequence at fault, when one sequence is (not for a batch
+    /// whose packing is inconsistent as a whole).
+    pub fn sequence_index(&self) -> Option<usize> {
+        match self {
+            BatchError::TokenCountMismatch { .. } => None,
+            BatchError::EmptySequence { index }
+            | BatchError::BlockTableTooShort { index, .. }
+            | BatchError::BlockOutOfRange { index, .. }
+            | BatchError::TokenOutOfRange { index, .. }
+            | BatchError::ContextTooLong { index, .. } => Some(*index),
+        }
+    }
 }
 
 impl ForwardBatch {
@@ -118,8 +135,26 @@ impl ForwardBatch {
                 claimed,
             });
         }
-        if let Some(&token) = self.token_ids.iter().find(|&&t| t as usize >= vocab_size) {
-            return Err(BatchError::TokenOutOfRange { token, vocab_size });
+        if let Some(offset) = self
+            .token_ids
+            .iter()
+            .position(|&t| t as usize >= vocab_size)
+        {
+            // Which sequence packs it, so that the engine can fail that request alone.
+            let mut end = 0;
+            let index = self
+                .sequences
+                .iter()
+                .position(|s| {
+                    end += s.num_new_tokens;
+                    offset < end
+                })
+                .unwrap_or(0);
+            return Err(BatchError::TokenOutOfRange {
+                index,
+                token: self.token_ids[offset],
+                vocab_size,
+            });
         }
         for (index, seq) in self.sequences.iter().enumerate() {
             if seq.num_new_tokens == 0 {

@@ -72,7 +72,7 @@ impl LlamaConfig {
     }
 
     /// Checks relations between fields that a corrupt checkpoint could break.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -83,32 +83,57 @@ impl LlamaConfig {
             ("head_dim", self.head_dim),
             ("max_position_embeddings", self.max_position_embeddings),
         ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err(format!("{name} must be positive"));
-            }
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(InvalidConfig::Zero(name));
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return Err(format!(
-                "num_heads ({}) is not a multiple of num_kv_heads ({})",
-                self.num_heads, self.num_kv_heads
-            ));
+            return Err(InvalidConfig::HeadsNotGrouped {
+                num_heads: self.num_heads,
+                num_kv_heads: self.num_kv_heads,
+            });
         }
         if !self.head_dim.is_multiple_of(2) {
-            return Err(format!(
-                "head_dim ({}) must be even for RoPE",
-                self.head_dim
-            ));
+            return Err(InvalidConfig::OddHeadDim(self.head_dim));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return Err(format!("rope_theta ({}) must be positive", self.rope_theta));
+            return Err(InvalidConfig::NotPositive {
+                name: "rope_theta",
+                value: self.rope_theta,
+            });
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            return Err(format!(
-                "rms_norm_eps ({}) must be positive",
-                self.rms_norm_eps
-            ));
+            return Err(InvalidConfig::NotPositive {
+                name: "rms_norm_eps",
+                value: self.rms_norm_eps,
+            });
         }
         Ok(())
     }
+}
+
+/// A [`LlamaConfig`] that no model could have.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum InvalidConfig {
+    /// A size of zero.
+    #[error("{0} must be positive")]
+    Zero(&'static str),
+    /// Query heads must share key/value heads evenly.
+    #[error("num_heads ({num_heads}) is not a multiple of num_kv_heads ({num_kv_heads})")]
+    HeadsNotGrouped {
+        /// Query heads.
+        num_heads: usize,
+        /// Key/value heads.
+        num_kv_heads: usize,
+    },
+    /// RoPE rotates pairs of dimensions.
+    #[error("head_dim ({0}) must be even for RoPE")]
+    OddHeadDim(usize),
+    /// A float that must be finite and positive.
+    #[error("{name} ({value}) must be positive")]
+    NotPositive {
+        /// The field.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
 }

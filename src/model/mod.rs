@@ -12,7 +12,7 @@ pub mod weights;
 
 pub use backend::ModelBackend;
 pub use batch::{BatchError, ForwardBatch, LogitsWanted, SequenceSlice};
-pub use config::{LlamaConfig, RopeStyle};
+pub use config::{InvalidConfig, LlamaConfig, RopeStyle};
 pub use kv_cache::{KvCacheConfig, PagedKvCache, DEFAULT_BLOCK_SIZE};
 pub use llama::{ForwardError, Llama, Logits};
 pub use weights::{HostTensor, WeightError, WeightSource};

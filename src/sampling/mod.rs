@@ -6,6 +6,9 @@ mod params;
 mod sampler;
 mod stop;
 
-pub use params::{InvalidParam, SamplingParams, MAX_LOGPROBS, MAX_STOP_STRINGS, MIN_TEMPERATURE};
+pub use params::{
+    InvalidParam, SamplingParams, DEFAULT_MAX_TOKENS, MAX_LOGPROBS, MAX_STOP_STRINGS,
+    MIN_TEMPERATURE,
+};
 pub use sampler::{SampledToken, Sampler};
 pub use stop::{StopOutcome, StopStringMatcher};

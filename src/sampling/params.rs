@@ -1,5 +1,12 @@
 //! Sampling parameters with OpenAI/vLLM semantics, and their validation.
 
+/// Most tokens a request generates when it does not say: the one default of `max_tokens`,
+/// for `waypoint generate` and the API alike (both also stop where the context ends).
+/// vLLM's "whatever is left of the context" lets a request that forgot the field hold a
+/// slot for the whole context (128k tokens on recent models), and OpenAI's 16 cuts answers
+/// mid-sentence.
+pub const DEFAULT_MAX_TOKENS: usize = 4096;
+
 /// Most top logprobs a request may ask for (OpenAI's `top_logprobs` limit, vLLM's default).
 pub const MAX_LOGPROBS: usize = 20;
 /// Most stop strings a request may give; each one costs a search per generated token.
@@ -39,8 +46,7 @@ pub struct SamplingParams {
     /// same tokens, on the same Waypoint version and backend (the generator and the float
     /// arithmetic are not promised to stay bit-identical across either). By default random.
     pub seed: Option<u64>,
-    /// Most tokens to generate, at least 1. By default 256: OpenAI's 16 cuts most answers
-    /// mid-sentence, and "unlimited" lets one request hold the server for its whole context.
+    /// Most tokens to generate, at least 1. By default [`DEFAULT_MAX_TOKENS`].
     pub max_tokens: usize,
     /// End-of-sequence and stop token ids are masked until the output holds this many
     /// tokens, at most `max_tokens`. By default 0.
@@ -69,7 +75,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
             seed: None,
-            max_tokens: 256,
+            max_tokens: DEFAULT_MAX_TOKENS,
             min_tokens: 0,
             stop_token_ids: Vec::new(),
             stop: Vec::new(),
@@ -246,7 +252,7 @@ mod tests {
         assert_eq!(SamplingParams::greedy().validate(10), Ok(()));
         assert!(SamplingParams::greedy().is_greedy());
         assert!(!SamplingParams::default().is_greedy());
-        assert_eq!(SamplingParams::default().max_tokens, 256);
+        assert_eq!(SamplingParams::default().max_tokens, DEFAULT_MAX_TOKENS);
     }
 
     #[test]
@@ -311,7 +317,7 @@ mod tests {
                 with(|p| p.presence_penalty = f32::INFINITY),
             ),
             ("max_tokens", with(|p| p.max_tokens = 0)),
-            ("min_tokens", with(|p| p.min_tokens = 257)),
+            ("min_tokens", with(|p| p.min_tokens = p.max_tokens + 1)),
             ("stop", with(|p| p.stop = vec!["a".into(), String::new()])),
             (
                 "stop",

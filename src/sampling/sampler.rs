@@ -86,6 +86,11 @@ impl Sampler {
         }
     }
 
+    /// The parameters this sampler draws with: the request's one copy of them.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
     /// Picks the next token from `logits`, the model's raw logits (one per vocabulary entry).
     ///
     /// `prompt_ids` and `output_ids` are the sequence so far; `eos_token_ids` are the model's

@@ -115,10 +115,30 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Submit(SubmitError::QueueFull(_)) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Submit(SubmitError::ShuttingDown) | Self::Loading => {
+            Self::Submit(SubmitError::ShuttingDown | SubmitError::EngineDead) | Self::Loading => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `reason` label of `waypoint_request_rejected_total` for a request refused with
+    /// this error before the engine saw it, or `None` for errors that are not refusals of a
+    /// generation request (server faults, auth, unknown routes).
+    pub fn rejection_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Submit(SubmitError::QueueFull(_)) => Some("queue_full"),
+            Self::PayloadTooLarge { .. } => Some("too_large"),
+            Self::InvalidRequest { .. } | Self::InvalidParam(_) | Self::ModelNotFound(_) => {
+                Some("invalid")
+            }
+            Self::Submit(SubmitError::ShuttingDown | SubmitError::EngineDead) | Self::Loading => {
+                Some("unavailable")
+            }
+            Self::Unauthorized
+            | Self::RouteNotFound(_)
+            | Self::MethodNotAllowed { .. }
+            | Self::Internal(_) => None,
         }
     }
 
@@ -133,7 +153,9 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "request_too_large",
             Self::Unauthorized => "authentication_error",
             Self::Submit(SubmitError::QueueFull(_)) => "server_overloaded",
-            Self::Submit(SubmitError::ShuttingDown) | Self::Loading => "service_unavailable",
+            Self::Submit(SubmitError::ShuttingDown | SubmitError::EngineDead) | Self::Loading => {
+                "service_unavailable"
+            }
             Self::Internal(_) => "internal_error",
         }
     }

@@ -60,7 +60,7 @@ fn event(span: &Span, request_id: &str, kind: &'static str) {
             tracing::Level::DEBUG,
             request_id,
             event.type = kind,
-            event.ts.monotonic = monotonic_seconds(),
+            ts.monotonic = monotonic_seconds(),
             "api {kind}"
         )
     });
@@ -260,7 +260,7 @@ impl ApiJourney {
                 tracing::Level::DEBUG,
                 request_id = self.request_id.as_str(),
                 event.type = "ABORTED",
-                event.ts.monotonic = monotonic_seconds(),
+                ts.monotonic = monotonic_seconds(),
                 abort.reason = reason,
                 "api ABORTED"
             )

@@ -77,9 +77,7 @@ pub struct ServerConfig {
     /// room to spare, while bounding what one request can make the server buffer.
     pub max_request_bytes: usize,
     /// `max_tokens` for requests that do not set it: this, or what the context has left if
-    /// that is less. By default 4096: vLLM's "whatever is left of the context" lets a
-    /// request that forgot the field hold a slot for the whole context (128k tokens on
-    /// recent models), and OpenAI's 16 cuts answers mid-sentence.
+    /// that is less. By default [`DEFAULT_MAX_TOKENS`](crate::sampling::DEFAULT_MAX_TOKENS).
     pub default_max_tokens: usize,
     /// Fraction of requests whose journey is traced, in [0, 1]; `None` turns journey tracing
     /// off. A request header `x-waypoint-trace: 1` forces it on for that request while
@@ -94,7 +92,7 @@ impl Default for ServerConfig {
             port: 8000,
             api_key: None,
             max_request_bytes: 4 * 1024 * 1024,
-            default_max_tokens: 4096,
+            default_max_tokens: crate::sampling::DEFAULT_MAX_TOKENS,
             journey_sample_rate: None,
         }
     }

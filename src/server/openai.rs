@@ -12,7 +12,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/completions`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(default)]
 pub struct CompletionRequest {
     /// Must be the served model's name when given.
@@ -70,7 +70,7 @@ pub struct CompletionRequest {
 }
 
 /// `POST /v1/chat/completions`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(default)]
 pub struct ChatCompletionRequest {
     /// Must be the served model's name when given.
@@ -128,6 +128,65 @@ pub struct ChatCompletionRequest {
     pub stop_token_ids: Option<Vec<u32>>,
 }
 
+// The request types hold users' text (prompts, messages, stop strings, suffixes, tools): their
+// `Debug` prints what a log may show (the model, the knobs, sizes), never the text.
+
+/// The size of a prompt, as `Debug` may show it.
+fn prompt_shape(prompt: &Option<Prompt>) -> String {
+    match prompt {
+        None => "none".to_string(),
+        Some(Prompt::Text(text)) => format!("text of {} bytes", text.len()),
+        Some(Prompt::TextBatch(texts)) => format!("{} texts", texts.len()),
+        Some(Prompt::Tokens(ids)) => format!("{} token ids", ids.len()),
+        Some(Prompt::TokensBatch(batch)) => format!("{} token id lists", batch.len()),
+    }
+}
+
+impl fmt::Debug for CompletionRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompletionRequest")
+            .field("model", &self.model)
+            .field("prompt", &prompt_shape(&self.prompt))
+            .field("max_tokens", &self.max_tokens)
+            .field("max_completion_tokens", &self.max_completion_tokens)
+            .field("temperature", &self.temperature)
+            .field("stream", &self.stream)
+            .field("num_stop_strings", &self.stop.as_ref().map(|s| s.0.len()))
+            .field("logprobs", &self.logprobs)
+            .field("priority", &self.priority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ChatCompletionRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatCompletionRequest")
+            .field("model", &self.model)
+            .field("messages", &self.messages)
+            .field("max_tokens", &self.max_tokens)
+            .field("max_completion_tokens", &self.max_completion_tokens)
+            .field("temperature", &self.temperature)
+            .field("stream", &self.stream)
+            .field("num_stop_strings", &self.stop.as_ref().map(|s| s.0.len()))
+            .field("logprobs", &self.logprobs)
+            .field("num_tools", &self.tools.as_ref().map(Vec::len))
+            .field("priority", &self.priority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ChatMessageIn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatMessageIn")
+            .field("role", &self.role)
+            .field(
+                "content_bytes",
+                &self.content.as_ref().map(|content| content.0.len()),
+            )
+            .finish()
+    }
+}
+
 /// `stream_options`.
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
 #[serde(default)]
@@ -137,7 +196,7 @@ pub struct StreamOptions {
 }
 
 /// One message of a chat request.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct ChatMessageIn {
     /// `system`, `user`, `assistant`, ...: the chat template decides what it accepts.
     pub role: String,

@@ -52,14 +52,14 @@ pub async fn completions(
     let result = match body {
         Ok(ApiJson(body)) => {
             generate(
-                state,
+                state.clone(),
                 &headers,
                 Api::Completions,
                 move |engine, config, id, at| validate_completion(engine, config, body, id, at),
             )
             .await
         }
-        Err(err) => Err(err),
+        Err(err) => Err(count_rejection(&state, err)),
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
@@ -85,12 +85,15 @@ pub async fn chat_completions(
 ) -> Response {
     let result = match body {
         Ok(ApiJson(body)) => {
-            generate(state, &headers, Api::Chat, move |engine, config, id, at| {
-                validate_chat(engine, config, body, id, at)
-            })
+            generate(
+                state.clone(),
+                &headers,
+                Api::Chat,
+                move |engine, config, id, at| validate_chat(engine, config, body, id, at),
+            )
             .await
         }
-        Err(err) => Err(err),
+        Err(err) => Err(count_rejection(&state, err)),
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
@@ -123,9 +126,10 @@ where
     );
     let trace = journey.as_ref().and_then(ApiJourney::trace_headers);
     let trace_id = trace.as_ref().map(|trace| trace.trace_id.clone());
+    let metrics_state = state.clone();
     let mut response = match submit(state, api, validate, id, arrival, journey, trace_id).await {
         Ok(response) => response,
-        Err(error) => error.into_response(),
+        Err(error) => count_rejection(&metrics_state, error).into_response(),
     };
     if let Some(trace) = trace {
         trace.insert_into(response.headers_mut());
@@ -189,6 +193,15 @@ where
         Some(mode) => Ok(sse::response(events, builder, mode, span, journey)),
         None => collect(events, &mut builder, &span, journey).await,
     }
+}
+
+/// Counts `error` in `waypoint_request_rejected_total` when it refuses a request before the
+/// engine saw it (429, 413, 400, 404 model, 503); other errors pass uncounted.
+fn count_rejection(state: &AppState, error: ApiError) -> ApiError {
+    if let Some(reason) = error.rejection_reason() {
+        state.engine.metrics().record_rejected(reason);
+    }
+    error
 }
 
 /// Ends the journey of a request refused before the engine took it.

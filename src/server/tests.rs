@@ -1286,3 +1286,153 @@ fn template_rejections_are_the_clients_fault() {
     assert_eq!(api.status(), 400);
     assert!(api.to_string().contains("roles must alternate"), "{api}");
 }
+
+/// Predicts byte `A` for every sequence, a few milliseconds per step (so a request runs
+/// long enough for a test to act meanwhile).
+struct SlowConstantRunner;
+
+impl crate::engine::ModelRunner for SlowConstantRunner {
+    fn execute(
+        &mut self,
+        batch: &crate::model::ForwardBatch,
+    ) -> Result<crate::model::Logits, crate::engine::ExecuteError> {
+        std::thread::sleep(Duration::from_millis(5));
+        let mut data = vec![0.0; batch.sequences.len() * TINY_VOCAB_SIZE];
+        for row in 0..batch.sequences.len() {
+            data[row * TINY_VOCAB_SIZE + usize::from(b'A')] = 10.0;
+        }
+        Ok(crate::model::Logits {
+            data,
+            vocab_size: TINY_VOCAB_SIZE,
+        })
+    }
+}
+
+/// The engine-panic drill over HTTP: a panic in the engine's scheduler fails every waiting
+/// client with a 500 in OpenAI's error shape, `/health` turns 503 `unhealthy`, and new
+/// requests get 503 (counted as rejected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_engine_fails_its_clients_and_reports_unhealthy() {
+    let engine = crate::engine::start(
+        SlowConstantRunner,
+        Arc::new(Tokenizer::tiny()),
+        ModelInfo {
+            name: MODEL.to_string(),
+            max_context: MAX_CONTEXT,
+            vocab_size: TINY_VOCAB_SIZE,
+        },
+        crate::engine::EngineConfig {
+            scheduler: crate::engine::SchedulerConfig::new(64, MAX_CONTEXT),
+            max_waiting_requests: 16,
+            step_tracing: None,
+        },
+    )
+    .unwrap();
+    let state = AppState::new(engine.handle.clone(), ServerConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, state, std::future::pending()));
+    let client = reqwest::Client::new();
+    let post = |body: Value| {
+        let request = client.post(format!("{base}/v1/completions")).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+
+    // A bystander that is mid-generation when the engine dies.
+    let bystander = tokio::spawn(post(
+        json!({"prompt": [65, 66], "max_tokens": 50, "ignore_eos": true}),
+    ));
+    while engine.handle.stats().await.unwrap().running == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let culprit = crate::engine::scheduler::PANIC_IN_SCHEDULE;
+    let (status, body) = post(json!({"prompt": culprit, "max_tokens": 5})).await;
+    let (bystander_status, bystander_body) = bystander.await.unwrap();
+    for (status, body) in [(status, &body), (bystander_status, &bystander_body)] {
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(body["error"]["type"], "internal_error", "{body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+    }
+    tokio::time::timeout(Duration::from_secs(5), engine.handle.died())
+        .await
+        .expect("the engine reports its death");
+    let health = client.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "unhealthy"})
+    );
+    let (status, body) = post(json!({"prompt": "hello", "max_tokens": 5})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["type"], "service_unavailable", "{body}");
+    let scrape = engine
+        .handle
+        .metrics()
+        .render(crate::metrics::Format::PrometheusText);
+    assert!(
+        scrape.contains(
+            "waypoint_request_rejected_total{model_name=\"tiny\",reason=\"unavailable\"} 1\n"
+        ),
+        "{scrape}"
+    );
+}
+
+/// The count of `waypoint_request_rejected_total{reason}` in the server's scrape.
+fn rejected(server: &TestServer, reason: &str) -> u64 {
+    let scrape = server
+        .state
+        .engine
+        .metrics()
+        .render(crate::metrics::Format::PrometheusText);
+    let prefix =
+        format!("waypoint_request_rejected_total{{model_name=\"{MODEL}\",reason=\"{reason}\"}} ");
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {scrape}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn refused_requests_are_counted_by_reason() {
+    let config = ServerConfig {
+        max_request_bytes: 1024,
+        ..ServerConfig::default()
+    };
+    let server = start_with(config, 0).await;
+    let (status, _) = server
+        .post("/v1/completions", json!({"prompt": "a".repeat(4096)}))
+        .await;
+    assert_eq!(status, 413);
+    let (status, _) = server
+        .post(
+            "/v1/completions",
+            json!({"prompt": "hi", "temperature": -1}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = server
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "other", "messages": []}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = server
+        .post("/v1/completions", json!({"prompt": "hi"}))
+        .await;
+    assert_eq!(status, 429);
+    assert_eq!(rejected(&server, "too_large"), 1);
+    assert_eq!(rejected(&server, "invalid"), 2);
+    assert_eq!(rejected(&server, "queue_full"), 1);
+    assert_eq!(rejected(&server, "unavailable"), 0);
+    // Not a refusal of a generation request: not counted.
+    let (status, _) = server.get("/v1/nothing").await;
+    assert_eq!(status, 404);
+    assert_eq!(rejected(&server, "invalid"), 2);
+}

@@ -64,6 +64,34 @@ struct CommonFields {
     stop_token_ids: Option<Vec<u32>>,
 }
 
+/// Moves the shared fields out of either API request type (both name them alike); written
+/// once, so a new shared field cannot be forgotten on one endpoint.
+macro_rules! common_fields {
+    ($body:expr) => {
+        CommonFields {
+            max_tokens: $body.max_tokens,
+            max_completion_tokens: $body.max_completion_tokens,
+            temperature: $body.temperature,
+            top_p: $body.top_p,
+            n: $body.n,
+            stream: $body.stream,
+            stream_options: $body.stream_options,
+            stop: $body.stop,
+            presence_penalty: $body.presence_penalty,
+            frequency_penalty: $body.frequency_penalty,
+            logit_bias: $body.logit_bias,
+            seed: $body.seed,
+            top_k: $body.top_k,
+            min_p: $body.min_p,
+            repetition_penalty: $body.repetition_penalty,
+            min_tokens: $body.min_tokens,
+            ignore_eos: $body.ignore_eos,
+            priority: $body.priority,
+            stop_token_ids: $body.stop_token_ids,
+        }
+    };
+}
+
 /// The part of validation that does not depend on the prompt.
 struct Checked {
     params: SamplingParams,
@@ -108,27 +136,7 @@ pub fn validate_completion(
             ))
         }
     };
-    let common = CommonFields {
-        max_tokens: body.max_tokens,
-        max_completion_tokens: body.max_completion_tokens,
-        temperature: body.temperature,
-        top_p: body.top_p,
-        n: body.n,
-        stream: body.stream,
-        stream_options: body.stream_options,
-        stop: body.stop,
-        presence_penalty: body.presence_penalty,
-        frequency_penalty: body.frequency_penalty,
-        logit_bias: body.logit_bias,
-        seed: body.seed,
-        top_k: body.top_k,
-        min_p: body.min_p,
-        repetition_penalty: body.repetition_penalty,
-        min_tokens: body.min_tokens,
-        ignore_eos: body.ignore_eos,
-        priority: body.priority,
-        stop_token_ids: body.stop_token_ids,
-    };
+    let common = common_fields!(body);
     let mut checked = check_common(common)?;
     checked.params.logprobs = logprobs;
 
@@ -225,27 +233,7 @@ pub fn validate_chat(
             ))
         }
     };
-    let common = CommonFields {
-        max_tokens: body.max_tokens,
-        max_completion_tokens: body.max_completion_tokens,
-        temperature: body.temperature,
-        top_p: body.top_p,
-        n: body.n,
-        stream: body.stream,
-        stream_options: body.stream_options,
-        stop: body.stop,
-        presence_penalty: body.presence_penalty,
-        frequency_penalty: body.frequency_penalty,
-        logit_bias: body.logit_bias,
-        seed: body.seed,
-        top_k: body.top_k,
-        min_p: body.min_p,
-        repetition_penalty: body.repetition_penalty,
-        min_tokens: body.min_tokens,
-        ignore_eos: body.ignore_eos,
-        priority: body.priority,
-        stop_token_ids: body.stop_token_ids,
-    };
+    let common = common_fields!(body);
     let mut checked = check_common(common)?;
     checked.params.logprobs = logprobs;
 
@@ -331,15 +319,16 @@ fn check_common(common: CommonFields) -> Result<Checked, ApiError> {
         (None, Some(n)) => Some(("max_tokens", n)),
         (None, None) => None,
     };
+    // Only the conversion is checked here: "at least 1" is `SamplingParams::validate`'s rule
+    // (the one place it is written), reported under the name the request used.
     let max_tokens = match max_tokens {
         None => None,
-        Some((param, n)) if n >= 1 => Some((param, usize::try_from(n).unwrap_or(usize::MAX))),
-        Some((param, n)) => {
-            return Err(ApiError::invalid(
-                param,
-                format!("`{param}` must be at least 1, got {n}"),
-            ))
-        }
+        Some((param, n)) => Some((
+            param,
+            usize::try_from(n).map_err(|_| {
+                ApiError::invalid(param, format!("`{param}` must not be negative, got {n}"))
+            })?,
+        )),
     };
     let top_k = match common.top_k {
         // vLLM's -1 and our 0 both mean "off".
@@ -434,7 +423,15 @@ fn finish(
         Some((_, n)) => n,
         None => remaining.min(config.default_max_tokens),
     };
-    checked.params.validate(engine.model().vocab_size)?;
+    checked
+        .params
+        .validate(engine.model().vocab_size)
+        .map_err(|mut invalid| {
+            if let (Some((param, _)), "max_tokens") = (checked.max_tokens, invalid.param) {
+                invalid.param = param;
+            }
+            invalid
+        })?;
     tracing::Span::current()
         .record("prompt_tokens", prompt_len)
         .record("max_tokens", checked.params.max_tokens);

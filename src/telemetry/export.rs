@@ -146,9 +146,26 @@ pub fn resource(service_name: String) -> Resource {
     Resource::builder().with_service_name(service_name).build()
 }
 
+/// Why the process's telemetry could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The OTLP exporter could not be built for the endpoint.
+    #[error("cannot build the OTLP exporter for {endpoint}: {source}")]
+    Exporter {
+        /// Where it was to export.
+        endpoint: String,
+        /// What the exporter's builder said.
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// A global subscriber is installed already.
+    #[error("cannot install the tracing subscriber: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
 /// A batch processor exporting to `target`. For gRPC this must run inside a tokio runtime,
 /// which must outlive the processor: the channel's connection lives on it.
-pub fn batch_processor(target: &ExportTarget) -> Result<BatchSpanProcessor, String> {
+pub fn batch_processor(target: &ExportTarget) -> Result<BatchSpanProcessor, InstallError> {
     let built = match target.protocol {
         OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -162,11 +179,9 @@ pub fn batch_processor(target: &ExportTarget) -> Result<BatchSpanProcessor, Stri
             .with_timeout(EXPORT_TIMEOUT)
             .build(),
     };
-    let exporter = built.map_err(|error| {
-        format!(
-            "cannot build the OTLP exporter for {}: {error}",
-            target.endpoint
-        )
+    let exporter = built.map_err(|source| InstallError::Exporter {
+        endpoint: target.endpoint.clone(),
+        source,
     })?;
     let exporter = LoggedFailures::new(exporter, target.endpoint.clone(), ERROR_LOG_INTERVAL);
     // The batch settings honour the OTEL_BSP_* variables (queue size, delay, batch size).

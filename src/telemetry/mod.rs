@@ -29,7 +29,7 @@ pub mod export;
 pub mod propagation;
 pub mod scopes;
 
-pub use export::{ExportTarget, OtlpProtocol};
+pub use export::{ExportTarget, InstallError, OtlpProtocol};
 
 /// Most events one exported span keeps, unless `OTEL_SPAN_EVENT_COUNT_LIMIT` says otherwise
 /// (the SDK's own default is 128, and it drops the rest silently). A journey has a handful,
@@ -117,7 +117,7 @@ pub struct Telemetry {
 /// Installs the global subscriber: the console, and trace export when `traces` is given.
 /// With gRPC export this must run inside the tokio runtime that serves (the exporter's
 /// connection lives there).
-pub fn install(format: LogFormat, traces: Option<Traces<'_>>) -> Result<Telemetry, String> {
+pub fn install(format: LogFormat, traces: Option<Traces<'_>>) -> Result<Telemetry, InstallError> {
     let mut telemetry = Telemetry::default();
     let mut exporting: BoxedLayer = Box::new(Identity::new());
     if let Some(traces) = traces {
@@ -140,8 +140,7 @@ pub fn install(format: LogFormat, traces: Option<Traces<'_>>) -> Result<Telemetr
     }
     tracing_subscriber::registry()
         .with(console_layers(format).and_then(exporting))
-        .try_init()
-        .map_err(|error| format!("cannot install the tracing subscriber: {error}"))?;
+        .try_init()?;
     if let Some(traces) = traces {
         let what = match (traces.journeys, traces.step_span_window.is_some()) {
             (true, true) => "journey and step traces",

@@ -147,6 +147,25 @@ pub struct BlockPool {
 impl BlockPool {
     /// A pool of `num_blocks` free blocks of `block_size` token slots each.
     pub fn new(num_blocks: usize, block_size: usize) -> Result<Self, KvCacheConfigError> {
+        let (ids, num_slots) = Self::check_config(num_blocks, block_size)?;
+        Ok(Self {
+            block_size,
+            ref_counts: vec![0; num_blocks],
+            entries: vec![None; num_blocks],
+            tokens: vec![0; num_slots],
+            cached: HashMap::new(),
+            free: FreeList::with_all(ids),
+            last_prefix: PrefixId::EMPTY.0,
+            hasher: RandomState::new(),
+        })
+    }
+
+    /// Checks a pool shape without allocating it; returns the block count as an id bound
+    /// and the number of token slots.
+    pub fn check_config(
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<(u32, usize), KvCacheConfigError> {
         if block_size == 0 {
             return Err(KvCacheConfigError::ZeroBlockSize);
         }
@@ -159,16 +178,7 @@ impl BlockPool {
             .filter(|&n| n < NIL)
             .ok_or(too_many.clone())?;
         let num_slots = num_blocks.checked_mul(block_size).ok_or(too_many)?;
-        Ok(Self {
-            block_size,
-            ref_counts: vec![0; num_blocks],
-            entries: vec![None; num_blocks],
-            tokens: vec![0; num_slots],
-            cached: HashMap::new(),
-            free: FreeList::with_all(ids),
-            last_prefix: PrefixId::EMPTY.0,
-            hasher: RandomState::new(),
-        })
+        Ok((ids, num_slots))
     }
 
     /// Token slots per block.

@@ -106,6 +106,11 @@ impl KvCacheManager {
         })
     }
 
+    /// Checks a pool shape without allocating it (what [`KvCacheManager::new`] would refuse).
+    pub fn check_config(num_blocks: usize, block_size: usize) -> Result<(), KvCacheConfigError> {
+        BlockPool::check_config(num_blocks, block_size).map(|_| ())
+    }
+
     /// Token slots per block.
     pub fn block_size(&self) -> usize {
         self.pool.block_size()
@@ -338,7 +343,7 @@ mod tests {
     use super::*;
 
     fn request(id: &str, prompt: &[u32]) -> Request {
-        Request::new(id, prompt.to_vec(), 8)
+        Request::new(id, prompt.to_vec())
     }
 
     /// Admits `request` like the scheduler does; returns its cache hit.
