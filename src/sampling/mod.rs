@@ -6,6 +6,9 @@ mod params;
 mod sampler;
 mod stop;
 
-pub use params::{InvalidParam, SamplingParams, MAX_LOGPROBS, MAX_STOP_STRINGS, MIN_TEMPERATURE};
+pub use params::{
+    InvalidParam, SamplingParams, MAX_LOGPROBS, MAX_STOP_BYTES, MAX_STOP_STRINGS,
+    MAX_STOP_STRING_BYTES, MAX_STOP_TOKEN_IDS, MIN_TEMPERATURE,
+};
 pub use sampler::{SampledToken, Sampler};
 pub use stop::{StopOutcome, StopStringMatcher};
