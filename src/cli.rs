@@ -42,8 +42,8 @@ pub struct CacheArgs {
     /// Tokens per KV cache block.
     #[arg(long, default_value_t = crate::model::DEFAULT_BLOCK_SIZE, value_parser = clap::value_parser!(usize))]
     pub block_size: usize,
-    /// Number of KV cache blocks (overrides --kv-cache-memory).
-    #[arg(long)]
+    /// Number of KV cache blocks (overrides --kv-cache-memory; at most 2^31).
+    #[arg(long, value_parser = bounded("--num-kv-blocks", 1, MAX_KV_BLOCKS))]
     pub num_kv_blocks: Option<usize>,
     /// KV cache size: bytes (suffixes K, M, G accepted, e.g. 512M) or a fraction of the
     /// memory available now (e.g. 0.3).
@@ -73,20 +73,112 @@ pub fn parse_memory(s: &str) -> Result<Memory, String> {
 
 /// `MemAvailable` from /proc/meminfo (Linux), in bytes.
 fn available_memory() -> Option<usize> {
+    meminfo("MemAvailable:")
+}
+
+/// `MemTotal` from /proc/meminfo (Linux), in bytes: the physical memory.
+fn physical_memory() -> Option<usize> {
+    meminfo("MemTotal:")
+}
+
+fn meminfo(field: &str) -> Option<usize> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let line = meminfo.lines().find(|l| l.starts_with(field))?;
     let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    kib.checked_mul(1024)
+}
+
+/// Most KV cache blocks: block ids are `u32`, and far more than any memory holds.
+pub const MAX_KV_BLOCKS: usize = 1 << 31;
+
+/// A parser for a count flag that must lie in `min..=max`; its error names the flag and the
+/// bounds, so that a value like `18446744073709551615` is refused before anything is sized
+/// from it.
+pub fn bounded(
+    flag: &'static str,
+    min: usize,
+    max: usize,
+) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let value: u128 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{flag} takes a whole number in {min}..={max}, got `{s}`"))?;
+        usize::try_from(value)
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| format!("{flag} must be in {min}..={max}, got {s}"))
+    }
+}
+
+/// Largest `--max-request-bytes`: bodies are buffered whole, so this bounds what one request
+/// can make the server hold.
+pub const MAX_REQUEST_BYTES: usize = 1 << 30;
+
+/// Parses `--max-request-bytes` (a size, at most [`MAX_REQUEST_BYTES`]).
+pub fn parse_request_bytes(s: &str) -> Result<usize, String> {
+    let bytes = parse_bytes(s)?;
+    if bytes > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "--max-request-bytes must be at most {MAX_REQUEST_BYTES} (1G), got {bytes}"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses `--body-min-rate`: bytes per second, with the suffixes of [`parse_bytes`], at
+/// most 1G.
+pub fn parse_rate(s: &str) -> Result<usize, String> {
+    let rate = parse_bytes(s)?;
+    if rate > 1 << 30 {
+        return Err(format!(
+            "--body-min-rate must be at most 1G bytes per second, got {rate}"
+        ));
+    }
+    Ok(rate)
+}
+
+/// Most seconds a step-tracing span may stay open: a day.
+pub const MAX_SPAN_WINDOW_SECS: f64 = 86_400.0;
+
+/// Parses `--step-tracing-span-window`: seconds in (0, [`MAX_SPAN_WINDOW_SECS`]].
+pub fn parse_span_window(s: &str) -> Result<f64, String> {
+    let window: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("--step-tracing-span-window takes seconds, got `{s}`"))?;
+    if !(window.is_finite() && window > 0.0 && window <= MAX_SPAN_WINDOW_SECS) {
+        return Err(format!(
+            "--step-tracing-span-window must be in (0, {MAX_SPAN_WINDOW_SECS}] seconds, got {s}"
+        ));
+    }
+    Ok(window)
+}
+
+/// The positions this server will serve: `--max-model-len` if given (the engine refuses one
+/// beyond the model's context), else the model's context, but never more than the KV pool
+/// holds. Per-position buffers such as the RoPE table are sized from this, not from the
+/// checkpoint's claim, so a header announcing four billion positions costs nothing.
+pub fn served_context(
+    model_context: usize,
+    max_model_len: Option<usize>,
+    pool: &crate::model::KvCacheConfig,
+) -> usize {
+    match max_model_len {
+        // Left as asked when it exceeds the model, so the engine's check reports it.
+        Some(n) => n.min(model_context),
+        None => model_context.min(pool.num_slots()),
+    }
 }
 
 /// Scheduling and admission settings of `waypoint serve`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct EngineArgs {
     /// Most tokens computed in one step, over all sequences.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = bounded("--max-num-batched-tokens", 1, 1 << 20))]
     pub max_num_batched_tokens: usize,
     /// Most requests running at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = bounded("--max-num-seqs", 1, 1 << 16))]
     pub max_num_seqs: usize,
     /// Split long prompts over several steps (`--enable-chunked-prefill false` to turn off).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -97,11 +189,13 @@ pub struct EngineArgs {
     /// Order of the waiting queue: fcfs, or priority (a request's `priority`, lower first).
     #[arg(long, default_value = "fcfs", value_parser = ["fcfs", "priority"])]
     pub scheduling_policy: String,
-    /// Requests allowed to wait; more are refused with 429.
-    #[arg(long, default_value_t = 1024)]
+    /// Requests allowed to wait; more are refused with 429 (at least 1: with none, every
+    /// request would be refused).
+    #[arg(long, default_value_t = 1024, value_parser = bounded("--max-waiting-requests", 1, 1 << 20))]
     pub max_waiting_requests: usize,
-    /// Longest prompt + output (default: the model's context).
-    #[arg(long)]
+    /// Longest prompt + output (default: the model's context, or what the KV cache holds
+    /// if less; at most 2^20).
+    #[arg(long, value_parser = bounded("--max-model-len", 1, 1 << 20))]
     pub max_model_len: Option<usize>,
 }
 
@@ -141,6 +235,28 @@ pub enum ConfigError {
     /// A fraction of memory cannot be resolved without `/proc/meminfo`.
     #[error("--kv-cache-memory as a fraction needs /proc/meminfo; give bytes")]
     NoMemInfo,
+    /// More blocks than block ids.
+    #[error("--num-kv-blocks must be at most {max}, got {given}")]
+    TooManyKvBlocks {
+        /// `--num-kv-blocks`.
+        given: usize,
+        /// The most block ids there are.
+        max: usize,
+    },
+    /// `--kv-cache-memory` resolves to more blocks than there are block ids.
+    #[error(
+        "--kv-cache-memory makes {blocks} blocks, more than the {max} block ids; give less \
+         memory or a larger --block-size"
+    )]
+    PoolBlocksOverflow {
+        /// Blocks the memory would hold.
+        blocks: usize,
+        /// The most block ids there are.
+        max: usize,
+    },
+    /// The pool does not fit in physical memory (the message gives the figures).
+    #[error("{0}")]
+    PoolTooLarge(String),
 }
 
 impl EngineArgs {
@@ -201,8 +317,14 @@ impl CacheArgs {
         if self.block_size == 0 || self.block_size > 1024 {
             return Err(ConfigError::BlockSize(self.block_size));
         }
-        Ok(match self.num_kv_blocks {
+        let pool = match self.num_kv_blocks {
             Some(0) => return Err(ConfigError::ZeroKvBlocks),
+            Some(n) if n > MAX_KV_BLOCKS => {
+                return Err(ConfigError::TooManyKvBlocks {
+                    given: n,
+                    max: MAX_KV_BLOCKS,
+                })
+            }
             Some(n) => crate::model::KvCacheConfig::with_blocks(self.block_size, n),
             None => {
                 let bytes = match self.kv_cache_memory {
@@ -214,7 +336,49 @@ impl CacheArgs {
                 };
                 crate::model::KvCacheConfig::with_bytes(self.block_size, bytes, model)
             }
-        })
+        };
+        check_fits_in_memory(&pool, model, physical_memory()).map_err(ConfigError::PoolTooLarge)?;
+        if pool.num_blocks > MAX_KV_BLOCKS {
+            return Err(ConfigError::PoolBlocksOverflow {
+                blocks: pool.num_blocks,
+                max: MAX_KV_BLOCKS,
+            });
+        }
+        Ok(pool)
+    }
+}
+
+/// Refuses a KV pool that cannot fit in physical memory (`physical`, when known): the
+/// allocation would abort the process, or swap it to a halt, long after the flags were read.
+fn check_fits_in_memory(
+    pool: &crate::model::KvCacheConfig,
+    model: &crate::model::LlamaConfig,
+    physical: Option<usize>,
+) -> Result<(), String> {
+    let bytes = pool
+        .num_blocks
+        .checked_mul(pool.block_size)
+        .and_then(|slots| slots.checked_mul(model.kv_bytes_per_token()));
+    let gib = |bytes: usize| bytes as f64 / (1u64 << 30) as f64;
+    match (bytes, physical) {
+        (None, _) => Err(format!(
+            "the KV cache of {} blocks of {} tokens at {} bytes per token does not fit in memory \
+             (its size overflows); lower --num-kv-blocks or --kv-cache-memory",
+            pool.num_blocks,
+            pool.block_size,
+            model.kv_bytes_per_token()
+        )),
+        (Some(bytes), Some(physical)) if bytes > physical => Err(format!(
+            "the KV cache needs {bytes} bytes ({:.1} GiB: {} blocks of {} tokens at {} bytes per \
+             token), more than this machine's {physical} bytes ({:.1} GiB) of physical memory; \
+             lower --num-kv-blocks or --kv-cache-memory",
+            gib(bytes),
+            pool.num_blocks,
+            pool.block_size,
+            model.kv_bytes_per_token(),
+            gib(physical)
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -258,5 +422,116 @@ mod tests {
         assert_eq!(parse_memory("0.25"), Ok(Memory::Fraction(0.25)));
         assert_eq!(parse_memory("1G"), Ok(Memory::Bytes(1 << 30)));
         assert!(parse_memory("1.5").is_err());
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Flags {
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
+    }
+
+    fn refused(args: &[&str]) -> String {
+        let mut argv = vec!["waypoint"];
+        argv.extend_from_slice(args);
+        Flags::try_parse_from(argv)
+            .expect_err("should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn numeric_flags_out_of_range_are_refused_naming_the_flag_and_the_limit() {
+        for (args, flag, limit) in [
+            (
+                &["--num-kv-blocks", "10000000000"][..],
+                "--num-kv-blocks",
+                "2147483648",
+            ),
+            (
+                &["--num-kv-blocks", "18446744073709551615"],
+                "--num-kv-blocks",
+                "2147483648",
+            ),
+            (&["--num-kv-blocks", "0"], "--num-kv-blocks", "1..="),
+            (
+                &["--max-waiting-requests", "0"],
+                "--max-waiting-requests",
+                "1..=",
+            ),
+            (
+                &["--max-num-seqs", "99999999999999999999999"],
+                "--max-num-seqs",
+                "65536",
+            ),
+            (
+                &["--max-num-batched-tokens=-1"],
+                "--max-num-batched-tokens",
+                "1..=",
+            ),
+            (
+                &["--max-model-len", "4294967296"],
+                "--max-model-len",
+                "1048576",
+            ),
+        ] {
+            let message = refused(args);
+            assert!(
+                message.contains(flag) && message.contains(limit),
+                "{args:?}: {message}"
+            );
+        }
+        let ok = Flags::try_parse_from(["waypoint", "--num-kv-blocks", "2147483648"]).unwrap();
+        assert_eq!(ok.cache.num_kv_blocks, Some(MAX_KV_BLOCKS));
+    }
+
+    #[test]
+    fn span_windows_rates_and_body_sizes_are_bounded() {
+        assert!(parse_span_window("1e300").unwrap_err().contains("86400"));
+        assert!(parse_span_window("NaN").is_err());
+        assert!(parse_span_window("-1").is_err());
+        assert_eq!(parse_span_window("0.5"), Ok(0.5));
+        assert!(parse_request_bytes("2G")
+            .unwrap_err()
+            .contains("--max-request-bytes"));
+        assert_eq!(parse_request_bytes("4M"), Ok(4 << 20));
+        assert!(parse_rate("4G").unwrap_err().contains("--body-min-rate"));
+        assert!(parse_bytes("18446744073709551615G").is_err());
+    }
+
+    #[test]
+    fn a_kv_pool_larger_than_physical_memory_is_refused_with_the_figures() {
+        let model = crate::loader::tiny::tiny_config(512);
+        let per_token = model.kv_bytes_per_token();
+        let pool = crate::model::KvCacheConfig::with_blocks(16, 1 << 20);
+        let needed = (1usize << 20) * 16 * per_token;
+        let err = check_fits_in_memory(&pool, &model, Some(1 << 30)).unwrap_err();
+        assert!(err.contains(&needed.to_string()), "{err}");
+        assert!(err.contains(&(1usize << 30).to_string()), "{err}");
+        assert!(err.contains("--num-kv-blocks"), "{err}");
+        assert_eq!(check_fits_in_memory(&pool, &model, Some(needed)), Ok(()));
+        // Unknown physical memory: only overflow is refused.
+        assert_eq!(check_fits_in_memory(&pool, &model, None), Ok(()));
+        let absurd = crate::model::KvCacheConfig::with_blocks(1024, usize::MAX / 2);
+        assert!(check_fits_in_memory(&absurd, &model, None)
+            .unwrap_err()
+            .contains("overflows"));
+    }
+
+    #[test]
+    fn the_served_context_is_what_the_pool_and_flag_allow_not_the_header() {
+        let pool = crate::model::KvCacheConfig::with_blocks(16, 8);
+        assert_eq!(served_context(u32::MAX as usize, None, &pool), 128);
+        assert_eq!(served_context(100, None, &pool), 100);
+        assert_eq!(served_context(u32::MAX as usize, Some(4096), &pool), 4096);
+        // Beyond the model: left at the model's, for the engine's check to report.
+        assert_eq!(served_context(2048, Some(4096), &pool), 2048);
     }
 }

@@ -3,7 +3,6 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -49,7 +48,7 @@ struct GenerateArgs {
     #[arg(long)]
     chat: bool,
     /// Most tokens to generate.
-    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS)]
+    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS, value_parser = waypoint::cli::bounded("--max-tokens", 1, 1 << 20))]
     max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
@@ -119,15 +118,35 @@ struct ServeArgs {
     cache: CacheArgs,
     #[command(flatten)]
     engine: waypoint::cli::EngineArgs,
-    /// Largest request body in bytes (suffixes K, M, G accepted).
-    #[arg(long, default_value = "4M", value_parser = waypoint::cli::parse_bytes)]
+    /// Largest request body in bytes (suffixes K, M, G accepted; at most 1G).
+    #[arg(long, default_value = "4M", value_parser = waypoint::cli::parse_request_bytes)]
     max_request_bytes: usize,
     /// Require `Authorization: Bearer KEY` on /v1 routes.
     #[arg(long, env = "WAYPOINT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before aborting them.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before aborting them
+    /// (a second signal exits at once).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     shutdown_timeout: u64,
+    /// Seconds a connection may take to send a request's headers, counted from when it
+    /// opens or goes idle after a response: also how long an idle keep-alive connection is
+    /// kept.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    header_read_timeout: u64,
+    /// Seconds a request body may take, on top of its length at --body-min-rate; slower
+    /// bodies get 408.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    body_read_timeout: u64,
+    /// Slowest request body upload accepted, in bytes per second (suffixes K, M, G).
+    #[arg(long, default_value = "64K", value_parser = waypoint::cli::parse_rate)]
+    body_min_rate: usize,
+    /// Answer clients that shut down their sending side after a request (`false`: treat
+    /// that as leaving, which aborts a non-streamed request at once).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    half_close: bool,
+    /// Most connections served at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    max_connections: u64,
     /// Emit each request's journey (arrival, queueing, scheduling, preemption, first token,
     /// finish) as tracing spans and events; `RUST_LOG=waypoint::journey=debug` prints them.
     #[arg(long)]
@@ -147,8 +166,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = 0.001)]
     step_tracing_rich_subsample_rate: f64,
     /// Seconds a `scheduler_steps` span collects events before the next one starts (it also
-    /// ends early when it holds the most events a span may keep).
-    #[arg(long, default_value_t = 10.0)]
+    /// ends early when it holds the most events a span may keep); at most a day.
+    #[arg(long, default_value_t = 10.0, value_parser = waypoint::cli::parse_span_window)]
     step_tracing_span_window: f64,
     #[command(flatten)]
     export: ExportArgs,
@@ -226,21 +245,24 @@ fn run_serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
             "this waypoint was built without CUDA support; rebuild with `--features cuda`"
         )),
     };
-    // Flush what is queued, whatever happened; blocking, so off the runtime's workers.
+    // Flush what is queued, whatever happened; blocking, so off the runtime's workers. The
+    // exporter has its own timeout; this bound holds even if a collector never answers.
     let flushed = runtime.spawn_blocking(move || telemetry.shutdown());
-    let _ = runtime.block_on(flushed);
+    // (The timer is made inside the runtime, which it needs.)
+    let flush = async { tokio::time::timeout(EXPORT_FLUSH_TIMEOUT, flushed).await };
+    if runtime.block_on(flush).is_err() {
+        tracing::warn!("trace export did not flush in time; exiting without it");
+    }
     runtime.shutdown_background();
     served
 }
 
+/// The longest shutdown waits for the trace exporter to flush.
+const EXPORT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn traces_off(args: &ServeArgs) -> bool {
     !args.enable_journey_tracing && !args.step_tracing_enabled
 }
-
-/// How long in-flight requests get after the engine died before `serve` exits. The dead
-/// engine has already failed every request it held, so this only lets their error responses
-/// reach the clients; a longer wait would only delay the restart.
-const DEAD_ENGINE_DRAIN: Duration = Duration::from_secs(2);
 
 fn serve_on<B: ModelBackend>(
     args: ServeArgs,
@@ -254,8 +276,14 @@ where
     // Bad flags and a missing file fail before anything listens: every check between flags
     // (and against the model's shape, which opening reads) runs here, once. The slow part
     // (reading and packing the weights) runs while the server answers 503 "loading".
-    let files = waypoint::loader::open(&args.model)?;
+    let mut files = waypoint::loader::open(&args.model)?;
     let pool = args.cache.pool(&files.config)?;
+    // The RoPE table covers what will be served, not what the checkpoint claims.
+    files.config.max_position_embeddings = waypoint::cli::served_context(
+        files.config.max_position_embeddings,
+        args.engine.max_model_len,
+        &pool,
+    );
     let mut engine_config = args.engine.config(&files.config, pool)?;
     engine_config.step_tracing = step_tracing;
     let name = args
@@ -297,9 +325,18 @@ where
         journey_sample_rate: args
             .enable_journey_tracing
             .then_some(args.journey_tracing_sample_rate),
+        body_read_timeout: std::time::Duration::from_secs(args.body_read_timeout),
+        body_min_rate: args.body_min_rate,
         ..Default::default()
     };
-    let (serving_done, serving_done_rx) = tokio::sync::oneshot::channel::<()>();
+    let connections = waypoint::server::ConnectionConfig {
+        header_read_timeout: std::time::Duration::from_secs(args.header_read_timeout),
+        half_close: args.half_close,
+        // Bounded to 65,536 by its parser.
+        max_connections: args.max_connections as usize,
+        shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+        ..Default::default()
+    };
     runtime.block_on(async {
         let address = format!("{}:{}", args.host, args.port);
         let listener = tokio::net::TcpListener::bind(&address)
@@ -315,70 +352,48 @@ where
 
         // How loading ended, for after serving: the engine to join, or the error to report.
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<anyhow::Result<_>>();
-        // The engine's handle, for the shutdown timer (absent while loading).
-        let handle_slot = std::sync::Arc::new(std::sync::OnceLock::new());
-        // The same handle, for the watch on the engine's death.
+        // The engine's handle, for the watch on the engine's death (absent while loading).
         let (watch_tx, watch_rx) =
             tokio::sync::oneshot::channel::<waypoint::engine::EngineHandle>();
-        let loaded = {
-            let handle_slot = handle_slot.clone();
-            async move {
-                let outcome = tokio::task::spawn_blocking(load)
-                    .await
-                    .unwrap_or_else(|panic| Err(anyhow::anyhow!("loading panicked: {panic}")));
-                let state = outcome.as_ref().ok().map(|engine| {
-                    let handle: waypoint::engine::EngineHandle = engine.handle.clone();
-                    let _ = handle_slot.set(handle.clone());
-                    let _ = watch_tx.send(handle.clone());
-                    waypoint::server::AppState::new(handle, config)
-                });
-                let _ = loaded_tx.send(outcome);
-                state
-            }
+        let loaded = async move {
+            let outcome = tokio::task::spawn_blocking(load)
+                .await
+                .unwrap_or_else(|panic| Err(anyhow::anyhow!("loading panicked: {panic}")));
+            let state = outcome.as_ref().ok().map(|engine| {
+                let _ = watch_tx.send(engine.handle.clone());
+                waypoint::server::AppState::new(engine.handle.clone(), config)
+            });
+            let _ = loaded_tx.send(outcome);
+            state
         };
+        // The first signal drains (the server aborts what is left after the shutdown
+        // timeout and closes every connection); a second one exits at once.
+        let signals = waypoint::server::shutdown::Signals::new()
+            .context("cannot listen for signals")?
+            .first_then_force_exit();
+        // A dead engine shuts the server down as a signal does, so that `serve` exits
+        // non-zero and an orchestrator restarts it (rather than keep a process up that can
+        // only answer 503). The dead engine has already failed every request it held, so the
+        // drain only lets their error responses out.
         let engine_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let grace = Duration::from_secs(args.shutdown_timeout);
-        let timer_handle = handle_slot.clone();
         let died_flag = engine_died.clone();
         let shutdown = async move {
-            // A dead engine shuts the server down as a signal does, with a short drain, so
-            // that `serve` exits non-zero and an orchestrator restarts it (rather than keep a
-            // process up that can only answer 503).
             let death = async move {
                 match watch_rx.await {
                     Ok(handle) => handle.died().await,
                     Err(_) => std::future::pending().await,
                 }
             };
-            let grace = tokio::select! {
-                _ = shutdown_signal() => grace,
+            tokio::select! {
+                _ = signals => {}
                 _ = death => {
                     died_flag.store(true, std::sync::atomic::Ordering::Release);
-                    tracing::error!(
-                        drain_seconds = DEAD_ENGINE_DRAIN.as_secs_f64(),
-                        "the engine died: draining, then exiting with an error"
-                    );
-                    grace.min(DEAD_ENGINE_DRAIN)
+                    tracing::error!("the engine died: draining, then exiting with an error");
                 }
-            };
-            // In-flight requests get `grace` to finish; then the rest are aborted, which ends
-            // their streams and lets the server's drain complete. The timer ends early when
-            // serving is done, so that its engine handle does not hold the engine up.
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(grace) => {
-                        if let Some(handle) = timer_handle.get() {
-                            tracing::warn!("shutdown timeout reached: aborting requests in flight");
-                            handle.abort_all();
-                        }
-                    }
-                    _ = serving_done_rx => {}
-                }
-            });
+            }
         };
-        let served = waypoint::server::serve_once_loaded(listener, loaded, shutdown).await;
-        drop(serving_done);
-        drop(handle_slot);
+        let served =
+            waypoint::server::serve_connections(listener, loaded, shutdown, connections).await;
         // A shutdown during loading waits for the load to finish, then stops the engine.
         let engine = match loaded_rx.await {
             Ok(Ok(engine)) => engine,
@@ -395,25 +410,6 @@ where
     })?;
     tracing::info!("waypoint stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {},
-        _ = terminate => {},
-    }
 }
 
 fn run_bench(args: waypoint::bench::BenchArgs) -> anyhow::Result<()> {
@@ -439,8 +435,11 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn generate_on<B: ModelBackend>(args: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
-    let files = waypoint::loader::open(&args.model)?;
+    let mut files = waypoint::loader::open(&args.model)?;
     let pool = args.cache.pool(&files.config)?;
+    // The RoPE table covers what the cache can hold, not what the checkpoint claims.
+    files.config.max_position_embeddings =
+        waypoint::cli::served_context(files.config.max_position_embeddings, None, &pool);
     let (model, tokenizer, _name) = files.load::<B>(device)?;
     let tokenizer = Arc::new(tokenizer);
     let mut cache = PagedKvCache::new(pool, model.config(), device);

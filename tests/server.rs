@@ -174,11 +174,22 @@ async fn a_client_leaving_mid_stream_aborts_its_request_and_frees_its_blocks() {
     assert_engine_drains(&server.engine).await;
 
     // Non-streaming too: the handler future is dropped with the connection. A raw socket
-    // that sends the request and hangs up long before 2000 tokens can be generated.
+    // that sends the request and hangs up long before 2000 tokens can be generated. Only a
+    // server that does not answer half-closed clients can tell that this one left (with
+    // `half_close`, the request would run until its answer is written).
+    let url = tiny::serve_with(
+        &server.engine,
+        ServerConfig::default(),
+        waypoint::server::ConnectionConfig {
+            half_close: false,
+            ..Default::default()
+        },
+    )
+    .await;
     let aborted_before = server.engine.stats().await.unwrap().aborted;
     let body =
         json!({"prompt": "another long one", "max_tokens": 2000, "ignore_eos": true}).to_string();
-    let address = server.url.trim_start_matches("http://").to_string();
+    let address = url.trim_start_matches("http://").to_string();
     let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
     let request = format!(
         "POST /v1/completions HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",

@@ -40,7 +40,13 @@ pub const FINISH_REASONS: [&str; 4] = ["stop", "length", "abort", "error"];
 /// [`Metrics::request_rejected`]'s counters: the queue was full (429), the body too large
 /// (413), the request invalid (400, 404 for an unknown model), or the server could not take
 /// it (503: loading, shutting down, engine gone).
-pub const REJECTION_REASONS: [&str; 4] = ["queue_full", "too_large", "invalid", "unavailable"];
+pub const REJECTION_REASONS: [&str; 5] = [
+    "queue_full",
+    "too_large",
+    "body_timeout",
+    "invalid",
+    "unavailable",
+];
 
 /// A request that ended, in plain values.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,7 +107,7 @@ pub struct Metrics {
     /// One per entry of [`FINISH_REASONS`].
     request_success: [Counter; 4],
     /// One per entry of [`REJECTION_REASONS`].
-    request_rejected: [Counter; 4],
+    request_rejected: [Counter; 5],
     prefix_cache_queries: Counter,
     prefix_cache_hits: Counter,
     time_to_first_token: Histogram,

@@ -46,6 +46,20 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
 }
 
+/// Most vocabulary entries a checkpoint may declare (largest released: about 256k).
+pub const MAX_VOCAB_SIZE: usize = 1 << 22;
+/// Widest residual stream (the SwiGLU layer may be eight times wider).
+pub const MAX_WIDTH: usize = 1 << 16;
+/// Most decoder blocks.
+pub const MAX_LAYERS: usize = 1 << 10;
+/// Most attention heads.
+pub const MAX_HEADS: usize = 1 << 10;
+/// Widest attention head.
+pub const MAX_HEAD_DIM: usize = 1 << 10;
+/// Most positions a checkpoint may claim. Only what is served is ever allocated (see
+/// `cli::served_context`); this only keeps the claim within `u32`, as GGUF stores it.
+pub const MAX_POSITIONS: usize = u32::MAX as usize;
+
 impl LlamaConfig {
     /// Width of the key (and value) projection: `num_kv_heads * head_dim`.
     pub fn kv_dim(&self) -> usize {
@@ -85,6 +99,27 @@ impl LlamaConfig {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(InvalidConfig::Zero(name));
+        }
+        // Far above any released model, far below what would overflow the sizes computed
+        // from them: a corrupt header is refused here instead of aborting an allocation.
+        let bounded = [
+            ("vocab_size", self.vocab_size, MAX_VOCAB_SIZE),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH * 8),
+            ("num_layers", self.num_layers, MAX_LAYERS),
+            ("num_heads", self.num_heads, MAX_HEADS),
+            ("num_kv_heads", self.num_kv_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
+        ];
+        for (name, value, max) in bounded {
+            if value > max {
+                return Err(InvalidConfig::TooLarge { name, value, max });
+            }
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(InvalidConfig::HeadsNotGrouped {
@@ -128,6 +163,16 @@ pub enum InvalidConfig {
     /// RoPE rotates pairs of dimensions.
     #[error("head_dim ({0}) must be even for RoPE")]
     OddHeadDim(usize),
+    /// Beyond any released model, and near sizes that would overflow: a corrupt header.
+    #[error("{name} ({value}) is larger than the limit of {max}")]
+    TooLarge {
+        /// The field.
+        name: &'static str,
+        /// Its value.
+        value: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A float that must be finite and positive.
     #[error("{name} ({value}) must be positive")]
     NotPositive {

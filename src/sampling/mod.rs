@@ -7,8 +7,8 @@ mod sampler;
 mod stop;
 
 pub use params::{
-    InvalidParam, SamplingParams, DEFAULT_MAX_TOKENS, MAX_LOGPROBS, MAX_STOP_STRINGS,
-    MIN_TEMPERATURE,
+    InvalidParam, SamplingParams, DEFAULT_MAX_TOKENS, MAX_LOGPROBS, MAX_STOP_BYTES,
+    MAX_STOP_STRINGS, MAX_STOP_STRING_BYTES, MAX_STOP_TOKEN_IDS, MIN_TEMPERATURE,
 };
 pub use sampler::{SampledToken, Sampler};
 pub use stop::{StopOutcome, StopStringMatcher};

@@ -9,8 +9,16 @@ pub const DEFAULT_MAX_TOKENS: usize = 4096;
 
 /// Most top logprobs a request may ask for (OpenAI's `top_logprobs` limit, vLLM's default).
 pub const MAX_LOGPROBS: usize = 20;
-/// Most stop strings a request may give; each one costs a search per generated token.
+/// Most stop strings a request may give.
 pub const MAX_STOP_STRINGS: usize = 16;
+/// Longest stop string, in bytes. Text that may be the start of a stop string is held back
+/// until it is known not to be, so this is also the most a stream can hold back (512 bytes
+/// is about a hundred tokens of English).
+pub const MAX_STOP_STRING_BYTES: usize = 512;
+/// Most bytes of all stop strings together: the size of the matcher each request builds.
+pub const MAX_STOP_BYTES: usize = 2048;
+/// Most stop token ids; each generated token is checked against them.
+pub const MAX_STOP_TOKEN_IDS: usize = 1024;
 /// Temperatures below this are treated as greedy (vLLM's `_SAMPLING_EPS`), because dividing by
 /// them overflows the logits and the distribution is argmax in all but name anyway.
 pub const MIN_TEMPERATURE: f32 = 1e-5;
@@ -216,6 +224,38 @@ impl SamplingParams {
         if self.stop.iter().any(String::is_empty) {
             return Err(invalid("stop", "stop strings must not be empty"));
         }
+        if let Some(long) = self
+            .stop
+            .iter()
+            .find(|stop| stop.len() > MAX_STOP_STRING_BYTES)
+        {
+            return Err(invalid(
+                "stop",
+                format!(
+                    "a stop string may be at most {MAX_STOP_STRING_BYTES} bytes long, got one \
+                     of {}",
+                    long.len()
+                ),
+            ));
+        }
+        let total: usize = self.stop.iter().map(String::len).sum();
+        if total > MAX_STOP_BYTES {
+            return Err(invalid(
+                "stop",
+                format!(
+                    "stop strings may hold at most {MAX_STOP_BYTES} bytes together, got {total}"
+                ),
+            ));
+        }
+        if self.stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
+            return Err(invalid(
+                "stop_token_ids",
+                format!(
+                    "at most {MAX_STOP_TOKEN_IDS} stop token ids, got {}",
+                    self.stop_token_ids.len()
+                ),
+            ));
+        }
         if let Some(&id) = self
             .stop_token_ids
             .iter()
@@ -278,6 +318,7 @@ mod tests {
                 p.min_tokens = 1;
             }),
             with(|p| p.stop = vec!["x".into(); MAX_STOP_STRINGS]),
+            with(|p| p.stop = vec!["x".repeat(MAX_STOP_STRING_BYTES); 4]),
             with(|p| p.stop_token_ids = vec![0, 9]),
             with(|p| p.logprobs = Some(0)),
             with(|p| p.logprobs = Some(MAX_LOGPROBS)),
@@ -319,6 +360,18 @@ mod tests {
             ("max_tokens", with(|p| p.max_tokens = 0)),
             ("min_tokens", with(|p| p.min_tokens = p.max_tokens + 1)),
             ("stop", with(|p| p.stop = vec!["a".into(), String::new()])),
+            (
+                "stop",
+                with(|p| p.stop = vec!["x".repeat(MAX_STOP_STRING_BYTES + 1)]),
+            ),
+            (
+                "stop",
+                with(|p| p.stop = vec!["x".repeat(MAX_STOP_STRING_BYTES); 5]),
+            ),
+            (
+                "stop_token_ids",
+                with(|p| p.stop_token_ids = vec![1; MAX_STOP_TOKEN_IDS + 1]),
+            ),
             (
                 "stop",
                 with(|p| p.stop = vec!["x".into(); MAX_STOP_STRINGS + 1]),

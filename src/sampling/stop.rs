@@ -19,15 +19,23 @@ pub struct StopOutcome {
 
 /// Matches stop strings across text deltas.
 ///
-/// Only the held-back tail (shorter than the longest stop string) and the new delta are
-/// searched on each push, so the cost per delta does not grow with the generated text.
+/// The stop strings are compiled into an Aho-Corasick automaton whose state carries over
+/// from one delta to the next, so each byte of output costs one amortized transition,
+/// whatever the number and length of the stop strings. The automaton's state is the longest
+/// suffix of the text that is still a prefix of some stop string: exactly the text that must
+/// be held back, so only that is kept.
+///
+/// (The `aho-corasick` crate's automata do not expose a state's depth, which is the
+/// held-back length here; hence this small one, built per request from at most a few
+/// kilobytes of stop strings.)
 #[derive(Clone, Debug, Default)]
 pub struct StopStringMatcher {
     stops: Vec<String>,
-    /// Length in bytes of the longest stop string.
-    max_len: usize,
-    /// Text received but not yet emitted: always a proper prefix of some stop string (between
-    /// pushes), so every match that is still possible starts inside it or in the next delta.
+    automaton: Automaton,
+    /// The automaton's current node.
+    state: u32,
+    /// Text received but not yet emitted: the longest suffix of the text that is a proper
+    /// prefix of some stop string, so `held.len()` is the depth of `state`.
     held: String,
     done: bool,
 }
@@ -37,8 +45,9 @@ impl StopStringMatcher {
     pub fn new(stops: &[String]) -> Self {
         let stops: Vec<String> = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
         Self {
-            max_len: stops.iter().map(String::len).max().unwrap_or(0),
+            automaton: Automaton::new(&stops),
             stops,
+            state: ROOT,
             held: String::new(),
             done: false,
         }
@@ -59,28 +68,32 @@ impl StopStringMatcher {
                 stopped: None,
             };
         }
-        self.held.push_str(delta);
-        // A stop string's first occurrence is also its earliest end, so one `find` per stop
-        // string is enough to find the match that ends first.
-        let first = self
-            .stops
-            .iter()
-            .filter_map(|stop| {
-                self.held
-                    .find(stop.as_str())
-                    .map(|start| (start + stop.len(), start, stop))
-            })
-            .min_by_key(|&(end, start, _)| (end, start));
-        if let Some((_, start, stop)) = first {
-            let outcome = StopOutcome {
-                emit: self.held[..start].to_string(),
-                stopped: Some(stop.clone()),
-            };
-            self.held.clear();
-            self.done = true;
-            return outcome;
+        for (i, &byte) in delta.as_bytes().iter().enumerate() {
+            self.state = self.automaton.next(self.state, byte);
+            // The first byte at which a stop string ends is the earliest end; of the stop
+            // strings ending there, the node records the longest (the one starting first).
+            if let Some(stop) = self.automaton.output(self.state) {
+                let stop = &self.stops[stop as usize];
+                // The match lies within `held` + `delta[..=i]`, since `held` is as long as
+                // the automaton's state before this byte. Both ends are char boundaries: a
+                // stop string is valid UTF-8, so it starts and ends with whole characters.
+                let start = self.held.len() + i + 1 - stop.len();
+                let mut emit = std::mem::take(&mut self.held);
+                emit.push_str(&delta[..=i]);
+                emit.truncate(start);
+                self.done = true;
+                return StopOutcome {
+                    emit,
+                    stopped: Some(stop.clone()),
+                };
+            }
         }
-        let split = self.held.len() - self.partial_match_len();
+        self.held.push_str(delta);
+        // The state's depth is never more than the text fed since the last emit, which is
+        // exactly `held`; a stop string starts with a non-continuation byte, so the split
+        // falls on a char boundary.
+        let keep = self.automaton.depth(self.state);
+        let split = self.held.len() - keep;
         let emit = self.held[..split].to_string();
         self.held.drain(..split);
         StopOutcome {
@@ -95,23 +108,111 @@ impl StopStringMatcher {
         self.done = true;
         std::mem::take(&mut self.held)
     }
+}
 
-    /// Length in bytes of the longest suffix of `held` that is a proper prefix of a stop
-    /// string; 0 when none is.
-    fn partial_match_len(&self) -> usize {
-        let held = self.held.as_bytes();
-        // A suffix as long as a stop string would have been a match, not a partial one.
-        let window = self.max_len.saturating_sub(1).min(held.len());
-        // Longest first; comparing bytes never slices inside a character, and a byte match
-        // with the start of a (valid UTF-8) stop string can only begin on a char boundary.
-        (held.len() - window..held.len())
-            .find(|&start| {
-                let suffix = &held[start..];
-                self.stops
-                    .iter()
-                    .any(|stop| stop.len() > suffix.len() && stop.as_bytes().starts_with(suffix))
-            })
-            .map_or(0, |start| held.len() - start)
+/// The root node: the empty prefix.
+const ROOT: u32 = 0;
+
+/// An Aho-Corasick automaton over bytes: a trie of the stop strings with failure links.
+#[derive(Clone, Debug, Default)]
+struct Automaton {
+    nodes: Vec<Node>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Node {
+    /// Children by byte, sorted by byte.
+    edges: Vec<(u8, u32)>,
+    /// The node of the longest proper suffix of this node's string that is in the trie.
+    fail: u32,
+    /// Length of this node's string.
+    depth: u32,
+    /// The longest stop string that is a suffix of this node's string, if any.
+    output: Option<u32>,
+}
+
+impl Automaton {
+    fn new(patterns: &[String]) -> Self {
+        let mut nodes = vec![Node::default()];
+        for (index, pattern) in patterns.iter().enumerate() {
+            let mut node = ROOT;
+            for &byte in pattern.as_bytes() {
+                node = match Self::child(&nodes[node as usize], byte) {
+                    Some(child) => child,
+                    None => {
+                        let child = nodes.len() as u32;
+                        let depth = nodes[node as usize].depth + 1;
+                        nodes.push(Node {
+                            depth,
+                            ..Node::default()
+                        });
+                        let edges = &mut nodes[node as usize].edges;
+                        let at = edges.partition_point(|&(b, _)| b < byte);
+                        edges.insert(at, (byte, child));
+                        child
+                    }
+                };
+            }
+            // Equal stop strings share a node; the first one names the match.
+            nodes[node as usize].output.get_or_insert(index as u32);
+        }
+        // Breadth first, so that a node's failure target (shallower) is complete before it.
+        let mut queue = std::collections::VecDeque::from([ROOT]);
+        while let Some(parent) = queue.pop_front() {
+            for edge in 0..nodes[parent as usize].edges.len() {
+                let (byte, child) = nodes[parent as usize].edges[edge];
+                let fail = if parent == ROOT {
+                    ROOT
+                } else {
+                    let mut candidate = nodes[parent as usize].fail;
+                    loop {
+                        if let Some(next) = Self::child(&nodes[candidate as usize], byte) {
+                            break next;
+                        }
+                        if candidate == ROOT {
+                            break ROOT;
+                        }
+                        candidate = nodes[candidate as usize].fail;
+                    }
+                };
+                nodes[child as usize].fail = fail;
+                // A node's own stop string is longer than any inherited from its suffix.
+                if nodes[child as usize].output.is_none() {
+                    nodes[child as usize].output = nodes[fail as usize].output;
+                }
+                queue.push_back(child);
+            }
+        }
+        Self { nodes }
+    }
+
+    fn child(node: &Node, byte: u8) -> Option<u32> {
+        node.edges
+            .binary_search_by_key(&byte, |&(b, _)| b)
+            .ok()
+            .map(|at| node.edges[at].1)
+    }
+
+    /// The state after `byte`. Each failure step shortens the state, and each byte lengthens
+    /// it by at most one, so the steps average out to at most one per byte.
+    fn next(&self, mut state: u32, byte: u8) -> u32 {
+        loop {
+            if let Some(next) = Self::child(&self.nodes[state as usize], byte) {
+                return next;
+            }
+            if state == ROOT {
+                return ROOT;
+            }
+            state = self.nodes[state as usize].fail;
+        }
+    }
+
+    fn output(&self, state: u32) -> Option<u32> {
+        self.nodes[state as usize].output
+    }
+
+    fn depth(&self, state: u32) -> usize {
+        self.nodes[state as usize].depth as usize
     }
 }
 
@@ -261,6 +362,74 @@ mod tests {
         assert_eq!(matcher.push("the en").emit, "the ");
         assert_eq!(matcher.finish(), "en");
         assert_eq!(matcher.push("d"), StopOutcome::default());
+    }
+
+    /// What a character-by-character scan finds: the text before the stop string that ends
+    /// first (on a tie, the longest), or all of it.
+    fn reference(stops: &[String], text: &str) -> (String, Option<String>) {
+        let best = stops
+            .iter()
+            .filter(|stop| !stop.is_empty())
+            .filter_map(|stop| {
+                text.find(stop.as_str())
+                    .map(|at| (at + stop.len(), at, stop))
+            })
+            .min_by_key(|&(end, start, _)| (end, start));
+        match best {
+            Some((_, start, stop)) => (text[..start].to_string(), Some(stop.clone())),
+            None => (text.to_string(), None),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_automaton_agrees_with_a_plain_scan(
+            stops in proptest::collection::vec("[abé]{1,4}", 1..5),
+            deltas in proptest::collection::vec("[abcé]{0,5}", 0..12),
+        ) {
+            let text: String = deltas.concat();
+            let mut matcher = StopStringMatcher::new(&stops);
+            let mut emitted = String::new();
+            let mut stopped = None;
+            for delta in &deltas {
+                let outcome = matcher.push(delta);
+                emitted.push_str(&outcome.emit);
+                // What is held back is always shorter than the longest stop string.
+                proptest::prop_assert!(matcher.held.len() < 4 * 2);
+                if outcome.stopped.is_some() {
+                    stopped = outcome.stopped;
+                    break;
+                }
+            }
+            if stopped.is_none() {
+                emitted.push_str(&matcher.finish());
+            }
+            proptest::prop_assert_eq!((emitted, stopped), reference(&stops, &text));
+        }
+    }
+
+    #[test]
+    fn long_stop_strings_cost_one_step_per_byte() {
+        // 16 stop strings of 512 bytes that share long prefixes with the output: a scan of
+        // each held-back tail against each string would cost ~4M byte comparisons per
+        // token; the automaton's state stays put.
+        let stops: Vec<String> = (0..16)
+            .map(|i| format!("{}{}", "a".repeat(511), char::from(b'A' + i)))
+            .collect();
+        let mut matcher = StopStringMatcher::new(&stops);
+        let mut emitted = 0;
+        for _ in 0..10_000 {
+            let outcome = matcher.push("a");
+            assert_eq!(outcome.stopped, None);
+            emitted += outcome.emit.len();
+            assert!(matcher.held.len() <= 511);
+        }
+        assert_eq!(emitted + matcher.finish().len(), 10_000);
+        assert_eq!(
+            matcher.automaton.nodes.len(),
+            1 + 511 + 16,
+            "shared prefixes share nodes"
+        );
     }
 
     #[test]

@@ -53,6 +53,12 @@ pub enum ApiError {
         /// `ServerConfig::max_request_bytes`.
         limit: usize,
     },
+    /// The body did not arrive in time (408): slower than the minimum rate, or stalled.
+    #[error("the request body did not arrive within {seconds:.0} s")]
+    BodyTimeout {
+        /// The deadline the body had, in seconds.
+        seconds: f64,
+    },
     /// An API key is configured and the request did not carry it (401).
     #[error("missing or invalid API key; send it as `Authorization: Bearer <key>`")]
     Unauthorized,
@@ -113,6 +119,7 @@ impl ApiError {
             Self::ModelNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Submit(SubmitError::QueueFull(_)) => StatusCode::TOO_MANY_REQUESTS,
             Self::Submit(SubmitError::ShuttingDown | SubmitError::EngineDead) | Self::Loading => {
@@ -129,6 +136,8 @@ impl ApiError {
         match self {
             Self::Submit(SubmitError::QueueFull(_)) => Some("queue_full"),
             Self::PayloadTooLarge { .. } => Some("too_large"),
+            // The client did not send its body in time: refused before any work.
+            Self::BodyTimeout { .. } => Some("body_timeout"),
             Self::InvalidRequest { .. } | Self::InvalidParam(_) | Self::ModelNotFound(_) => {
                 Some("invalid")
             }
@@ -151,6 +160,7 @@ impl ApiError {
             Self::RouteNotFound(_) => "not_found_error",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "request_too_large",
+            Self::BodyTimeout { .. } => "request_timeout",
             Self::Unauthorized => "authentication_error",
             Self::Submit(SubmitError::QueueFull(_)) => "server_overloaded",
             Self::Submit(SubmitError::ShuttingDown | SubmitError::EngineDead) | Self::Loading => {
@@ -222,8 +232,10 @@ impl IntoResponse for ApiError {
             Self::Submit(SubmitError::QueueFull(_)) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            // Loading takes seconds to minutes; probes and clients need not hammer it.
-            Self::Loading => {
+            // Loading takes seconds to minutes; probes and clients need not hammer it. A
+            // server that is shutting down will not take the request; a retry finds another
+            // replica or the restarted one.
+            Self::Loading | Self::Submit(SubmitError::ShuttingDown) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}

@@ -34,19 +34,62 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 "expected a JSON body with `Content-Type: application/json`",
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| match rejection {
-                BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                    ApiError::PayloadTooLarge {
-                        limit: state.config.max_request_bytes,
-                    }
+        let limit = state.config.max_request_bytes;
+        let declared = content_length(req.headers());
+        // Refused before a byte of it is read: a client announcing 10 GB gets its 413 now,
+        // not after the server has waited for the first 4 MB.
+        if declared.is_some_and(|declared| declared > limit) {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        let deadline = state.config.body_deadline(declared);
+        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state)).await;
+        let Ok(read) = read else {
+            return Err(ApiError::BodyTimeout {
+                seconds: deadline.as_secs_f64(),
+            });
+        };
+        let bytes = read.map_err(|rejection| match rejection {
+            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                ApiError::PayloadTooLarge {
+                    limit: state.config.max_request_bytes,
                 }
-                // The client stopped sending halfway, or sent broken chunked encoding.
-                other => ApiError::invalid_body(format!("cannot read the request body: {other}")),
-            })?;
+            }
+            // The client stopped sending halfway, or sent broken chunked encoding.
+            other => ApiError::invalid_body(format!("cannot read the request body: {other}")),
+        })?;
         from_slice(&bytes).map(ApiJson)
     }
+}
+
+/// The declared `Content-Length`, if there is a readable one (hyper has already refused
+/// conflicting or malformed ones).
+fn content_length(headers: &axum::http::HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        // Larger than memory can hold is larger than any limit.
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// Most bytes of an unwanted body (a request to an unknown route, say) that are read and
+/// dropped so that the connection can carry the next request; a larger body is left unread
+/// and the connection closes after the answer.
+pub const DISCARDED_BODY_LIMIT: usize = 64 * 1024;
+
+/// Reads and drops a small request body within its deadline, so that hyper can reuse the
+/// connection after answering; gives up quietly otherwise (the connection then closes).
+pub async fn discard_body(config: &super::ServerConfig, request: Request) {
+    let declared = content_length(request.headers());
+    if declared.is_some_and(|declared| declared > DISCARDED_BODY_LIMIT) {
+        return;
+    }
+    let deadline = config.body_deadline(Some(declared.unwrap_or(DISCARDED_BODY_LIMIT)));
+    let body = request.into_body();
+    let _ = tokio::time::timeout(deadline, axum::body::to_bytes(body, DISCARDED_BODY_LIMIT)).await;
 }
 
 /// `application/json`, with parameters (`; charset=utf-8`) or as a `+json` suffix.

@@ -47,6 +47,8 @@ pub struct ApiJourney {
     arrival: Instant,
     first_response: Option<Instant>,
     ended: bool,
+    /// Whether the caller chose this trace (see [`ApiJourney::exemplar_allowed`]).
+    caller_chose: bool,
 }
 
 /// Emits a journey event on `span`, inside it: tracing-opentelemetry ends a span at its last
@@ -141,7 +143,18 @@ impl ApiJourney {
             arrival,
             first_response: None,
             ended: false,
+            // Past the `sampled` check, a remote parent means the caller's trace was sampled.
+            caller_chose: forced || remote_parent.is_some(),
         })
+    }
+
+    /// Whether this trace's id may appear as an exemplar on the unauthenticated `/metrics`:
+    /// only when the caller chose the trace (`x-waypoint-trace: 1`, or a sampled
+    /// `traceparent` of its own). A trace sampled by the server's draw belongs to a caller
+    /// who never asked for it to be visible, and `/metrics` is open to anyone who can reach
+    /// the port, so its id stays off the page.
+    pub fn exemplar_allowed(&self) -> bool {
+        self.caller_chose
     }
 
     /// The span the engine's `llm_core` span hangs under.

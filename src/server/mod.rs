@@ -35,9 +35,11 @@
 pub mod error;
 pub mod extract;
 pub mod journey;
+pub mod listener;
 pub mod openai;
 pub mod output;
 pub mod routes;
+pub mod shutdown;
 pub mod sse;
 pub mod validation;
 
@@ -47,20 +49,19 @@ mod tests;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 
 use crate::engine::EngineHandle;
 
 pub use error::ApiError;
+pub use listener::{serve_connections, ConnectionConfig};
 
 /// How the HTTP server behaves. The served model's name comes from the engine's
 /// [`ModelInfo`](crate::engine::ModelInfo), so that there is one source for it.
@@ -83,6 +84,24 @@ pub struct ServerConfig {
     /// off. A request header `x-waypoint-trace: 1` forces it on for that request while
     /// tracing is enabled. By default off.
     pub journey_sample_rate: Option<f64>,
+    /// How long a request body may take to arrive, before the time its length needs at
+    /// [`body_min_rate`](Self::body_min_rate) is added; a body that takes longer is
+    /// refused with 408. By default 10 s.
+    pub body_read_timeout: Duration,
+    /// The slowest upload accepted, in bytes per second: a body of `n` bytes (or, without
+    /// a `Content-Length`, of [`max_request_bytes`](Self::max_request_bytes)) gets
+    /// `body_read_timeout + n / body_min_rate`. By default 64 KiB/s, so a client that
+    /// trickles a byte a second cannot hold a connection and a handler for hours.
+    pub body_min_rate: usize,
+}
+
+impl ServerConfig {
+    /// How long a body of `declared` bytes (the limit if not declared) may take to arrive.
+    pub fn body_deadline(&self, declared: Option<usize>) -> Duration {
+        let bytes = declared.unwrap_or(self.max_request_bytes);
+        let rate = self.body_min_rate.max(1) as f64;
+        self.body_read_timeout + Duration::from_secs_f64(bytes as f64 / rate)
+    }
 }
 
 impl Default for ServerConfig {
@@ -94,6 +113,8 @@ impl Default for ServerConfig {
             max_request_bytes: 4 * 1024 * 1024,
             default_max_tokens: crate::sampling::DEFAULT_MAX_TOKENS,
             journey_sample_rate: None,
+            body_read_timeout: Duration::from_secs(10),
+            body_min_rate: 64 * 1024,
         }
     }
 }
@@ -107,6 +128,8 @@ impl fmt::Debug for ServerConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("max_request_bytes", &self.max_request_bytes)
             .field("default_max_tokens", &self.default_max_tokens)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("body_min_rate", &self.body_min_rate)
             .finish()
     }
 }
@@ -160,9 +183,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves [`router`] on `listener` until `shutdown` completes, then stops accepting
-/// connections and requests (`/health` turns 503, the engine refuses new work) and waits
-/// for the requests in flight to finish.
+/// Serves [`router`] on `listener` until `shutdown` completes, then drains: `/health` turns
+/// 503, the engine refuses new work, requests in flight get the shutdown timeout to finish,
+/// and connections are closed (see [`listener`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -174,69 +197,14 @@ pub async fn serve(
 /// [`serve`] from before the model is loaded: until `loaded` yields the state, `GET /health`
 /// answers 503 `{"status": "loading"}` and every other route a 503 error in OpenAI's shape;
 /// then the full [`router`]. Binding first lets probes tell "loading" from "down". If
-/// `loaded` yields `None` (loading failed), serving stops.
+/// `loaded` yields `None` (loading failed), serving stops. Connection limits and shutdown
+/// are [`ConnectionConfig`]'s defaults; see [`serve_connections`] to choose them.
 pub async fn serve_once_loaded(
     listener: TcpListener,
     loaded: impl Future<Output = Option<AppState>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let address = listener.local_addr()?;
-    let app: Arc<OnceLock<(Router, AppState)>> = Arc::new(OnceLock::new());
-    let (load_failed, load_failed_rx) = tokio::sync::oneshot::channel::<()>();
-    // Set when shutdown begins: a model that finishes loading after that is not served.
-    let stopping = Arc::new(AtomicBool::new(false));
-    let slot = app.clone();
-    let stopped_while_loading = stopping.clone();
-    tokio::spawn(async move {
-        match loaded.await {
-            Some(_) if stopped_while_loading.load(Ordering::Acquire) => {
-                tracing::info!("the model loaded after shutdown began; not serving it");
-            }
-            Some(state) => {
-                let model = state.engine.model().name.clone();
-                let _ = slot.set((router(state.clone()), state));
-                // Only now: whoever waits for this line may send requests at once.
-                tracing::info!(%address, %model, "waypoint ready");
-            }
-            None => {
-                let _ = load_failed.send(());
-            }
-        }
-    });
-    let slot = app.clone();
-    let front = Router::new().fallback(move |request: Request| {
-        let slot = slot.clone();
-        async move {
-            match slot.get() {
-                Some((router, _)) => match router.clone().oneshot(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                },
-                None => routes::while_loading(request.uri().path()),
-            }
-        }
-    });
-    // Tokens are small writes; Nagle's algorithm would hold each one back until the
-    // previous one is acknowledged.
-    let listener = listener.tap_io(|stream| {
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, front)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown => tracing::info!("shutting down: draining requests in flight"),
-                // Only a failed load completes this; a dropped sender (loaded) must not.
-                Ok(()) = load_failed_rx => return,
-            }
-            stopping.store(true, Ordering::Release);
-            if let Some((_, state)) = app.get() {
-                state.ready.store(false, Ordering::Release);
-                state.engine.stop_accepting();
-            }
-        })
-        .await
+    serve_connections(listener, loaded, shutdown, ConnectionConfig::default()).await
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,11 +17,11 @@ use serde_json::json;
 use tracing::field::Empty;
 use tracing::Span;
 
-use crate::engine::{EngineHandle, FinishReason, RequestStream, StreamEvent};
+use crate::engine::{EngineHandle, FinishReason, RequestStream, StreamEvent, SubmitError};
 use crate::metrics::{Format, TelemetryLosses};
 
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{discard_body, ApiJson};
 use super::openai::{ChatCompletionRequest, CompletionRequest, ModelCard, ModelList};
 use axum::http::HeaderMap;
 
@@ -125,7 +125,10 @@ where
         arrival,
     );
     let trace = journey.as_ref().and_then(ApiJourney::trace_headers);
-    let trace_id = trace.as_ref().map(|trace| trace.trace_id.clone());
+    let trace_id = trace
+        .as_ref()
+        .filter(|_| journey.as_ref().is_some_and(ApiJourney::exemplar_allowed))
+        .map(|trace| trace.trace_id.clone());
     let metrics_state = state.clone();
     let mut response = match submit(state, api, validate, id, arrival, journey, trace_id).await {
         Ok(response) => response,
@@ -152,6 +155,10 @@ where
         + Send
         + 'static,
 {
+    // During the drain a request would be tokenized only to be refused at submission.
+    if !state.engine.is_accepting() {
+        return Err(rejected(journey, SubmitError::ShuttingDown.into()));
+    }
     let created = unix_now();
     let span = Span::current();
     let engine = state.engine.clone();
@@ -256,6 +263,11 @@ async fn collect(
         let detail = info.error.as_deref().unwrap_or("no detail");
         return Err(ApiError::Internal(format!("the engine failed: {detail}")));
     }
+    // A client that left never sees its abort; one still waiting was aborted by the server,
+    // which only does that when the shutdown timeout has passed.
+    if info.reason == FinishReason::Abort {
+        return Err(SubmitError::ShuttingDown.into());
+    }
     Ok(builder.full(text, &logprobs, &info))
 }
 
@@ -333,17 +345,20 @@ pub async fn version() -> Json<serde_json::Value> {
     Json(json!({"version": env!("CARGO_PKG_VERSION")}))
 }
 
-/// Any path without a route.
-pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::RouteNotFound(uri.path().to_string())
+/// Any path without a route. A small body is read and dropped first, so that the
+/// connection can carry the client's next request.
+pub async fn not_found(State(state): State<AppState>, request: Request) -> ApiError {
+    let path = request.uri().path().to_string();
+    discard_body(&state.config, request).await;
+    ApiError::RouteNotFound(path)
 }
 
-/// A known path with the wrong method.
-pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed {
-        method: method.to_string(),
-        path: uri.path().to_string(),
-    }
+/// A known path with the wrong method (its body handled as in [`not_found`]).
+pub async fn method_not_allowed(State(state): State<AppState>, request: Request) -> ApiError {
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    discard_body(&state.config, request).await;
+    ApiError::MethodNotAllowed { method, path }
 }
 
 /// Lets a request through only with `Authorization: Bearer <api_key>`, when a key is set.

@@ -15,7 +15,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use tracing::Span;
 
-use crate::engine::{FinishReason, FinishedInfo, RequestStream, StreamEvent};
+use crate::engine::{FinishReason, FinishedInfo, RequestStream, StreamEvent, SubmitError};
 
 use super::error::ApiError;
 use super::journey::ApiJourney;
@@ -100,6 +100,12 @@ impl SseState {
         if info.reason == FinishReason::Error {
             let detail = info.error.as_deref().unwrap_or("no detail");
             self.fail(ApiError::Internal(format!("the engine failed: {detail}")));
+            return;
+        }
+        // Only the server aborts a stream whose client is still there: the shutdown timeout
+        // passed. The client hears why instead of a normal-looking finish.
+        if info.reason == FinishReason::Abort {
+            self.fail(SubmitError::ShuttingDown.into());
             return;
         }
         self.pending

@@ -5,7 +5,9 @@
 //! `max_tokens`, and finishes with `stop` (echo complete) or `length` (cut short). Prompts
 //! containing a marker behave differently: `HANG` sends one token and then waits for an
 //! abort, `FAIL` finishes with an engine error, `VANISH` drops the request without
-//! finishing it. Every submit and abort is recorded for the tests to inspect.
+//! finishing it, `FLOOD` sends 20 MB of deltas and then waits like `HANG`. Every submit and
+//! abort is recorded for the tests to inspect. Connection limits and shutdown are tested
+//! over raw TCP in `tests/connections.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -149,6 +151,19 @@ fn answer(
     if prompt.contains("VANISH") {
         return false;
     }
+    if prompt.contains("FLOOD") {
+        // Far more than socket buffers hold, then hang: a client that stops reading leaves
+        // the response stuck mid-write.
+        let text = "x".repeat(1000);
+        for _ in 0..20_000 {
+            let _ = output.send(StreamEvent::Delta {
+                text: text.clone(),
+                token_ids: vec![u32::from(b'x')],
+                logprobs: Vec::new(),
+            });
+        }
+        return true;
+    }
     let echo: Vec<u32> = request
         .prompt_ids
         .iter()
@@ -181,6 +196,30 @@ async fn start_with(config: ServerConfig, max_waiting: usize) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+    TestServer {
+        base,
+        client: reqwest::Client::new(),
+        engine,
+        state,
+    }
+}
+
+/// A server that treats a client's end of sending as leaving: only then can it tell a
+/// client that left before anything was written (see `ConnectionConfig::half_close`).
+async fn start_without_half_close() -> TestServer {
+    let engine = fake_engine(16);
+    let state = AppState::new(engine.handle.clone(), ServerConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(super::serve_connections(
+        listener,
+        std::future::ready(Some(state.clone())),
+        std::future::pending(),
+        super::ConnectionConfig {
+            half_close: false,
+            ..Default::default()
+        },
+    ));
     TestServer {
         base,
         client: reqwest::Client::new(),
@@ -1219,7 +1258,7 @@ async fn engine_failures_are_500_without_detail() {
 async fn a_client_leaving_a_stream_aborts_the_request() {
     use futures::StreamExt;
 
-    let server = start().await;
+    let server = start_without_half_close().await;
     let response = server
         .client
         .post(format!("{}/v1/completions", server.base))
@@ -1240,7 +1279,7 @@ async fn a_client_leaving_a_stream_aborts_the_request() {
 
 #[tokio::test]
 async fn a_client_leaving_a_non_streaming_request_aborts_it() {
-    let server = start().await;
+    let server = start_without_half_close().await;
     let request = server
         .client
         .post(format!("{}/v1/chat/completions", server.base))
@@ -1436,3 +1475,5 @@ async fn refused_requests_are_counted_by_reason() {
     assert_eq!(status, 404);
     assert_eq!(rejected(&server, "invalid"), 2);
 }
+
+mod connections;

@@ -165,6 +165,7 @@ fn encode_prompt(engine: &EngineHandle, prompt: Option<Prompt>) -> Result<Vec<u3
     if text.is_empty() {
         return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
     }
+    check_prompt_bytes(engine, "prompt", text.len())?;
     engine
         .tokenizer()
         .encode(&text, true)
@@ -253,6 +254,23 @@ pub fn validate_chat(
             })
             .collect(),
     };
+    // Each message renders to at least one token in any real template, and the template
+    // only adds text to what the messages hold; both bounds hold before rendering.
+    let max_context = engine.model().max_context;
+    if messages.len() > max_context {
+        return Err(ApiError::invalid(
+            "messages",
+            format!(
+                "{} messages cannot fit in this model's context of {max_context} tokens",
+                messages.len()
+            ),
+        ));
+    }
+    let message_bytes = messages
+        .iter()
+        .map(|message| message.role.len() + message.content.len())
+        .fold(0usize, usize::saturating_add);
+    check_prompt_bytes(engine, "messages", message_bytes)?;
     let tokenizer = engine.tokenizer();
     let template = tokenizer.chat_template().ok_or_else(|| {
         ApiError::invalid(
@@ -275,6 +293,32 @@ pub fn validate_chat(
     finish(
         engine, config, checked, "messages", prompt_ids, request_id, arrival,
     )
+}
+
+/// Refuses text too long to fit the context whatever it tokenizes to, before it is
+/// tokenized: tokenizing megabytes would cost seconds and hundreds of megabytes only to be
+/// refused afterwards.
+fn check_prompt_bytes(
+    engine: &EngineHandle,
+    param: &'static str,
+    bytes: usize,
+) -> Result<(), ApiError> {
+    let max_context = engine.model().max_context;
+    let limit = engine.tokenizer().max_text_bytes(max_context);
+    if bytes > limit {
+        let what = match param {
+            "messages" => "the messages hold",
+            _ => "the prompt holds",
+        };
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "{what} {bytes} bytes of text, more than can fit in this model's context of \
+                 {max_context} tokens (at most {limit} bytes)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A request may leave `model` out; if it names one, it must be the served one.

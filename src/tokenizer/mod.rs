@@ -122,6 +122,8 @@ pub struct Tokenizer {
     special_ids: HashSet<u32>,
     byte_level: bool,
     chat_template: Option<ChatTemplate>,
+    /// The most input bytes one token can stand for: see [`Tokenizer::max_text_bytes`].
+    max_token_bytes: usize,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -166,6 +168,23 @@ impl Tokenizer {
         );
         let mut seen = HashSet::new();
         eos_token_ids.retain(|id| seen.insert(*id));
+        // A vocabulary entry is at least as long as the input it covers: byte-level BPE
+        // writes each byte as a character of one or two bytes, SentencePiece a space as
+        // three-byte `▁`, and byte-fallback tokens (`<0x0A>`) take six for one. A normalizer
+        // could shrink the input first (NFC composes up to about four code points into one),
+        // so with one the bound is four times looser.
+        let longest = inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let max_token_bytes = if inner.get_normalizer().is_some() {
+            longest.saturating_mul(4)
+        } else {
+            longest
+        };
         Self {
             inner,
             vocab_size: policy.vocab_size,
@@ -175,7 +194,15 @@ impl Tokenizer {
             special_ids,
             byte_level,
             chat_template: policy.chat_template,
+            max_token_bytes,
         }
+    }
+
+    /// The longest text, in bytes, that can encode to at most `max_tokens` tokens: a longer
+    /// one cannot fit, so it can be refused before it is tokenized (which costs time and
+    /// memory in proportion to its length).
+    pub fn max_text_bytes(&self, max_tokens: usize) -> usize {
+        max_tokens.saturating_mul(self.max_token_bytes)
     }
 
     /// Builds the tokenizer a GGUF file describes; see [`GgufTokenizerSpec`] for the keys.

@@ -109,6 +109,35 @@ impl ServerProcess {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Sends `signal` (`TERM`, `INT`) without waiting.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// The exit status, if the process ends within `bound`.
+    pub fn exited_within(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The `HOST:PORT` it listens on.
+    pub fn address(&self) -> &str {
+        self.base_url.trim_start_matches("http://")
+    }
+
     /// Sends SIGTERM (a graceful shutdown); see [`Self::try_wait`].
     pub fn send_sigterm(&self) {
         let pid = self.child.id().to_string();

@@ -68,3 +68,26 @@ pub async fn serve(engine: &EngineHandle, config: ServerConfig) -> String {
     });
     url
 }
+
+/// [`serve`] with chosen connection settings.
+#[allow(dead_code)] // only some of the test binaries that include this file use it
+pub async fn serve_with(
+    engine: &EngineHandle,
+    config: ServerConfig,
+    connections: waypoint::server::ConnectionConfig,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let state = AppState::new(engine.clone(), config);
+    tokio::spawn(async move {
+        waypoint::server::serve_connections(
+            listener,
+            std::future::ready(Some(state)),
+            std::future::pending(),
+            connections,
+        )
+        .await
+        .unwrap();
+    });
+    url
+}

@@ -20,6 +20,8 @@
 
 pub mod dequant;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod parse;
 #[cfg(test)]
 mod tests;
