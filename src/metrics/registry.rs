@@ -38,7 +38,7 @@ pub const FINISH_REASONS: [&str; 4] = ["stop", "length", "abort", "error"];
 
 /// Why the API refused a request before the engine saw it, in the order of
 /// [`Metrics::request_rejected`]'s counters: the queue was full (429), the body too large
-/// (413), the request invalid (400, 404 for an unknown model), or the server could not take
+/// (413) or not sent in time (408), the request invalid (400, 404 for an unknown model), or the server could not take
 /// it (503: loading, shutting down, engine gone).
 pub const REJECTION_REASONS: [&str; 5] = [
     "queue_full",
@@ -107,7 +107,7 @@ pub struct Metrics {
     /// One per entry of [`FINISH_REASONS`].
     request_success: [Counter; 4],
     /// One per entry of [`REJECTION_REASONS`].
-    request_rejected: [Counter; 5],
+    request_rejected: [Counter; REJECTION_REASONS.len()],
     prefix_cache_queries: Counter,
     prefix_cache_hits: Counter,
     time_to_first_token: Histogram,
@@ -279,12 +279,12 @@ impl Metrics {
             "finished_reason",
             &successes,
         );
-        let rejections: [(&str, u64); 4] =
+        let rejections: [(&str, u64); REJECTION_REASONS.len()] =
             std::array::from_fn(|i| (REJECTION_REASONS[i], self.request_rejected[i].get()));
         out.labelled_counter(
             "waypoint_request_rejected_total",
             "Requests refused before the engine saw them, by reason (queue_full: 429, \
-             too_large: 413, invalid: 400/404, unavailable: 503).",
+             too_large: 413, body_timeout: 408, invalid: 400/404, unavailable: 503).",
             "reason",
             &rejections,
         );
@@ -419,7 +419,7 @@ mod tests {
         let metrics = Metrics::new("my \"model\"", 64);
         let text = metrics.render(Format::PrometheusText);
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 3 + 7 + 8, "{text}");
+        assert_eq!(families, 3 + 8 + 8, "{text}");
         assert_eq!(
             text.lines().filter(|l| l.starts_with("# HELP ")).count(),
             families
@@ -451,6 +451,7 @@ mod tests {
         for (reason, count) in [
             ("queue_full", 1),
             ("too_large", 0),
+            ("body_timeout", 0),
             ("invalid", 2),
             ("unavailable", 0),
         ] {
