@@ -198,7 +198,20 @@ async fn a_client_leaving_mid_stream_aborts_its_request_and_frees_its_blocks() {
     tokio::io::AsyncWriteExt::write_all(&mut socket, request.as_bytes())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Hang up once the engine holds the request (a fixed sleep lost the race on a loaded
+    // machine: a socket closed before the server read the request never reaches the engine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = server.engine.stats().await.unwrap();
+        if stats.running + stats.waiting >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the engine: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     drop(socket);
     assert_engine_drains(&server.engine).await;
     assert_eq!(
