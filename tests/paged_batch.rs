@@ -3,7 +3,8 @@
 use burn::backend::Flex;
 use waypoint::loader::tiny::{tiny_config, TinyWeights};
 use waypoint::model::{
-    ForwardBatch, KvCacheConfig, Llama, LlamaConfig, LogitsWanted, PagedKvCache, SequenceSlice,
+    DenseCpu, ForwardBatch, KvCacheConfig, Llama, LlamaConfig, LogitsWanted, ModelBackend,
+    PagedKvCache, SequenceSlice,
 };
 
 type B = Flex;
@@ -11,8 +12,12 @@ const BLOCK: usize = 4;
 const VOCAB: usize = 260;
 
 fn tiny_model() -> (Llama<B>, LlamaConfig) {
+    tiny_model_on::<B>()
+}
+
+fn tiny_model_on<Backend: ModelBackend>() -> (Llama<Backend>, LlamaConfig) {
     let config = tiny_config(VOCAB);
-    let model = Llama::<B>::load(
+    let model = Llama::<Backend>::load(
         config.clone(),
         &mut TinyWeights::new(config.clone()),
         &Default::default(),
@@ -29,7 +34,11 @@ fn tokens(seed: u32, len: usize) -> Vec<u32> {
 }
 
 /// Logits of every position of `tokens`, computed in one pass on a fresh, contiguous cache.
-fn solo(model: &Llama<B>, config: &LlamaConfig, tokens: &[u32]) -> Vec<Vec<f32>> {
+fn solo<Backend: ModelBackend>(
+    model: &Llama<Backend>,
+    config: &LlamaConfig,
+    tokens: &[u32],
+) -> Vec<Vec<f32>> {
     let blocks = tokens.len().div_ceil(BLOCK);
     let mut cache = PagedKvCache::new(
         KvCacheConfig::with_blocks(BLOCK, blocks),
@@ -65,7 +74,17 @@ struct Seq {
 
 #[test]
 fn mixed_prefill_and_decode_batch_matches_each_sequence_alone() {
-    let (model, config) = tiny_model();
+    check_mixed_batch::<Flex>();
+}
+
+/// The same on the dense path that `cuda` runs (burn ops, `slice_assign` cache writes).
+#[test]
+fn dense_mixed_prefill_and_decode_batch_matches_each_sequence_alone() {
+    check_mixed_batch::<DenseCpu>();
+}
+
+fn check_mixed_batch<Backend: ModelBackend>() {
+    let (model, config) = tiny_model_on::<Backend>();
     let seqs = [
         Seq {
             tokens: tokens(1, 37),

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 use burn::backend::Flex;
 use waypoint::generate::generate;
 use waypoint::model::{
-    ForwardBatch, KvCacheConfig, Llama, LogitsWanted, PagedKvCache, SequenceSlice,
+    DenseCpu, ForwardBatch, KvCacheConfig, Llama, LogitsWanted, ModelBackend, PagedKvCache,
+    SequenceSlice,
 };
 use waypoint::sampling::SamplingParams;
 use waypoint::tokenizer::{ChatMessage, Tokenizer};
@@ -20,21 +21,54 @@ const MARGIN: f32 = 0.05;
 /// How far our logits may be from the reference's top-5.
 const LOGIT_TOLERANCE: f32 = 0.02;
 
-struct Loaded {
-    model: Llama<Flex>,
+/// The prompts (indices into the reference's cases) the dense CPU backend runs. It is burn's
+/// unfused ops on one core, several times slower than flex, so CI runs the two shortest
+/// completions plus one long prompt rather than all six: together they cover a plain-text and
+/// a chat-template prompt, a 24-token prefill, and decoding past a 16-token block boundary.
+const DENSE_CASES: [usize; 3] = [0, 3, 4];
+
+struct Loaded<B: ModelBackend> {
+    model: Llama<B>,
     /// Shared, as `generate` takes it (its output processor keeps a reference).
     tokenizer: std::sync::Arc<Tokenizer>,
 }
 
-fn smollm2() -> Option<&'static Loaded> {
-    static MODEL: OnceLock<Option<Loaded>> = OnceLock::new();
+fn load<B: ModelBackend>() -> Option<Loaded<B>> {
+    let path = smollm2_path()?;
+    let files = waypoint::loader::open(path.to_str()?).expect("SmolLM2 opens");
+    let (model, tokenizer, _) = files.load::<B>(&Default::default()).expect("SmolLM2 loads");
+    Some(Loaded {
+        model,
+        tokenizer: std::sync::Arc::new(tokenizer),
+    })
+}
+
+fn smollm2() -> Option<&'static Loaded<Flex>> {
+    static MODEL: OnceLock<Option<Loaded<Flex>>> = OnceLock::new();
+    MODEL.get_or_init(load).as_ref()
+}
+
+/// SmolLM2 on the dense path that `cuda` runs.
+fn dense_smollm2() -> Option<&'static Loaded<DenseCpu>> {
+    static MODEL: OnceLock<Option<Loaded<DenseCpu>>> = OnceLock::new();
+    MODEL.get_or_init(load).as_ref()
+}
+
+/// SmolLM2 on the GPU named by `WAYPOINT_TEST_DEVICE` (`cuda` or `cuda:N`, default `cuda`).
+#[cfg(feature = "cuda")]
+fn cuda_smollm2() -> Option<&'static Loaded<burn::backend::Cuda>> {
+    static MODEL: OnceLock<Option<Loaded<burn::backend::Cuda>>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
+            let name = std::env::var("WAYPOINT_TEST_DEVICE").unwrap_or_else(|_| "cuda".into());
+            let index = match name.parse::<waypoint::cli::Device>() {
+                Ok(waypoint::cli::Device::Cuda(index)) => index,
+                _ => panic!("WAYPOINT_TEST_DEVICE must be cuda or cuda:N, not {name:?}"),
+            };
+            let device = burn::backend::cuda::CudaDevice::new(index);
             let path = smollm2_path()?;
             let files = waypoint::loader::open(path.to_str()?).expect("SmolLM2 opens");
-            let (model, tokenizer, _) = files
-                .load::<Flex>(&Default::default())
-                .expect("SmolLM2 loads");
+            let (model, tokenizer, _) = files.load(&device).expect("SmolLM2 loads");
             Some(Loaded {
                 model,
                 tokenizer: std::sync::Arc::new(tokenizer),
@@ -43,11 +77,16 @@ fn smollm2() -> Option<&'static Loaded> {
         .as_ref()
 }
 
-fn cache(model: &Llama<Flex>, tokens: usize) -> PagedKvCache<Flex> {
+fn dense_cases() -> Option<Vec<serde_json::Value>> {
+    let cases = greedy_cases()?;
+    Some(DENSE_CASES.iter().map(|&i| cases[i].clone()).collect())
+}
+
+fn cache<B: ModelBackend>(model: &Llama<B>, tokens: usize) -> PagedKvCache<B> {
     PagedKvCache::new(
         KvCacheConfig::with_blocks(16, tokens.div_ceil(16) + 1),
         model.config(),
-        &Default::default(),
+        model.device(),
     )
 }
 
@@ -61,7 +100,32 @@ fn teacher_forced_logits_match_the_reference() {
     let (Some(loaded), Some(cases)) = (smollm2(), greedy_cases()) else {
         return;
     };
-    for case in &cases {
+    check_teacher_forced_logits(loaded, &cases);
+}
+
+#[test]
+fn dense_reference_teacher_forced_logits() {
+    let (Some(loaded), Some(cases)) = (dense_smollm2(), dense_cases()) else {
+        return;
+    };
+    check_teacher_forced_logits(loaded, &cases);
+}
+
+/// Run on a GPU by `scripts/gpu-check.sh`; ignored elsewhere, since it needs one.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn cuda_reference_teacher_forced_logits() {
+    let (Some(loaded), Some(cases)) = (cuda_smollm2(), greedy_cases()) else {
+        return;
+    };
+    check_teacher_forced_logits(loaded, &cases);
+}
+
+/// Top-5 logits within [`LOGIT_TOLERANCE`] at every position of prompt + reference
+/// completion, and the same top-1 wherever the reference's margin is clear.
+fn check_teacher_forced_logits<B: ModelBackend>(loaded: &Loaded<B>, cases: &[serde_json::Value]) {
+    for case in cases {
         let prompt = ids(&case["prompt_ids"]);
         let greedy = ids(&case["greedy_ids"]);
         let tokens = [prompt.clone(), greedy].concat();
@@ -119,7 +183,31 @@ fn greedy_generation_reproduces_the_reference() {
     let (Some(loaded), Some(cases)) = (smollm2(), greedy_cases()) else {
         return;
     };
-    for case in &cases {
+    check_greedy_generation(loaded, &cases);
+}
+
+#[test]
+fn dense_reference_greedy_generation() {
+    let (Some(loaded), Some(cases)) = (dense_smollm2(), dense_cases()) else {
+        return;
+    };
+    check_greedy_generation(loaded, &cases);
+}
+
+/// Run on a GPU by `scripts/gpu-check.sh`; ignored elsewhere, since it needs one.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn cuda_reference_greedy_generation() {
+    let (Some(loaded), Some(cases)) = (cuda_smollm2(), greedy_cases()) else {
+        return;
+    };
+    check_greedy_generation(loaded, &cases);
+}
+
+/// Greedy decoding reproduces the reference's tokens up to its first near-tie.
+fn check_greedy_generation<B: ModelBackend>(loaded: &Loaded<B>, cases: &[serde_json::Value]) {
+    for case in cases {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["greedy_ids"]);
         let steps = case["steps"].as_array().unwrap();

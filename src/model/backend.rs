@@ -258,26 +258,42 @@ fn write_flex_pool(
     Tensor::from_primitive(TensorPrimitive::Float(pool))
 }
 
-#[cfg(feature = "cuda")]
-impl ModelBackend for burn::backend::Cuda {
-    /// `[in_features, out_features]`, contiguous.
-    type Projection = Tensor<Self, 2>;
+/// A backend that runs the model on burn's own tensor ops: every default of [`ModelBackend`],
+/// a dense `[in_features, out_features]` weight for `matmul`, and `slice_assign` cache writes.
+///
+/// This is the path `cuda` runs. [`DenseCpu`] runs the same code on the CPU so that the tests
+/// exercise it on machines without a GPU; one blanket impl serves both, so the code under test
+/// is the code `cuda` runs, not a copy of it.
+pub trait DenseBackend: Backend {}
 
-    fn pack_projection(weight: HostTensor, device: &Self::Device) -> Tensor<Self, 2> {
+#[cfg(feature = "cuda")]
+impl DenseBackend for burn::backend::Cuda {}
+
+/// The dense path on the CPU (burn's `NdArray`), for tests: none of the model's methods are
+/// overridden, unlike flex's. It is far slower than flex and not meant to serve.
+pub type DenseCpu = burn::backend::NdArray<f32>;
+
+impl DenseBackend for DenseCpu {}
+
+impl<B: DenseBackend> ModelBackend for B {
+    /// `[in_features, out_features]`, contiguous.
+    type Projection = Tensor<B, 2>;
+
+    fn pack_projection(weight: HostTensor, device: &B::Device) -> Tensor<B, 2> {
         let shape = [weight.shape[1], weight.shape[0]];
         Tensor::from_data(TensorData::new(weight.transposed().data, shape), device)
     }
 
-    fn project(x: Tensor<Self, 2>, weight: &Tensor<Self, 2>) -> Tensor<Self, 2> {
+    fn project(x: Tensor<B, 2>, weight: &Tensor<B, 2>) -> Tensor<B, 2> {
         x.matmul(weight.clone())
     }
 
     fn write_cache_rows(
-        pool: Tensor<Self, 2>,
+        pool: Tensor<B, 2>,
         runs: &[RowRun],
-        src: &Tensor<Self, 2>,
+        src: &Tensor<B, 2>,
         src_col: usize,
-    ) -> Tensor<Self, 2> {
+    ) -> Tensor<B, 2> {
         let [_, width] = pool.dims();
         runs.iter().fold(pool, |pool, run| {
             let rows = src

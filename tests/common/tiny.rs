@@ -6,7 +6,7 @@ use burn::backend::Flex;
 use waypoint::engine::{
     BurnRunner, EngineConfig, EngineHandle, ModelInfo, RunningEngine, SchedulerConfig,
 };
-use waypoint::model::KvCacheConfig;
+use waypoint::model::{KvCacheConfig, Llama, ModelBackend, PagedKvCache};
 use waypoint::server::{AppState, ServerConfig};
 
 /// Block size of every tiny engine: small, so a few tokens already span blocks.
@@ -24,10 +24,19 @@ pub struct TinyEngine {
 }
 
 impl TinyEngine {
-    /// Starts the engine (a 256-token step budget).
+    /// Starts the engine on flex (a 256-token step budget).
     pub fn start(self) -> RunningEngine {
+        self.start_on::<Flex>()
+    }
+
+    /// Starts the engine on backend `B` (a 256-token step budget).
+    pub fn start_on<B: ModelBackend>(self) -> RunningEngine
+    where
+        Llama<B>: Send,
+        PagedKvCache<B>: Send,
+    {
         let files = waypoint::loader::open("tiny").unwrap();
-        let (model, tokenizer, name) = files.load::<Flex>(&Default::default()).unwrap();
+        let (model, tokenizer, name) = files.load::<B>(&Default::default()).unwrap();
         let max_model_len = self
             .max_model_len
             .unwrap_or(model.config().max_position_embeddings);
