@@ -36,6 +36,14 @@ fn patient() -> ConnectionConfig {
     }
 }
 
+/// [`patient`], but in-flight requests get one second once shutdown begins.
+fn patient_with_a_short_drain() -> ConnectionConfig {
+    ConnectionConfig {
+        shutdown_timeout: Duration::from_secs(1),
+        ..patient()
+    }
+}
+
 async fn harness(connections: ConnectionConfig, config: ServerConfig) -> Harness {
     let engine = fake_engine(16);
     let state = AppState::new(engine.handle.clone(), config);
@@ -385,14 +393,7 @@ async fn during_the_drain_health_is_503_and_new_work_is_refused_with_retry_after
 
 #[tokio::test]
 async fn after_the_shutdown_timeout_requests_are_aborted_with_an_error() {
-    let mut server = harness(
-        ConnectionConfig {
-            shutdown_timeout: Duration::from_secs(1),
-            ..patient()
-        },
-        ServerConfig::default(),
-    )
-    .await;
+    let mut server = harness(patient_with_a_short_drain(), ServerConfig::default()).await;
     let mut whole = server.connect().await;
     whole
         .write_all(&post("/v1/completions", &completion("HANG", false), ""))
@@ -425,10 +426,7 @@ async fn after_the_shutdown_timeout_requests_are_aborted_with_an_error() {
 #[tokio::test]
 async fn shutdown_ends_with_a_client_holding_half_a_request() {
     let mut server = harness(
-        ConnectionConfig {
-            shutdown_timeout: Duration::from_secs(1),
-            ..patient()
-        },
+        patient_with_a_short_drain(),
         ServerConfig {
             body_read_timeout: Duration::from_secs(600),
             ..ServerConfig::default()
@@ -459,14 +457,7 @@ async fn shutdown_ends_with_a_client_holding_half_a_request() {
 
 #[tokio::test]
 async fn shutdown_ends_with_a_client_that_stopped_reading_its_stream() {
-    let mut server = harness(
-        ConnectionConfig {
-            shutdown_timeout: Duration::from_secs(1),
-            ..patient()
-        },
-        ServerConfig::default(),
-    )
-    .await;
+    let mut server = harness(patient_with_a_short_drain(), ServerConfig::default()).await;
     let mut stuck = server.connect().await;
     stuck
         .write_all(&post("/v1/completions", &completion("FLOOD", true), ""))
