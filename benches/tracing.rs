@@ -8,12 +8,13 @@
 //! cargo bench --bench tracing [-- FILTER]
 //! ```
 //!
-//! - `sampled_out_request`: what the API's sampling decision costs a request it rejects
-//!   (`ApiJourney::start` returning `None`, and the engine's `Option` check), at rate 0 (no
-//!   draw) and at a rate just above 0 (one draw). Target: under 50 ns.
+//! - `recorded_request_dropped`: what tail retention costs a request the head draw missed
+//!   and the rules drop (the common case below rate 1): both journeys recorded in memory
+//!   from the decision to the drop (the same eight events and attributes as below, no span).
 //! - `journey_event_recording`: one engine journey event (`QUEUED`: the nine fields every
 //!   journey event has) on a recording `llm_core` span, both spans alive, a fresh pair every
-//!   500 events so the SDK's per-span event limit never drops one. Target: under 2 µs.
+//!   60 events so the journey's own bound (`MAX_JOURNEY_EVENTS`) never drops one. Target:
+//!   under 2 µs.
 //! - `whole_journey_sampled_in`: a sampled request's two spans, from the sampling decision to
 //!   both spans ended (eight events, the response's trace headers, attributes), for context.
 //! - `step_not_sampled`: the step sampler's draw at `--step-tracing-sample-rate 0.01`.
@@ -24,28 +25,31 @@
 //! `cargo run --release -p waypoint-layers --example overhead`.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue};
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanData, SpanExporter};
 use waypoint::engine::journey::Journey;
 use waypoint::engine::kv_cache::BlockId;
 use waypoint::engine::output::{ScheduledSequence, StepStats};
 use waypoint::engine::request::Request;
+use waypoint::engine::retention::{KeepRules, Outcome};
 use waypoint::engine::step_trace::{self, StepTracer};
 use waypoint::engine::{
     EngineRequest, EngineTimings, FinishReason, FinishedInfo, StepTracingConfig,
 };
+use waypoint::metrics::Metrics;
 use waypoint::sampling::SamplingParams;
 use waypoint::server::journey::ApiJourney;
 use waypoint::server::output::Api;
 use waypoint::server::ServerConfig;
-use waypoint::telemetry::{self, LogFormat};
+use waypoint::telemetry::{self, replay, LogFormat};
 
-/// Events per `llm_core` span in `journey_event_recording`, below the provider's limit.
-const EVENTS_PER_SPAN: u64 = 500;
+/// Events per `llm_core` span in `journey_event_recording`, below the journey's bound.
+const EVENTS_PER_SPAN: u64 = 60;
 
 const MODEL: &str = "SmolLM2-135M-Instruct";
 
@@ -70,10 +74,12 @@ fn install_serve_subscriber() {
             std::env::set_var("RUST_LOG", "info");
         }
         let max_events = telemetry::max_events_per_span(|name| std::env::var(name).ok());
-        let provider = SdkTracerProvider::builder()
-            .with_max_events_per_span(max_events)
-            .with_span_processor(BatchSpanProcessor::builder(DroppingExporter).build())
-            .build();
+        let provider = replay::with_processor(
+            replay::provider_builder(),
+            BatchSpanProcessor::builder(DroppingExporter).build(),
+        )
+        .with_max_events_per_span(max_events)
+        .build();
         let (subscriber, step_spans) = telemetry::serve_subscriber(
             LogFormat::Text,
             &provider,
@@ -117,35 +123,99 @@ fn request_id(n: u64) -> String {
     format!("cmpl-{n:032x}")
 }
 
-fn sampled_out_request(c: &mut Criterion) {
-    install_serve_subscriber();
-    let headers = typical_headers();
-    let id = request_id(1);
-    let arrival = Instant::now(); // the handler reads the clock whether or not it traces
-    let mut group = c.benchmark_group("sampled_out_request");
-    // Rate 0: no draw. Rate 1e-12: one draw, (practically) never sampled.
-    for (name, rate) in [("rate_0", 0.0), ("rate_1e-12", 1e-12)] {
-        let config = config(rate);
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let journey = ApiJourney::start(
-                    black_box(&config),
-                    black_box(&headers),
-                    Api::Completions,
-                    black_box(&id),
-                    MODEL,
-                    arrival,
-                );
-                // The engine's check at each journey point.
-                black_box(journey.is_some())
-            })
-        });
+fn metrics() -> Arc<Metrics> {
+    Arc::new(Metrics::new(MODEL, 2048))
+}
+
+/// A finished request of 128 prompt and 64 output tokens.
+fn finished_info() -> FinishedInfo {
+    FinishedInfo {
+        reason: FinishReason::Length,
+        prompt_tokens: 128,
+        completion_tokens: 64,
+        cached_prompt_tokens: 0,
+        num_preemptions: 0,
+        error: None,
+        timings: EngineTimings {
+            received: Some(0.001),
+            queue: Some(0.01),
+            prefill: Some(0.2),
+            decode: Some(3.0),
+        },
+        journey: None,
+        kept: None,
     }
-    group.finish();
+}
+
+/// How a fast request went: within every default rule.
+fn fast_outcome() -> Outcome {
+    Outcome {
+        reason: FinishReason::Length,
+        num_preemptions: 0,
+        queue: Some(0.01),
+        ttft: Some(0.2),
+        itl_max: Some(0.05),
+        e2e: 3.2,
+    }
+}
+
+/// The whole life of one journey, API and engine, as the server drives it.
+fn one_journey(config: &ServerConfig, headers: &HeaderMap, metrics: &Arc<Metrics>, n: u64) {
+    let request = scheduler_request(n);
+    let id = request.request_id().to_string();
+    let mut submitted =
+        EngineRequest::new(id.clone(), (0..128).collect(), SamplingParams::default());
+    let mut api = ApiJourney::start(
+        config,
+        headers,
+        Api::Completions,
+        &id,
+        MODEL,
+        Instant::now(),
+        metrics,
+    )
+    .expect("journey tracing is on");
+    black_box(api.trace_headers());
+    api.handoff(&submitted, false);
+    submitted.journey = api.engine_mode();
+    let parent = api.live_span().cloned().unwrap_or_else(tracing::Span::none);
+    let mut core = Journey::start(&submitted.journey, &parent, &id, 64).expect("the journey is on");
+    core.queued(&request, 1);
+    core.scheduled(&request, 2);
+    core.token(&request, 2);
+    api.response();
+    let ended = core.finished(
+        &request,
+        65,
+        FinishReason::Length,
+        &fast_outcome(),
+        &EngineTimings::default(),
+    );
+    let mut info = finished_info();
+    info.kept = ended.kept;
+    info.journey = ended.record.map(Box::new);
+    api.finished(&info, 200);
+}
+
+fn recorded_request_dropped(c: &mut Criterion) {
+    install_serve_subscriber();
+    let config = ServerConfig {
+        journey_keep: KeepRules::default(),
+        ..config(0.0)
+    };
+    let headers = typical_headers();
+    let metrics = metrics();
+    let mut n = 0;
+    c.bench_function("recorded_request_dropped", |b| {
+        b.iter(|| {
+            n += 1;
+            one_journey(&config, &headers, &metrics, n);
+        })
+    });
 }
 
 /// The API's and the engine's spans of one sampled request.
-fn sampled_journey(n: u64) -> (ApiJourney, Journey) {
+fn sampled_journey(n: u64, metrics: &Arc<Metrics>) -> (ApiJourney, Journey) {
     let id = request_id(n);
     let api = ApiJourney::start(
         &config(1.0),
@@ -154,9 +224,11 @@ fn sampled_journey(n: u64) -> (ApiJourney, Journey) {
         &id,
         MODEL,
         Instant::now(),
+        metrics,
     )
     .expect("rate 1.0 samples every request");
-    let core = Journey::start(api.span(), &id, 64);
+    let span = api.live_span().expect("sampled in: live");
+    let core = Journey::start(&api.engine_mode(), span, &id, 64).expect("live");
     (api, core)
 }
 
@@ -167,12 +239,13 @@ fn scheduler_request(n: u64) -> Request {
 fn journey_event_recording(c: &mut Criterion) {
     install_serve_subscriber();
     let request = scheduler_request(0);
+    let metrics = metrics();
     c.bench_function("journey_event_recording", |b| {
         b.iter_custom(|iters| {
             let mut measured = Duration::ZERO;
             let mut done = 0;
             while done < iters {
-                let (api, core) = sampled_journey(done);
+                let (api, mut core) = sampled_journey(done, &metrics);
                 let batch = EVENTS_PER_SPAN.min(iters - done);
                 let start = Instant::now();
                 for step in 0..batch {
@@ -192,57 +265,13 @@ fn whole_journey_sampled_in(c: &mut Criterion) {
     install_serve_subscriber();
     let config = config(1.0);
     let headers = typical_headers();
-    let submitted = EngineRequest {
-        request_id: request_id(2),
-        prompt_ids: (0..128).collect(),
-        params: SamplingParams {
-            max_tokens: 64,
-            ..SamplingParams::default()
-        },
-        priority: 0,
-        arrival: Instant::now(),
-        traced: true,
-        trace_id: None,
-    };
-    let finished = FinishedInfo {
-        reason: FinishReason::Length,
-        prompt_tokens: 128,
-        completion_tokens: 64,
-        cached_prompt_tokens: 0,
-        num_preemptions: 0,
-        error: None,
-        timings: EngineTimings {
-            queue: Some(0.01),
-            prefill: Some(0.2),
-            decode: Some(3.0),
-        },
-    };
+    let metrics = metrics();
+    let mut n = 0;
     c.bench_function("whole_journey_sampled_in", |b| {
-        b.iter_batched(
-            || scheduler_request(2),
-            |request| {
-                let id = &submitted.request_id;
-                let mut api = ApiJourney::start(
-                    &config,
-                    &headers,
-                    Api::Completions,
-                    id,
-                    MODEL,
-                    Instant::now(),
-                )
-                .expect("rate 1.0 samples every request");
-                black_box(api.trace_headers());
-                api.handoff(&submitted, false);
-                let mut core = Journey::start(api.span(), id, 64);
-                core.queued(&request, 1);
-                core.scheduled(&request, 2);
-                core.token(&request, 2);
-                api.response();
-                core.finished(&request, 65, FinishReason::Length);
-                api.finished(&finished, 200);
-            },
-            BatchSize::SmallInput,
-        )
+        b.iter(|| {
+            n += 1;
+            one_journey(&config, &headers, &metrics, n);
+        })
     });
 }
 
@@ -299,7 +328,7 @@ fn step_events(c: &mut Criterion) {
 
 criterion_group!(
     benches,
-    sampled_out_request,
+    recorded_request_dropped,
     journey_event_recording,
     whole_journey_sampled_in,
     step_events

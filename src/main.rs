@@ -31,7 +31,7 @@ enum Command {
     /// Generate text for one prompt, streaming it to stdout.
     Generate(GenerateArgs),
     /// Serve a model over an OpenAI-compatible HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Benchmark a running server: Poisson arrivals, TTFT/TPOT/ITL/E2E latencies, throughput.
     Bench(waypoint::bench::BenchArgs),
 }
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         // `serve` installs its subscriber itself, inside its runtime (the exporter needs it).
-        Command::Serve(args) => run_serve(args, cli.log_format),
+        Command::Serve(args) => run_serve(*args, cli.log_format),
         command => waypoint::telemetry::install(cli.log_format, None)
             .map_err(anyhow::Error::from)
             .and_then(|_| match command {
@@ -152,9 +152,23 @@ struct ServeArgs {
     #[arg(long)]
     enable_journey_tracing: bool,
     /// Fraction of requests whose journey is traced, decided once per request
-    /// (`x-waypoint-trace: 1` forces it).
+    /// (`x-waypoint-trace: 1` forces it). Below 1, every other request's journey is recorded
+    /// in memory and exported only if tail retention keeps it (`--journey-tracing-keep`).
     #[arg(long, default_value_t = 1.0)]
     journey_tracing_sample_rate: f64,
+    /// Tail retention: latency rules over which a request the head draw missed is exported
+    /// anyway, as `NAME>DURATION` pairs (names queue, ttft, itl_max, e2e; units ms, s, m),
+    /// or `none`. Failed, aborted and preempted requests are always kept.
+    #[arg(
+        long,
+        default_value = waypoint::engine::retention::DEFAULT_KEEP_RULES,
+        value_parser = clap::value_parser!(waypoint::engine::retention::KeepRules)
+    )]
+    journey_tracing_keep: waypoint::engine::retention::KeepRules,
+    /// Let tail retention keep requests whose caller sent an unsampled `traceparent` (by
+    /// default such a request is neither traced nor recorded: the caller decided).
+    #[arg(long)]
+    journey_tracing_keep_unsampled_parents: bool,
     /// Trace sampled scheduler steps: a batch summary per sampled step (and, subsampled,
     /// a snapshot of each scheduled request) on rotating `scheduler_steps` spans.
     #[arg(long)]
@@ -325,6 +339,8 @@ where
         journey_sample_rate: args
             .enable_journey_tracing
             .then_some(args.journey_tracing_sample_rate),
+        journey_keep: args.journey_tracing_keep,
+        journey_keep_unsampled_parents: args.journey_tracing_keep_unsampled_parents,
         body_read_timeout: std::time::Duration::from_secs(args.body_read_timeout),
         body_min_rate: args.body_min_rate,
         ..Default::default()

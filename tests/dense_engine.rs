@@ -33,7 +33,7 @@ fn request(id: &str, prompt_ids: Vec<u32>, max_tokens: usize) -> EngineRequest {
         },
         priority: 0,
         arrival: std::time::Instant::now(),
-        traced: false,
+        journey: waypoint::engine::journey::JourneyMode::Off,
         trace_id: None,
     }
 }

@@ -87,7 +87,9 @@ async fn journeys_are_reported_in_order_through_preemption_sampling_and_abort() 
             ..SamplingParams::greedy()
         };
         let request = EngineRequest {
-            traced: true,
+            journey: waypoint::engine::journey::JourneyMode::Live(
+                waypoint::engine::retention::RetentionReason::Head,
+            ),
             ..EngineRequest::new(
                 format!("journey-{i}"),
                 vec![256, 10 + i, 20, 30, 40],

@@ -1,6 +1,6 @@
 //! Thousands of mixed requests through the full journey-export stack leave nothing behind:
-//! no live span, no engine state, no block; every journey span that was opened was ended and
-//! exported. Requests end every way they can: length, stop string, stream, client
+//! no live span, no engine state, no block, no recorded journey (half of them are recorded
+//! for tail retention); every journey span that was opened was ended and exported. Requests end every way they can: length, stop string, stream, client
 //! disconnect mid-stream, client timeout while waiting, rejected as invalid, shutdown abort.
 
 use std::collections::HashMap;
@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SimpleSpanProcessor};
 use serde_json::json;
 use tracing::span::{Attributes, Id};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::Layer;
 use waypoint::server::ServerConfig;
+use waypoint::telemetry::replay;
 
 #[path = "common/tiny.rs"]
 mod tiny;
@@ -49,10 +50,14 @@ const CONCURRENCY: usize = 24;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_mixed_requests_leave_nothing_behind() {
     let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .with_max_events_per_span(waypoint::telemetry::MAX_EVENTS_PER_SPAN)
-        .build();
+    // Half the journeys are recorded and replayed if kept: the provider must apply their ids
+    // and end times, as the server's does.
+    let provider = replay::with_processor(
+        replay::provider_builder(),
+        SimpleSpanProcessor::new(exporter.clone()),
+    )
+    .with_max_events_per_span(waypoint::telemetry::MAX_EVENTS_PER_SPAN)
+    .build();
     let live = LiveSpans::default();
     let subscriber = waypoint::telemetry::journey_export_subscriber(&provider).with(live.clone());
     // The engine thread emits too: the subscriber must be global.
@@ -123,7 +128,7 @@ async fn thousands_of_mixed_requests_leave_nothing_behind() {
         }
     }
 
-    // Nothing is left: engine state, blocks, live journey spans.
+    // Nothing is left: engine state, blocks, live journey spans, recorded journeys.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let stats = engine.handle.stats().await.unwrap();
@@ -132,12 +137,13 @@ async fn thousands_of_mixed_requests_leave_nothing_behind() {
             && stats.scheduler_empty
             && stats.waiting == 0
             && stats.running == 0;
-        if idle && live.0.load(Ordering::SeqCst) == 0 {
+        let recorded = waypoint::engine::journey::journeys_in_memory();
+        if idle && live.0.load(Ordering::SeqCst) == 0 && recorded == (0, 0) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "still held: {stats:?}, live journey spans {}",
+            "still held: {stats:?}, live journey spans {}, recorded journeys {recorded:?}",
             live.0.load(Ordering::SeqCst)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

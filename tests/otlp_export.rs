@@ -146,6 +146,7 @@ fn check_contract(request: &ReceivedSpan, core: &ReceivedSpan) {
             );
         }
         assert!(double("gen_ai.latency.time_to_first_token") <= double("gen_ai.latency.e2e"));
+        check_ttft_breakdown(request);
     }
     // No attribute is ever an empty string standing in for "unknown".
     for (key, value) in request
@@ -228,6 +229,51 @@ fn check_contract(request: &ReceivedSpan, core: &ReceivedSpan) {
     // llm_core lies within llm_request.
     assert!(core.start_time_unix_nano >= request.start_time_unix_nano);
     assert!(core.end_time_unix_nano <= request.end_time_unix_nano);
+}
+
+/// The parts of time to first token are all there, none negative, and add up to their totals
+/// within float rounding (`docs/JOURNEY_TRACING.md`).
+fn check_ttft_breakdown(request: &ReceivedSpan) {
+    let part = |key: &str| {
+        let value = request
+            .attr(key)
+            .and_then(Attr::as_double)
+            .unwrap_or_else(|| panic!("{key} missing: {:#?}", request.attributes));
+        assert!(value >= 0.0, "{key} = {value}");
+        value
+    };
+    let adds_up = |total: &str, parts: &[&str]| {
+        let sum: f64 = parts.iter().map(|key| part(key)).sum();
+        assert!(
+            (part(total) - sum).abs() < 1e-6,
+            "{total} = {} but {parts:?} add up to {sum}",
+            part(total)
+        );
+    };
+    adds_up(
+        "gen_ai.latency.time_in_queue",
+        &[
+            "waypoint.latency.validation",
+            "waypoint.latency.handoff",
+            "waypoint.latency.engine_queue",
+        ],
+    );
+    adds_up(
+        "gen_ai.latency.time_to_first_token",
+        &[
+            "gen_ai.latency.time_in_queue",
+            "gen_ai.latency.time_in_model_prefill",
+            "waypoint.latency.engine_to_api",
+        ],
+    );
+    adds_up(
+        "waypoint.latency.time_to_first_byte",
+        &[
+            "gen_ai.latency.time_to_first_token",
+            "waypoint.latency.first_byte",
+        ],
+    );
+    assert!(part("waypoint.latency.time_to_first_byte") <= part("gen_ai.latency.e2e") + 1e-6);
 }
 
 fn finish_status(core: &ReceivedSpan) -> &str {
@@ -434,8 +480,14 @@ async fn sampling_is_decided_once_and_can_be_forced() {
     let server = server_for(&receiver, &["--journey-tracing-sample-rate", "0"]);
     let body = json!({"prompt": "sampled out", "max_tokens": 3});
 
+    // Sampled out: recorded for tail retention, named with the decision still open (and,
+    // fast, never exported: see the end).
     let plain = complete(&server, body.clone(), &[]).await;
-    assert_eq!(plain.trace_id, None, "sampled out: no trace to name");
+    let plain_trace = plain
+        .trace_id
+        .clone()
+        .expect("a recorded request names its trace");
+    assert!(plain.traceparent.unwrap().ends_with("-00"));
     // A caller that did not sample its trace is respected.
     let unsampled_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
     let unsampled = complete(&server, body.clone(), &[("traceparent", unsampled_parent)]).await;
@@ -475,6 +527,7 @@ async fn sampling_is_decided_once_and_can_be_forced() {
     let spans = receiver.spans();
     assert_eq!(spans.len(), 2, "{spans:#?}");
     assert!(spans.iter().all(|s| s.trace_id == request.trace_id));
+    assert_ne!(plain_trace, request.trace_id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

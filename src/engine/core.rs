@@ -24,7 +24,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::handle::{
     Admission, EngineCommand, EngineHandle, EngineRequest, FinishedInfo, ModelInfo, StreamEvent,
 };
-use super::journey::Journey;
+use super::journey::{Journey, StepShare};
 use super::output::SchedulerOutput;
 use super::output_processor::OutputProcessor;
 use super::request::Request;
@@ -292,6 +292,7 @@ impl<R: ModelRunner> Engine<R> {
             stats.prefix_cache_hits,
         );
         self.report_scheduling(output);
+        self.report_interference(output);
 
         let mut logits = match self.run_model(output) {
             Ok(logits) => logits,
@@ -461,7 +462,7 @@ impl<R: ModelRunner> Engine<R> {
             params,
             priority,
             arrival,
-            traced,
+            journey,
             trace_id,
         } = request;
         let trace_id = trace_id.as_deref().and_then(|id| {
@@ -489,8 +490,8 @@ impl<R: ModelRunner> Engine<R> {
             processor.refuse(error.to_string());
             return;
         }
-        let journey = traced.then(|| Journey::start(&span, &request_id, params.max_tokens));
-        let processor = processor.with_trace(span, journey);
+        let journey = Journey::start(&journey, &span, &request_id, params.max_tokens);
+        let mut processor = processor.with_trace(span, journey);
         // Once per request, so a search is fine.
         if let Some(request) = self.scheduler.request(&request_id) {
             processor.on_queued(request, self.scheduler_step);
@@ -548,6 +549,44 @@ impl<R: ModelRunner> Engine<R> {
                 if let Some(live) = self.live.get_mut(request.output_slot()) {
                     live.processor.on_preempted(request, output.step);
                 }
+            }
+        }
+    }
+
+    /// Each journey's share of the step it is scheduled in, and the step to each journey
+    /// waiting in the queue (the `interference.*` attributes).
+    fn report_interference(&mut self, output: &SchedulerOutput) {
+        let stats = &output.stats;
+        let batch_sequences = output.num_sequences() as u64;
+        let batch_tokens = output.total_num_scheduled_tokens as u64;
+        let batch_prefill_tokens = stats.num_prefill_tokens as u64;
+        for sequence in output.batch() {
+            let Some(live) = self.live.get_mut(sequence.location.output_slot) else {
+                continue;
+            };
+            if !live.processor.has_journey() {
+                continue;
+            }
+            let num_prompt_tokens = self
+                .scheduler
+                .running_request(sequence.location.running_index)
+                .map_or(0, Request::num_prompt_tokens);
+            let own_tokens = sequence.token_ids.len();
+            let own_prefill_tokens = num_prompt_tokens
+                .saturating_sub(sequence.num_computed_tokens)
+                .min(own_tokens);
+            live.processor.on_step(StepShare {
+                batch_sequences,
+                batch_tokens,
+                batch_prefill_tokens,
+                own_tokens: own_tokens as u64,
+                own_prefill_tokens: own_prefill_tokens as u64,
+            });
+        }
+        let kv_usage = f64::from(stats.kv_usage);
+        for request in self.scheduler.waiting_requests() {
+            if let Some(live) = self.live.get_mut(request.output_slot()) {
+                live.processor.on_waited(kv_usage);
             }
         }
     }

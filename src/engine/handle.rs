@@ -11,6 +11,9 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::journey::{JourneyMode, RecordedJourney};
+use super::retention::RetentionReason;
+pub use super::types::EngineTimings;
 use super::types::{EngineStats, FinishReason};
 use crate::metrics::Metrics;
 use crate::sampling::SamplingParams;
@@ -29,8 +32,9 @@ pub struct EngineRequest {
     pub priority: i64,
     /// When the API received it.
     pub arrival: Instant,
-    /// Whether this request's journey is traced (decided once, at the API).
-    pub traced: bool,
+    /// How this request's journey is told: not at all, live, or recorded for tail
+    /// retention (decided once, at the API).
+    pub journey: JourneyMode,
     /// The W3C trace id (32 hex digits) of the request's trace, when it has one: latency
     /// metrics show it as an exemplar. The API's journey sets it.
     pub trace_id: Option<String>,
@@ -50,7 +54,7 @@ impl EngineRequest {
             params,
             priority: 0,
             arrival: Instant::now(),
-            traced: false,
+            journey: JourneyMode::Off,
             trace_id: None,
         }
     }
@@ -64,7 +68,7 @@ impl fmt::Debug for EngineRequest {
             .field("max_tokens", &self.params.max_tokens)
             .field("num_stop_strings", &self.params.stop.len())
             .field("priority", &self.priority)
-            .field("traced", &self.traced)
+            .field("journey", &self.journey)
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +101,10 @@ pub struct FinishedInfo {
     pub error: Option<String>,
     /// Where the request's time went inside the engine; `None` for phases it never reached.
     pub timings: EngineTimings,
+    /// A recorded journey (tail retention), for the API to replay if it is kept.
+    pub journey: Option<Box<RecordedJourney>>,
+    /// Why the engine keeps the recorded journey, if it does.
+    pub kept: Option<RetentionReason>,
 }
 
 impl FinishedInfo {
@@ -110,19 +118,10 @@ impl FinishedInfo {
             num_preemptions: 0,
             error: Some(error),
             timings: EngineTimings::default(),
+            journey: None,
+            kept: None,
         }
     }
-}
-
-/// Seconds a request spent in each engine phase.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct EngineTimings {
-    /// From arrival at the API to its first scheduling.
-    pub queue: Option<f64>,
-    /// From its first scheduling to its first token.
-    pub prefill: Option<f64>,
-    /// From its first token to its end.
-    pub decode: Option<f64>,
 }
 
 /// One message on a request's stream. Its `Debug` prints counts, never the text.

@@ -9,6 +9,7 @@ pub mod output;
 pub mod output_processor;
 pub mod queue;
 pub mod request;
+pub mod retention;
 mod runner;
 pub mod scheduler;
 pub mod step_trace;

@@ -24,8 +24,9 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::handle::{EngineTimings, FinishedInfo, StreamEvent, TokenLogprob};
-use super::journey::Journey;
+use super::journey::{Journey, StepShare};
 use super::request::Request;
+use super::retention::Outcome;
 use super::types::FinishReason;
 use crate::metrics::{FinishedRequest, Metrics, TraceId};
 use crate::sampling::{Sampler, SamplingParams, StopStringMatcher};
@@ -55,10 +56,14 @@ impl OutputSink for UnboundedSender<StreamEvent> {
 #[derive(Clone, Copy, Debug)]
 struct Timeline {
     arrival: Instant,
+    /// When the engine took the request.
+    received: Instant,
     first_scheduled: Option<Instant>,
     first_token: Option<Instant>,
     /// For the inter-token latency.
     last_token: Option<Instant>,
+    /// The longest gap between two tokens so far, in seconds.
+    itl_max: Option<f64>,
 }
 
 impl Timeline {
@@ -66,6 +71,7 @@ impl Timeline {
     fn timings(&self, end: Instant) -> EngineTimings {
         let seconds = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64();
         EngineTimings {
+            received: Some(seconds(self.arrival, self.received)),
             queue: self.first_scheduled.map(|s| seconds(self.arrival, s)),
             prefill: self
                 .first_scheduled
@@ -154,9 +160,11 @@ impl<S: OutputSink> OutputProcessor<S> {
             detokenize_error: None,
             timeline: Timeline {
                 arrival,
+                received: Instant::now(),
                 first_scheduled: None,
                 first_token: None,
                 last_token: None,
+                itl_max: None,
             },
             span: tracing::Span::none(),
             journey: None,
@@ -188,24 +196,43 @@ impl<S: OutputSink> OutputProcessor<S> {
     }
 
     /// The request entered the waiting queue (journey only).
-    pub fn on_queued(&self, request: &Request, step: u64) {
-        if let Some(journey) = &self.journey {
+    pub fn on_queued(&mut self, request: &Request, step: u64) {
+        if let Some(journey) = &mut self.journey {
             journey.queued(request, step);
+        }
+    }
+
+    /// Whether a journey follows the request, so that the engine tells it each step.
+    pub fn has_journey(&self) -> bool {
+        self.journey.is_some()
+    }
+
+    /// The request was scheduled in a step, with `share` (journey only).
+    pub fn on_step(&mut self, share: StepShare) {
+        if let Some(journey) = &mut self.journey {
+            journey.scheduled_in(share);
+        }
+    }
+
+    /// A step ran while the request waited, the KV cache `kv_usage` full (journey only).
+    pub fn on_waited(&mut self, kv_usage: f64) {
+        if let Some(journey) = &mut self.journey {
+            journey.waited_in(kv_usage);
         }
     }
 
     /// The request was admitted to the batch (first time or after a preemption) at `now`.
     pub fn on_scheduled(&mut self, request: &Request, step: u64, now: Instant) {
         self.timeline.first_scheduled.get_or_insert(now);
-        if let Some(journey) = &self.journey {
+        if let Some(journey) = &mut self.journey {
             journey.scheduled(request, step);
         }
     }
 
     /// The request lost its blocks and waits to be computed again (journey only).
-    pub fn on_preempted(&self, request: &Request, step: u64) {
-        if let Some(journey) = &self.journey {
-            journey.preempted(request, step);
+    pub fn on_preempted(&mut self, request: &Request, step: u64) {
+        if let Some(journey) = &mut self.journey {
+            journey.preempted(request, step, request.tokens_lost_to_preemption());
         }
     }
 
@@ -286,6 +313,10 @@ impl<S: OutputSink> OutputProcessor<S> {
         let now = Instant::now();
         self.timeline.first_token.get_or_insert(now);
         let previous = self.timeline.last_token.replace(now);
+        if let Some(previous) = previous {
+            let gap = now.duration_since(previous).as_secs_f64();
+            self.timeline.itl_max = Some(self.timeline.itl_max.map_or(gap, |max| max.max(gap)));
+        }
         if let Some(target) = &self.metrics {
             match previous {
                 Some(previous) => target
@@ -330,9 +361,25 @@ impl<S: OutputSink> OutputProcessor<S> {
         } else {
             reason
         };
-        if let Some(journey) = self.journey.take() {
-            journey.finished(request, step, reason);
-        }
+        let now = Instant::now();
+        let timings = self.timeline.timings(now);
+        let (recorded, kept) = match self.journey.take() {
+            Some(journey) => {
+                let outcome = self.outcome(request, reason, &timings, now);
+                let retention = journey.retention().cloned();
+                let ended = journey.finished(request, step, reason, &outcome, &timings);
+                match (ended.record, retention) {
+                    // The client left: nobody reads the `Finished` event, and the API has
+                    // ended (or is ending) its side as aborted; the two meet there.
+                    (Some(record), Some(retention)) if self.sink.is_closed() => {
+                        retention.orphaned(record);
+                        (None, None)
+                    }
+                    (record, _) => (record.map(Box::new), ended.kept),
+                }
+            }
+            None => (None, None),
+        };
         {
             let _entered = self.span.enter();
             tracing::debug!(
@@ -354,9 +401,33 @@ impl<S: OutputSink> OutputProcessor<S> {
             cached_prompt_tokens: request.num_cached_prompt_tokens(),
             num_preemptions: request.num_preemptions(),
             error,
-            timings: self.timeline.timings(Instant::now()),
+            timings,
+            journey: recorded,
+            kept,
         };
         self.send_finished(info)
+    }
+
+    /// How the request went, for the tail-retention rules.
+    fn outcome(
+        &self,
+        request: &Request,
+        reason: FinishReason,
+        timings: &super::handle::EngineTimings,
+        now: Instant,
+    ) -> Outcome {
+        let arrival = self.timeline.arrival;
+        Outcome {
+            reason,
+            num_preemptions: request.num_preemptions(),
+            queue: timings.queue,
+            ttft: self
+                .timeline
+                .first_token
+                .map(|t| t.duration_since(arrival).as_secs_f64()),
+            itl_max: self.timeline.itl_max,
+            e2e: now.duration_since(arrival).as_secs_f64(),
+        }
     }
 
     /// Ends a request without the scheduler's word on it (the scheduler refused it, or the

@@ -92,6 +92,8 @@ pub struct Request {
     num_cached_blocks_hit: usize,
     num_computed_prompt_tokens: usize,
     num_cached_prompt_tokens: Option<usize>,
+    /// Tokens it had computed when it was last preempted.
+    tokens_lost_to_preemption: usize,
 }
 
 impl Request {
@@ -116,6 +118,7 @@ impl Request {
             num_cached_blocks_hit: 0,
             num_computed_prompt_tokens: 0,
             num_cached_prompt_tokens: None,
+            tokens_lost_to_preemption: 0,
         }
     }
 
@@ -243,6 +246,11 @@ impl Request {
         self.num_computed_prompt_tokens
     }
 
+    /// Tokens it had computed when it was last preempted (0 if it never was).
+    pub fn tokens_lost_to_preemption(&self) -> usize {
+        self.tokens_lost_to_preemption
+    }
+
     /// Prompt tokens served from the prefix cache when the request was first admitted (what
     /// OpenAI's `usage.prompt_tokens_details.cached_tokens` reports); 0 before admission.
     pub fn num_cached_prompt_tokens(&self) -> usize {
@@ -293,6 +301,7 @@ impl Request {
     /// back to waiting; its outputs stay, to be computed again with the prompt.
     pub(super) fn preempt(&mut self) {
         self.status = RequestStatus::Waiting;
+        self.tokens_lost_to_preemption = self.num_computed_tokens;
         self.num_computed_tokens = 0;
         self.num_preemptions = self.num_preemptions.saturating_add(1);
     }

@@ -63,3 +63,17 @@ pub struct EngineStats {
     /// Of that, time inside the model call.
     pub model_time: Duration,
 }
+
+/// Seconds a request spent in each engine phase.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineTimings {
+    /// From arrival at the API to the engine taking it (validation, tokenization and the
+    /// hand-off).
+    pub received: Option<f64>,
+    /// From arrival at the API to its first scheduling.
+    pub queue: Option<f64>,
+    /// From its first scheduling to its first token.
+    pub prefill: Option<f64>,
+    /// From its first token to its end.
+    pub decode: Option<f64>,
+}

@@ -98,7 +98,7 @@ impl<'a> Writer<'a> {
     /// A gauge family with one sample.
     pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
         self.header(name, help, "gauge");
-        self.sample(name, None, &format_float(value), None);
+        self.sample(name, &[], &format_float(value), None);
     }
 
     /// A counter family with one sample; `name` ends in `_total`.
@@ -115,6 +115,24 @@ impl<'a> Writer<'a> {
         label: &str,
         values: &[(&str, u64)],
     ) {
+        if label.is_empty() {
+            let values: Vec<([&str; 0], u64)> = values.iter().map(|(_, n)| ([], *n)).collect();
+            self.multi_labelled_counter(name, help, [], &values);
+        } else {
+            let values: Vec<([&str; 1], u64)> = values.iter().map(|(v, n)| ([*v], *n)).collect();
+            self.multi_labelled_counter(name, help, [label], &values);
+        }
+    }
+
+    /// A counter family with one sample per combination of values of `labels` (each
+    /// entry of `values` gives one value per label); `name` ends in `_total`.
+    pub fn multi_labelled_counter<const N: usize>(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: [&str; N],
+        values: &[([&str; N], u64)],
+    ) {
         let family = name.strip_suffix("_total").unwrap_or(name);
         let header_name = match self.format {
             Format::PrometheusText => name,
@@ -122,9 +140,9 @@ impl<'a> Writer<'a> {
         };
         self.header(header_name, help, "counter");
         let sample_name = format!("{family}_total");
-        for (value_of_label, count) in values {
-            let extra = (!label.is_empty()).then_some((label, *value_of_label));
-            self.sample(&sample_name, extra, &count.to_string(), None);
+        for (label_values, count) in values {
+            let extra: [(&str, &str); N] = std::array::from_fn(|i| (labels[i], label_values[i]));
+            self.sample(&sample_name, &extra, &count.to_string(), None);
         }
     }
 
@@ -137,20 +155,20 @@ impl<'a> Writer<'a> {
             let le = format_float(bucket.upper_bound);
             self.sample(
                 &bucket_name,
-                Some(("le", &le)),
+                &[("le", &le)],
                 &bucket.cumulative_count.to_string(),
                 bucket.exemplar.as_ref(),
             );
         }
         self.sample(
             &format!("{name}_sum"),
-            None,
+            &[],
             &format_float(snapshot.sum),
             None,
         );
         self.sample(
             &format!("{name}_count"),
-            None,
+            &[],
             &snapshot.count().to_string(),
             None,
         );
@@ -184,17 +202,17 @@ impl<'a> Writer<'a> {
     fn sample(
         &mut self,
         name: &str,
-        extra_label: Option<(&str, &str)>,
+        extra_labels: &[(&str, &str)],
         value: &str,
         exemplar: Option<&Exemplar>,
     ) {
         self.out.push_str(name);
         let has_common = !self.common_labels.is_empty();
-        if has_common || extra_label.is_some() {
+        if has_common || !extra_labels.is_empty() {
             self.out.push('{');
             self.out.push_str(self.common_labels);
-            if let Some((label, label_value)) = extra_label {
-                if has_common {
+            for (index, (label, label_value)) in extra_labels.iter().enumerate() {
+                if has_common || index > 0 {
                     self.out.push(',');
                 }
                 self.out.push_str(label);

@@ -33,4 +33,6 @@ pub use exposition::Format;
 pub use instruments::{
     BucketSnapshot, Counter, Exemplar, Gauge, Histogram, HistogramSnapshot, TraceId,
 };
-pub use registry::{FinishedRequest, Metrics, TelemetryLosses, FINISH_REASONS, REJECTION_REASONS};
+pub use registry::{
+    FinishedRequest, Metrics, TelemetryCounts, FINISH_REASONS, JOURNEY_OUTCOMES, REJECTION_REASONS,
+};

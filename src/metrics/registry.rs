@@ -48,6 +48,25 @@ pub const REJECTION_REASONS: [&str; 5] = [
     "unavailable",
 ];
 
+/// The journey decisions `waypoint_journeys_total` counts, as (decision, reason) label
+/// pairs: kept for one of tail retention's reasons (the engine's `RetentionReason`), dropped
+/// because it stayed within the rules, or never recorded because the caller's
+/// `traceparent` was unsampled.
+pub const JOURNEY_OUTCOMES: [(&str, &str); 12] = [
+    ("kept", "head"),
+    ("kept", "forced"),
+    ("kept", "parent"),
+    ("kept", "error"),
+    ("kept", "aborted"),
+    ("kept", "preempted"),
+    ("kept", "slow_queue"),
+    ("kept", "slow_ttft"),
+    ("kept", "slow_itl"),
+    ("kept", "slow_e2e"),
+    ("dropped", "within_rules"),
+    ("dropped", "unsampled_parent"),
+];
+
 /// A request that ended, in plain values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FinishedRequest {
@@ -67,11 +86,15 @@ pub struct FinishedRequest {
     pub decode: Option<f64>,
 }
 
-/// What the telemetry pipeline lost, as plain counts taken at scrape time.
+/// What the telemetry pipeline holds and lost, as plain counts taken at scrape time.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct TelemetryLosses {
+pub struct TelemetryCounts {
     /// Spans in batches whose export failed.
     pub spans_export_failed: u64,
+    /// Journeys recorded for tail retention and not yet decided.
+    pub journeys_in_memory: u64,
+    /// The bytes those records hold.
+    pub journey_bytes_in_memory: u64,
 }
 
 /// Every metric the server exports, as atomics the engine thread updates and a scrape reads.
@@ -108,6 +131,8 @@ pub struct Metrics {
     request_success: [Counter; 4],
     /// One per entry of [`REJECTION_REASONS`].
     request_rejected: [Counter; REJECTION_REASONS.len()],
+    /// One per entry of [`JOURNEY_OUTCOMES`].
+    journeys: [Counter; JOURNEY_OUTCOMES.len()],
     prefix_cache_queries: Counter,
     prefix_cache_hits: Counter,
     time_to_first_token: Histogram,
@@ -135,6 +160,7 @@ impl Metrics {
             generation_tokens: Counter::default(),
             request_success: Default::default(),
             request_rejected: Default::default(),
+            journeys: Default::default(),
             prefix_cache_queries: Counter::default(),
             prefix_cache_hits: Counter::default(),
             time_to_first_token: Histogram::new(TIME_TO_FIRST_TOKEN_BUCKETS),
@@ -177,6 +203,21 @@ impl Metrics {
         debug_assert!(index.is_some(), "unknown rejection reason {reason}");
         if let Some(index) = index {
             self.request_rejected[index].inc_by(1);
+        }
+    }
+
+    /// A journey decision, one of [`JOURNEY_OUTCOMES`] (anything else is not counted, and
+    /// caught by the debug assertion).
+    pub fn record_journey(&self, decision: &str, reason: &str) {
+        let index = JOURNEY_OUTCOMES
+            .iter()
+            .position(|&outcome| outcome == (decision, reason));
+        debug_assert!(
+            index.is_some(),
+            "unknown journey outcome {decision}/{reason}"
+        );
+        if let Some(index) = index {
+            self.journeys[index].inc_by(1);
         }
     }
 
@@ -230,14 +271,14 @@ impl Metrics {
             .observe(info.completion_tokens as f64);
     }
 
-    /// The scrape: every metric, in `format`, with no telemetry losses.
+    /// The scrape: every metric, in `format`, with no telemetry counts.
     pub fn render(&self, format: Format) -> String {
-        self.render_with(format, &TelemetryLosses::default())
+        self.render_with(format, &TelemetryCounts::default())
     }
 
-    /// The scrape: every metric, in `format`, plus what the telemetry pipeline lost (counted
-    /// outside the engine, by the exporter).
-    pub fn render_with(&self, format: Format, losses: &TelemetryLosses) -> String {
+    /// The scrape: every metric, in `format`, plus what the telemetry pipeline holds and
+    /// lost (counted outside the engine's metrics, by the journeys and the exporter).
+    pub fn render_with(&self, format: Format, losses: &TelemetryCounts) -> String {
         let mut out = Writer::new(format, &self.common_labels);
         out.gauge(
             "waypoint_num_requests_running",
@@ -288,6 +329,18 @@ impl Metrics {
             "reason",
             &rejections,
         );
+        let journeys: [([&str; 2], u64); JOURNEY_OUTCOMES.len()] = std::array::from_fn(|i| {
+            let (decision, reason) = JOURNEY_OUTCOMES[i];
+            ([decision, reason], self.journeys[i].get())
+        });
+        out.multi_labelled_counter(
+            "waypoint_journeys_total",
+            "Requests whose journey was decided with journey tracing on: kept (exported) by \
+             reason, or dropped (within the tail-retention rules, or under an unsampled \
+             caller).",
+            ["decision", "reason"],
+            &journeys,
+        );
         out.counter(
             "waypoint_prefix_cache_queries_total",
             "Tokens looked up in the prefix cache when requests are scheduled.",
@@ -304,6 +357,16 @@ impl Metrics {
              collector was down, refused the batch or timed out).",
             "reason",
             &[("export_failed", losses.spans_export_failed)],
+        );
+        out.gauge(
+            "waypoint_journeys_in_memory",
+            "Journeys recorded for tail retention whose request has not ended yet.",
+            losses.journeys_in_memory as f64,
+        );
+        out.gauge(
+            "waypoint_journey_bytes_in_memory",
+            "Bytes held by the journeys recorded for tail retention.",
+            losses.journey_bytes_in_memory as f64,
         );
         let histograms = [
             (
@@ -419,7 +482,8 @@ mod tests {
         let metrics = Metrics::new("my \"model\"", 64);
         let text = metrics.render(Format::PrometheusText);
         let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!(families, 3 + 8 + 8, "{text}");
+        // Gauges (3 of the engine, 2 of the journeys), counters, histograms.
+        assert_eq!(families, 5 + 9 + 8, "{text}");
         assert_eq!(
             text.lines().filter(|l| l.starts_with("# HELP ")).count(),
             families
@@ -430,6 +494,12 @@ mod tests {
         for reason in ["stop", "length", "abort", "error"] {
             let sample = format!(
                 "waypoint_request_success_total{{model_name=\"my \\\"model\\\"\",finished_reason=\"{reason}\"}} 0"
+            );
+            assert!(text.contains(&sample), "{sample} in {text}");
+        }
+        for (decision, reason) in JOURNEY_OUTCOMES {
+            let sample = format!(
+                "waypoint_journeys_total{{model_name=\"my \\\"model\\\"\",decision=\"{decision}\",reason=\"{reason}\"}} 0"
             );
             assert!(text.contains(&sample), "{sample} in {text}");
         }
@@ -499,8 +569,9 @@ mod tests {
             "waypoint_telemetry_dropped_spans_total{model_name=\"m\",reason=\"export_failed\"}";
         let quiet = metrics.render(Format::PrometheusText);
         assert!(quiet.contains(&format!("{line} 0\n")), "{quiet}");
-        let losses = TelemetryLosses {
+        let losses = TelemetryCounts {
             spans_export_failed: 17,
+            ..TelemetryCounts::default()
         };
         let lossy = metrics.render_with(Format::OpenMetrics, &losses);
         assert!(lossy.contains(&format!("{line} 17\n")), "{lossy}");

@@ -84,6 +84,13 @@ pub struct ServerConfig {
     /// off. A request header `x-waypoint-trace: 1` forces it on for that request while
     /// tracing is enabled. By default off.
     pub journey_sample_rate: Option<f64>,
+    /// Tail retention's latency rules (`--journey-tracing-keep`): a request the head draw
+    /// missed is still exported if it fails, is aborted or preempted, or breaks one of
+    /// these. By default [`DEFAULT_KEEP_RULES`](crate::engine::retention::DEFAULT_KEEP_RULES).
+    pub journey_keep: crate::engine::retention::KeepRules,
+    /// Whether tail retention may keep a request whose caller sent an unsampled
+    /// `traceparent` (by default not: the caller's decision is respected).
+    pub journey_keep_unsampled_parents: bool,
     /// How long a request body may take to arrive, before the time its length needs at
     /// [`body_min_rate`](Self::body_min_rate) is added; a body that takes longer is
     /// refused with 408. By default 10 s.
@@ -113,6 +120,8 @@ impl Default for ServerConfig {
             max_request_bytes: 4 * 1024 * 1024,
             default_max_tokens: crate::sampling::DEFAULT_MAX_TOKENS,
             journey_sample_rate: None,
+            journey_keep: crate::engine::retention::KeepRules::default(),
+            journey_keep_unsampled_parents: false,
             body_read_timeout: Duration::from_secs(10),
             body_min_rate: 64 * 1024,
         }
@@ -130,6 +139,12 @@ impl fmt::Debug for ServerConfig {
             .field("default_max_tokens", &self.default_max_tokens)
             .field("body_read_timeout", &self.body_read_timeout)
             .field("body_min_rate", &self.body_min_rate)
+            .field("journey_sample_rate", &self.journey_sample_rate)
+            .field("journey_keep", &format_args!("{}", self.journey_keep))
+            .field(
+                "journey_keep_unsampled_parents",
+                &self.journey_keep_unsampled_parents,
+            )
             .finish()
     }
 }

@@ -17,8 +17,9 @@ use serde_json::json;
 use tracing::field::Empty;
 use tracing::Span;
 
+use crate::engine::journey::JourneyMode;
 use crate::engine::{EngineHandle, FinishReason, RequestStream, StreamEvent, SubmitError};
-use crate::metrics::{Format, TelemetryLosses};
+use crate::metrics::{Format, TelemetryCounts};
 
 use super::error::ApiError;
 use super::extract::{discard_body, ApiJson};
@@ -115,7 +116,7 @@ where
     let arrival = Instant::now();
     let id = format!("{}-{:032x}", api.id_prefix(), rand::random::<u128>());
     Span::current().record("request_id", id.as_str());
-    // Decided once, here: a sampled-out request gets no journey span and no journey event.
+    // Decided once, here: live, recorded for tail retention, or nothing at all.
     let journey = ApiJourney::start(
         &state.config,
         headers,
@@ -123,6 +124,7 @@ where
         &id,
         &state.engine.model().name,
         arrival,
+        state.engine.metrics(),
     );
     let trace = journey.as_ref().and_then(ApiJourney::trace_headers);
     let trace_id = trace
@@ -147,7 +149,7 @@ async fn submit<F>(
     validate: F,
     id: String,
     arrival: Instant,
-    journey: Option<ApiJourney>,
+    mut journey: Option<ApiJourney>,
     trace_id: Option<String>,
 ) -> Result<Response, ApiError>
 where
@@ -181,15 +183,17 @@ where
     let mut builder =
         ResponseBuilder::new(api, id, created, state.engine.clone(), validated.logprobs);
     let mut request = validated.request;
-    request.traced = journey.is_some();
+    request.journey = journey
+        .as_ref()
+        .map_or(JourneyMode::Off, ApiJourney::engine_mode);
     // Latency metrics show it as their exemplar, linking a slow bucket to this trace.
     request.trace_id = trace_id;
     // Submitted inside the journey span, which the engine's `llm_core` span hangs under.
-    let submitted = match &journey {
-        Some(journey) => {
-            journey.handoff(&request, stream_mode.is_some());
-            journey.span().in_scope(|| state.engine.submit(request))
-        }
+    if let Some(journey) = &mut journey {
+        journey.handoff(&request, stream_mode.is_some());
+    }
+    let submitted = match journey.as_ref().and_then(ApiJourney::live_span) {
+        Some(span) => span.in_scope(|| state.engine.submit(request)),
         None => state.engine.submit(request),
     };
     let events = match submitted {
@@ -333,8 +337,11 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok());
     let format = Format::from_accept(accept);
-    let losses = TelemetryLosses {
+    let (journeys, bytes) = crate::engine::journey::journeys_in_memory();
+    let losses = TelemetryCounts {
         spans_export_failed: crate::telemetry::export::spans_lost_to_failed_exports(),
+        journeys_in_memory: journeys as u64,
+        journey_bytes_in_memory: bytes as u64,
     };
     let body = state.engine.metrics().render_with(format, &losses);
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()

@@ -39,6 +39,7 @@ pub fn response(
         done: false,
         span,
         journey,
+        sent_output: false,
     };
     state.pending.extend(state.builder.first_chunk());
     let stream = futures::stream::unfold(state, |mut state| async move {
@@ -59,6 +60,9 @@ struct SseState {
     span: Span,
     /// Dropped with the stream, so a client hanging up ends the journey as aborted.
     journey: Option<ApiJourney>,
+    /// Whether output from the engine is queued in `pending` (the journey's first byte is
+    /// the first chunk handed over after that).
+    sent_output: bool,
 }
 
 impl SseState {
@@ -66,6 +70,11 @@ impl SseState {
     async fn next_data(&mut self) -> Option<String> {
         loop {
             if let Some(data) = self.pending.pop_front() {
+                if self.sent_output {
+                    if let Some(journey) = &mut self.journey {
+                        journey.first_byte();
+                    }
+                }
                 return Some(data);
             }
             if self.done {
@@ -73,6 +82,7 @@ impl SseState {
             }
             match self.events.next().await {
                 Some(StreamEvent::Delta { text, logprobs, .. }) => {
+                    self.sent_output = true;
                     if let Some(journey) = &mut self.journey {
                         journey.response();
                     }

@@ -108,6 +108,8 @@ fn finished(reason: FinishReason, prompt_tokens: usize, completion_tokens: usize
         num_preemptions: 0,
         error: None,
         timings: Default::default(),
+        journey: None,
+        kept: None,
     }
 }
 

@@ -11,6 +11,7 @@
 
 use std::time::Instant;
 
+use crate::engine::journey::JourneyMode;
 use crate::engine::{EngineHandle, EngineRequest};
 use crate::sampling::{SamplingParams, MAX_LOGPROBS};
 use crate::tokenizer::{ChatMessage, TokenizerError};
@@ -488,8 +489,8 @@ fn finish(
             priority: checked.priority,
             arrival,
             // Sampling is decided by the handler, which sees the headers.
-            traced: false,
-            // Set with `traced`, by the handler's journey.
+            journey: JourneyMode::Off,
+            // Set with `journey`, by the handler's journey.
             trace_id: None,
         },
         stream: checked.stream,

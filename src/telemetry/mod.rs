@@ -27,6 +27,7 @@ use crate::journey_console::{is_journey_target, JourneyConsoleLayer};
 
 pub mod export;
 pub mod propagation;
+pub mod replay;
 pub mod scopes;
 
 pub use export::{ExportTarget, InstallError, OtlpProtocol};
@@ -123,11 +124,11 @@ pub fn install(format: LogFormat, traces: Option<Traces<'_>>) -> Result<Telemetr
     if let Some(traces) = traces {
         let export = traces.export;
         let max_events = max_events_per_span(|name| std::env::var(name).ok());
-        let mut builder = SdkTracerProvider::builder()
+        let mut builder = replay::provider_builder()
             .with_resource(export::resource(export.service_name.clone()))
             .with_max_events_per_span(max_events);
         if let Some(target) = &export.target {
-            builder = builder.with_span_processor(export::batch_processor(target)?);
+            builder = replay::with_processor(builder, export::batch_processor(target)?);
         }
         let provider = builder.build();
         (exporting, telemetry.step_spans) = export_layers(

@@ -40,6 +40,11 @@ impl RemoteParent {
         self.0.is_sampled()
     }
 
+    /// The caller's trace.
+    pub fn trace_id(&self) -> TraceId {
+        self.0.trace_id()
+    }
+
     /// Makes `span` a child of this parent; `force_sampled` marks the parent sampled (a
     /// request forced into tracing under an unsampled caller is still recorded).
     /// Must come before `span` is entered or gets its first event, as `set_parent` requires;

@@ -58,9 +58,14 @@ impl ScopedTracer {
 impl Tracer for ScopedTracer {
     type Span = Span;
 
-    fn build_with_context(&self, builder: SpanBuilder, parent_cx: &Context) -> Span {
-        self.for_span(&builder.name)
-            .build_with_context(builder, parent_cx)
+    fn build_with_context(&self, mut builder: SpanBuilder, parent_cx: &Context) -> Span {
+        // A journey replayed after the fact carries its own start and ids.
+        super::replay::apply_to_builder(&mut builder);
+        let span = self
+            .for_span(&builder.name)
+            .build_with_context(builder, parent_cx);
+        super::replay::clear_pending_ids();
+        span
     }
 }
 

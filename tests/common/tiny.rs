@@ -66,6 +66,7 @@ impl TinyEngine {
 
 /// Serves `engine` over HTTP on an ephemeral loopback port until the test ends; returns the
 /// base URL (`http://127.0.0.1:PORT`).
+#[allow(dead_code)] // only some of the test binaries that include this file use it
 pub async fn serve(engine: &EngineHandle, config: ServerConfig) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
