@@ -11,6 +11,10 @@
 //! - `recorded_request_dropped`: what tail retention costs a request the head draw missed
 //!   and the rules drop (the common case below rate 1): both journeys recorded in memory
 //!   from the decision to the drop (the same eight events and attributes as below, no span).
+//! - `recorded/event`: one engine journey event kept in memory by a recorded journey (what
+//!   tail retention costs the engine thread per event). Target: under 1 µs.
+//! - `recorded/step_share`: what one step adds to a scheduled request's journey
+//!   (interference attribution), per request.
 //! - `journey_event_recording`: one engine journey event (`QUEUED`: the nine fields every
 //!   journey event has) on a recording `llm_core` span, both spans alive, a fresh pair every
 //!   60 events so the journey's own bound (`MAX_JOURNEY_EVENTS`) never drops one. Target:
@@ -32,7 +36,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use criterion::{criterion_group, criterion_main, Criterion};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanData, SpanExporter};
-use waypoint::engine::journey::Journey;
+use waypoint::engine::journey::{Journey, JourneyMode, StepShare, TailRetention};
 use waypoint::engine::kv_cache::BlockId;
 use waypoint::engine::output::{ScheduledSequence, StepStats};
 use waypoint::engine::request::Request;
@@ -261,6 +265,49 @@ fn journey_event_recording(c: &mut Criterion) {
     });
 }
 
+/// A recorded (tail-retention) engine journey.
+fn recorded_journey(n: u64) -> Journey {
+    let mode = JourneyMode::Recorded(Arc::new(TailRetention::new(KeepRules::default())));
+    Journey::start(&mode, &tracing::Span::none(), &request_id(n), 64).expect("recorded")
+}
+
+fn journey_event_recorded(c: &mut Criterion) {
+    install_serve_subscriber();
+    let request = scheduler_request(0);
+    let mut group = c.benchmark_group("recorded");
+    // One event kept in memory (a fresh journey every 60, below the bound).
+    group.bench_function("event", |b| {
+        b.iter_custom(|iters| {
+            let mut measured = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let mut core = recorded_journey(done);
+                let batch = EVENTS_PER_SPAN.min(iters - done);
+                let start = Instant::now();
+                for step in 0..batch {
+                    core.queued(black_box(&request), step);
+                }
+                measured += start.elapsed();
+                done += batch;
+            }
+            measured
+        })
+    });
+    // What each step adds to a scheduled request's journey (interference attribution).
+    let mut core = recorded_journey(1);
+    let share = StepShare {
+        batch_sequences: 32,
+        batch_tokens: 287,
+        batch_prefill_tokens: 256,
+        own_tokens: 1,
+        own_prefill_tokens: 0,
+    };
+    group.bench_function("step_share", |b| {
+        b.iter(|| core.scheduled_in(black_box(share)))
+    });
+    group.finish();
+}
+
 fn whole_journey_sampled_in(c: &mut Criterion) {
     install_serve_subscriber();
     let config = config(1.0);
@@ -329,6 +376,7 @@ fn step_events(c: &mut Criterion) {
 criterion_group!(
     benches,
     recorded_request_dropped,
+    journey_event_recorded,
     journey_event_recording,
     whole_journey_sampled_in,
     step_events

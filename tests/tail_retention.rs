@@ -344,3 +344,163 @@ async fn latency_rules_keep_slow_requests_aborts_and_an_unsampled_caller_when_al
     assert_eq!(journeys_counted(&text, "kept", "aborted"), 1, "{text}");
     assert!(server.terminate().success());
 }
+
+/// What the mixed run sent, and what it must find exported.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// Short and fast: exported only if the head draw (1%) or a preemption picked it.
+    Plain,
+    /// 1,900 tokens (at least ~0.1 s even for the tiny model): over the `e2e` rule, or
+    /// preempted first.
+    Slow,
+    /// The client leaves after the first chunk.
+    Aborted,
+}
+
+/// Sends one request of `kind`; returns what its response announced.
+async fn mixed_request(client: &reqwest::Client, url: &str, kind: Kind, i: usize) -> Announced {
+    let body = match kind {
+        Kind::Plain => json!({"prompt": format!("plain {i}"), "max_tokens": 4, "ignore_eos": true}),
+        Kind::Slow | Kind::Aborted => json!({
+            "prompt": format!("long {i}"), "max_tokens": 1900, "ignore_eos": true, "stream": true
+        }),
+    };
+    let response = client.post(url).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut announced = announced(response.headers(), &Value::Null);
+    match kind {
+        Kind::Plain => {
+            let body: Value = response.json().await.unwrap();
+            announced.id = body["id"].as_str().unwrap().to_string();
+        }
+        Kind::Slow => {
+            let mut body = response.bytes_stream();
+            while body.next().await.transpose().unwrap().is_some() {}
+        }
+        Kind::Aborted => {
+            let mut body = response.bytes_stream();
+            body.next().await.unwrap().unwrap();
+        }
+    }
+    announced
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_rate_one_percent_the_slow_preempted_and_aborted_are_all_kept() {
+    const REQUESTS: usize = 500;
+    const E2E_RULE_S: f64 = 0.05;
+    let receiver = Receiver::start(Transport::Grpc).await;
+    // 6,144 token slots: the first seven requests (slow, ~1,910 tokens each) cannot all
+    // fit, so preemption is certain; later, two or three slow ones at a time do.
+    let server = ServerProcess::start(
+        &[
+            "--enable-journey-tracing",
+            "--journey-tracing-sample-rate",
+            "0.01",
+            "--journey-tracing-keep",
+            "e2e>50ms",
+            "--otlp-traces-endpoint",
+            &receiver.endpoint(),
+            "--num-kv-blocks",
+            "384",
+            "--block-size",
+            "16",
+        ],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/completions", server.base_url);
+    // The first seven slow, together; then every twentieth slow, every tenth aborted, the
+    // rest plain.
+    let kind = |i: usize| match i {
+        _ if i < 7 => Kind::Slow,
+        _ if i % 20 == 3 => Kind::Slow,
+        _ if i % 10 == 7 => Kind::Aborted,
+        _ => Kind::Plain,
+    };
+    let sent: Vec<(Kind, Announced)> = futures::stream::iter(0..REQUESTS)
+        .map(|i| {
+            let (client, url) = (client.clone(), url.clone());
+            async move { (kind(i), mixed_request(&client, &url, kind(i), i).await) }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+
+    // Every decision is counted once; nothing is left in memory.
+    let deadline = std::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = metrics(&server).await;
+        let decided: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("waypoint_journeys_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if decided == REQUESTS as u64
+            && text.contains("waypoint_journeys_in_memory{model_name=\"tiny\"} 0.0\n")
+        {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{decided} decided: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kept = |reason: &str| journeys_counted(&text, "kept", reason);
+    let exported_journeys = ["head", "preempted", "aborted", "slow_e2e"]
+        .iter()
+        .map(|reason| kept(reason))
+        .sum::<u64>();
+    assert!(server.terminate().success());
+    let spans = receiver.spans();
+    assert_eq!(spans.len() as u64, 2 * exported_journeys, "{text}");
+
+    let find = |announced: &Announced, name: &str| {
+        spans
+            .iter()
+            .find(|s| s.trace_id == announced.trace_id && s.name == name)
+            .cloned()
+    };
+    let mut plain_exported = 0;
+    let mut preempted = 0;
+    let mut aborted = 0;
+    for (kind, announced) in &sent {
+        let Some(request) = find(announced, "llm_request") else {
+            assert_eq!(*kind, Kind::Plain, "{announced:?} was not exported");
+            continue;
+        };
+        let core = find(announced, "llm_core").expect("both spans of a kept journey");
+        check_replayed(&request, &core);
+        let was_preempted = core.event_names().contains(&"journey.PREEMPTED");
+        preempted += usize::from(was_preempted);
+        let e2e = request
+            .attr("gen_ai.latency.e2e")
+            .and_then(Attr::as_double)
+            .unwrap();
+        // The first rule that holds, in the documented order (a head-sampled one is live).
+        let expected = match (kind, reason(&request)) {
+            (_, "head") => "head",
+            (Kind::Aborted, _) => "aborted",
+            _ if was_preempted => "preempted",
+            (Kind::Slow, _) => "slow_e2e",
+            (Kind::Plain, _) if e2e > E2E_RULE_S => "slow_e2e",
+            (Kind::Plain, other) => panic!("a plain request kept as {other}: {request:#?}"),
+        };
+        assert_eq!(reason(&request), expected, "{kind:?} {request:#?}");
+        if expected == "slow_e2e" {
+            assert!(e2e > E2E_RULE_S, "{e2e}");
+        }
+        plain_exported += usize::from(*kind == Kind::Plain);
+        aborted += u64::from(expected == "aborted");
+    }
+    assert!(preempted > 0, "the pool was meant to be too small: {text}");
+    // About 1% of the ~400 plain ones by the head draw (20 would be 5x the mean).
+    assert!(kept("head") <= 20, "{text}");
+    assert!(plain_exported as u64 <= kept("head") + kept("preempted") + kept("slow_e2e"));
+    assert_eq!(kept("aborted"), aborted, "{text}");
+    assert!(
+        aborted >= 40,
+        "{aborted} of 50 aborted (the rest head-sampled?): {text}"
+    );
+}
