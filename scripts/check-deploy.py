@@ -62,6 +62,8 @@ GAUGES = {
     "waypoint_num_requests_running",
     "waypoint_num_requests_waiting",
     "waypoint_kv_cache_usage_ratio",
+    "waypoint_journeys_in_memory",
+    "waypoint_journey_bytes_in_memory",
 }
 COUNTERS = {
     "waypoint_num_preemptions_total",
@@ -71,6 +73,8 @@ COUNTERS = {
     "waypoint_prefix_cache_queries_total",
     "waypoint_prefix_cache_hits_total",
     "waypoint_telemetry_dropped_spans_total",
+    "waypoint_request_rejected_total",
+    "waypoint_journeys_total",
 }
 KNOWN_METRICS = HISTOGRAMS | GAUGES | COUNTERS
 # The dashboard may leave these out (reported as info).
@@ -79,6 +83,8 @@ OPTIONAL_METRICS = {
     "waypoint_request_decode_time_seconds",
     "waypoint_request_prompt_tokens",
     "waypoint_request_generation_tokens",
+    "waypoint_journey_bytes_in_memory",
+    "waypoint_request_rejected_total",
 }
 # The latency histograms a dashboard must show with exemplars.
 LATENCY_WITH_EXEMPLARS = {
@@ -86,7 +92,7 @@ LATENCY_WITH_EXEMPLARS = {
     "waypoint_inter_token_latency_seconds",
     "waypoint_e2e_request_latency_seconds",
 }
-KNOWN_LABELS = {"model_name", "finished_reason", "le", "reason"}
+KNOWN_LABELS = {"model_name", "finished_reason", "le", "reason", "decision"}
 
 REQUIRED_SERVICES = ["waypoint", "otel-collector", "jaeger", "prometheus", "grafana"]
 # service -> container ports that must be published on the host.

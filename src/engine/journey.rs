@@ -31,9 +31,19 @@ pub const TARGET: &str = "waypoint::journey";
 /// Name of the per-request engine span.
 pub const CORE_SPAN_NAME: &str = "llm_core";
 
-/// Most events one journey span holds, `TRUNCATED` included; the telemetry's span event
-/// limit is never below it.
+/// Most events one journey span holds, `TRUNCATED` included, unless the span event limit
+/// is lower ([`fit_journeys_to_span_limit`]).
 pub const MAX_JOURNEY_EVENTS: usize = 64;
+
+/// The bound in force: [`MAX_JOURNEY_EVENTS`], or the exporter's span event limit if lower.
+static JOURNEY_EVENT_BOUND: AtomicUsize = AtomicUsize::new(MAX_JOURNEY_EVENTS);
+
+/// Fits journeys to a per-span event limit of `limit` (at least 2: `FINISHED` and
+/// `TRUNCATED`), so that the SDK never drops a journey event silently: past the bound, a
+/// journey counts what it leaves out in `TRUNCATED`. Set once, before serving.
+pub fn fit_journeys_to_span_limit(limit: usize) {
+    JOURNEY_EVENT_BOUND.store(limit.clamp(2, MAX_JOURNEY_EVENTS), Ordering::Relaxed);
+}
 
 /// Preemptions described one by one in `interference.preemptions`; later ones are counted
 /// in `num_preemptions` only.
@@ -653,7 +663,7 @@ impl Journey {
     /// for `FINISHED` and `TRUNCATED`.
     fn push(&mut self, event: CoreEvent) {
         let finishing = event.kind == "FINISHED";
-        if !finishing && self.num_events + 2 >= MAX_JOURNEY_EVENTS {
+        if !finishing && self.num_events + 2 >= JOURNEY_EVENT_BOUND.load(Ordering::Relaxed) {
             self.dropped += 1;
             return;
         }
@@ -791,5 +801,101 @@ impl Journey {
             Sink::Live(_) => None,
             Sink::Recorded { retention, .. } => Some(retention),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, SubscriberExt as _};
+    use tracing_subscriber::Layer;
+
+    use super::*;
+
+    /// Every journey event's `event.type` and `events.dropped`, in order.
+    #[derive(Clone, Default)]
+    struct Kinds(Arc<Mutex<Vec<(String, Option<u64>)>>>);
+
+    struct KindVisitor(Option<String>, Option<u64>);
+
+    impl Visit for KindVisitor {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == "event.type" {
+                self.0 = Some(value.to_string());
+            }
+        }
+        fn record_u64(&mut self, field: &Field, value: u64) {
+            if field.name() == "events.dropped" {
+                self.1 = Some(value);
+            }
+        }
+        fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Kinds {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut visitor = KindVisitor(None, None);
+            event.record(&mut visitor);
+            if let Some(kind) = visitor.0 {
+                self.0.lock().unwrap().push((kind, visitor.1));
+            }
+        }
+    }
+
+    fn outcome() -> Outcome {
+        Outcome {
+            reason: FinishReason::Length,
+            num_preemptions: 40,
+            queue: Some(0.0),
+            ttft: None,
+            itl_max: None,
+            e2e: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_journey_preempted_again_and_again_is_bounded_and_ends_truncated() {
+        let kinds = Kinds::default();
+        let subscriber = tracing_subscriber::registry().with(kinds.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let mode = JourneyMode::Recorded(Arc::new(TailRetention::new(KeepRules::NONE)));
+            let request = Request::new("r".to_string(), vec![1, 2, 3]);
+            let mut journey = Journey::start(&mode, &Span::none(), "r", 8).unwrap();
+            journey.queued(&request, 0);
+            for step in 0..40 {
+                journey.scheduled(&request, step);
+                journey.preempted(&request, step, 3);
+            }
+            let ended = journey.finished(
+                &request,
+                99,
+                FinishReason::Length,
+                &outcome(),
+                &EngineTimings::default(),
+            );
+            // Kept for its preemptions, whatever the latency rules say.
+            assert_eq!(ended.kept, Some(RetentionReason::Preempted));
+            let record = ended.record.unwrap();
+            // 62 events, then FINISHED; TRUNCATED makes 64.
+            assert_eq!(record.events().len(), MAX_JOURNEY_EVENTS - 1);
+            assert_eq!(record.events().last().unwrap().kind, "FINISHED");
+            assert_eq!(record.num_dropped(), 81 - 62);
+            assert_eq!(record.num_events(), MAX_JOURNEY_EVENTS);
+            // Only the first preemptions are described.
+            let described = &record.summary().interference.preemptions;
+            assert_eq!(described.len(), MAX_DESCRIBED_PREEMPTIONS);
+            assert!(described.iter().all(|p| p.resumed_after.is_some()));
+
+            record.replay(&Span::none(), RetentionReason::Preempted);
+        });
+        let kinds = kinds.0.lock().unwrap();
+        assert_eq!(kinds.len(), MAX_JOURNEY_EVENTS);
+        assert_eq!(kinds[MAX_JOURNEY_EVENTS - 2].0, "FINISHED");
+        assert_eq!(
+            kinds[MAX_JOURNEY_EVENTS - 1],
+            ("TRUNCATED".to_string(), Some(81 - 62))
+        );
     }
 }

@@ -91,6 +91,8 @@ pub struct FinishedRequest {
 pub struct TelemetryCounts {
     /// Spans in batches whose export failed.
     pub spans_export_failed: u64,
+    /// Spans dropped because the export queue was full.
+    pub spans_queue_full: u64,
     /// Journeys recorded for tail retention and not yet decided.
     pub journeys_in_memory: u64,
     /// The bytes those records hold.
@@ -354,9 +356,13 @@ impl Metrics {
         out.labelled_counter(
             "waypoint_telemetry_dropped_spans_total",
             "Trace spans that never reached the collector, by reason (export_failed: the \
-             collector was down, refused the batch or timed out).",
+             collector was down, refused the batch or timed out; queue_full: more spans \
+             waited for export than OTEL_BSP_MAX_QUEUE_SIZE).",
             "reason",
-            &[("export_failed", losses.spans_export_failed)],
+            &[
+                ("export_failed", losses.spans_export_failed),
+                ("queue_full", losses.spans_queue_full),
+            ],
         );
         out.gauge(
             "waypoint_journeys_in_memory",

@@ -340,6 +340,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
     let (journeys, bytes) = crate::engine::journey::journeys_in_memory();
     let losses = TelemetryCounts {
         spans_export_failed: crate::telemetry::export::spans_lost_to_failed_exports(),
+        spans_queue_full: crate::telemetry::export::spans_lost_to_a_full_queue(),
         journeys_in_memory: journeys as u64,
         journey_bytes_in_memory: bytes as u64,
     };

@@ -6,13 +6,15 @@
 //! are dropped, so memory stays bounded); that thread exports with a timeout.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanExporter, SpanProcessor,
+};
 use opentelemetry_sdk::Resource;
 
 /// How long one export may take before it is abandoned.
@@ -28,6 +30,65 @@ static SPANS_LOST_TO_FAILED_EXPORTS: AtomicU64 = AtomicU64::new(0);
 /// How many spans were lost because their export failed (collector down, refused, timed out).
 pub fn spans_lost_to_failed_exports() -> u64 {
     SPANS_LOST_TO_FAILED_EXPORTS.load(Ordering::Relaxed)
+}
+
+/// Spans handed to the batch processor whose export has not finished yet.
+static SPANS_PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Spans dropped because the export queue was full (`reason="queue_full"`).
+static SPANS_LOST_TO_A_FULL_QUEUE: AtomicU64 = AtomicU64::new(0);
+
+/// How many spans were dropped because the export queue was full (the collector was slower
+/// than the server, or down long enough for the queue to fill).
+pub fn spans_lost_to_a_full_queue() -> u64 {
+    SPANS_LOST_TO_A_FULL_QUEUE.load(Ordering::Relaxed)
+}
+
+/// The OpenTelemetry default for `OTEL_BSP_MAX_QUEUE_SIZE`.
+const DEFAULT_MAX_QUEUE_SIZE: usize = 2048;
+
+/// The export queue's bound: `OTEL_BSP_MAX_QUEUE_SIZE`, read as the SDK reads it.
+fn max_queue_size(env: impl Fn(&str) -> Option<String>) -> usize {
+    env("OTEL_BSP_MAX_QUEUE_SIZE")
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(DEFAULT_MAX_QUEUE_SIZE)
+}
+
+/// A span processor that bounds the spans waiting for export itself, so that it can count
+/// what it drops: the SDK's batch processor drops spans past its queue silently (its count
+/// is private). The inner processor's own queue is made larger than this bound, so that it
+/// never drops one.
+#[derive(Debug)]
+pub struct CountedQueue<P> {
+    inner: P,
+    limit: usize,
+}
+
+impl<P: SpanProcessor> SpanProcessor for CountedQueue<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if SPANS_PENDING.fetch_add(1, Ordering::Relaxed) >= self.limit {
+            SPANS_PENDING.fetch_sub(1, Ordering::Relaxed);
+            SPANS_LOST_TO_A_FULL_QUEUE.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// The OTLP transport.
@@ -165,7 +226,9 @@ pub enum InstallError {
 
 /// A batch processor exporting to `target`. For gRPC this must run inside a tokio runtime,
 /// which must outlive the processor: the channel's connection lives on it.
-pub fn batch_processor(target: &ExportTarget) -> Result<BatchSpanProcessor, InstallError> {
+pub fn batch_processor(
+    target: &ExportTarget,
+) -> Result<CountedQueue<BatchSpanProcessor>, InstallError> {
     let built = match target.protocol {
         OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -184,8 +247,16 @@ pub fn batch_processor(target: &ExportTarget) -> Result<BatchSpanProcessor, Inst
         source,
     })?;
     let exporter = LoggedFailures::new(exporter, target.endpoint.clone(), ERROR_LOG_INTERVAL);
-    // The batch settings honour the OTEL_BSP_* variables (queue size, delay, batch size).
-    Ok(BatchSpanProcessor::builder(exporter).build())
+    // The batch settings honour the OTEL_BSP_* variables (delay, batch size); the queue's
+    // bound is `CountedQueue`'s, and the SDK's own queue has room to spare beyond it.
+    let limit = max_queue_size(|name| std::env::var(name).ok());
+    let config = BatchConfigBuilder::default()
+        .with_max_queue_size(limit.saturating_mul(2).max(DEFAULT_MAX_QUEUE_SIZE))
+        .build();
+    let inner = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(config)
+        .build();
+    Ok(CountedQueue { inner, limit })
 }
 
 /// A [`SpanExporter`] that logs its inner exporter's failures at most once per interval,
@@ -245,6 +316,11 @@ impl<E: SpanExporter> SpanExporter for LoggedFailures<E> {
         if let Err(error) = &result {
             self.failed(spans, error);
         }
+        // Saturating: spans that did not come through `CountedQueue` (none in the server)
+        // must not wrap the count.
+        let _ = SPANS_PENDING.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| {
+            Some(pending.saturating_sub(spans))
+        });
         result
     }
 
@@ -266,6 +342,51 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    /// A processor that keeps every span (its export never finishes).
+    #[derive(Debug, Default)]
+    struct Holding(Mutex<Vec<SpanData>>);
+
+    impl SpanProcessor for Holding {
+        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().unwrap().push(span);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_what_does_not_fit() {
+        use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+        let queue = CountedQueue {
+            inner: Holding::default(),
+            limit: SPANS_PENDING.load(Ordering::Relaxed) + 3,
+        };
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let capture = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let tracer = capture.tracer("test");
+        for _ in 0..5 {
+            tracer.start("span");
+        }
+        let before = spans_lost_to_a_full_queue();
+        for span in exporter.get_finished_spans().unwrap() {
+            queue.on_end(span);
+        }
+        assert_eq!(queue.inner.0.lock().unwrap().len(), 3);
+        assert_eq!(spans_lost_to_a_full_queue() - before, 2);
+        assert_eq!(max_queue_size(env(&[])), 2048);
+        assert_eq!(
+            max_queue_size(env(&[("OTEL_BSP_MAX_QUEUE_SIZE", "64")])),
+            64
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs

@@ -39,11 +39,13 @@ pub const MAX_EVENTS_PER_SPAN: u32 = 1024;
 
 /// The per-span event limit: `OTEL_SPAN_EVENT_COUNT_LIMIT` if it is a positive integer, else
 /// [`MAX_EVENTS_PER_SPAN`]. The provider and the step spans' rotation use the same value.
+/// At least 2, the room a journey needs to end (`FINISHED`, `TRUNCATED`).
 pub fn max_events_per_span(env: impl Fn(&str) -> Option<String>) -> u32 {
     env("OTEL_SPAN_EVENT_COUNT_LIMIT")
         .and_then(|value| value.trim().parse::<u32>().ok())
         .filter(|&limit| limit > 0)
         .unwrap_or(MAX_EVENTS_PER_SPAN)
+        .max(2)
 }
 
 /// Console output format.
@@ -124,6 +126,7 @@ pub fn install(format: LogFormat, traces: Option<Traces<'_>>) -> Result<Telemetr
     if let Some(traces) = traces {
         let export = traces.export;
         let max_events = max_events_per_span(|name| std::env::var(name).ok());
+        crate::engine::journey::fit_journeys_to_span_limit(max_events as usize);
         let mut builder = replay::provider_builder()
             .with_resource(export::resource(export.service_name.clone()))
             .with_max_events_per_span(max_events);
