@@ -814,9 +814,12 @@ mod tests {
 
     use super::*;
 
-    /// Every journey event's `event.type` and `events.dropped`, in order.
+    /// An event's `event.type`, and its `events.dropped` if it has one.
+    type Kind = (String, Option<u64>);
+
+    /// Every journey event's kind, in order.
     #[derive(Clone, Default)]
-    struct Kinds(Arc<Mutex<Vec<(String, Option<u64>)>>>);
+    struct Kinds(Arc<Mutex<Vec<Kind>>>);
 
     struct KindVisitor(Option<String>, Option<u64>);
 
