@@ -17,7 +17,9 @@ tracing on, twice:
    own counters (nothing refused or dropped). Then the collector is killed and restarted:
    waypoint keeps serving, logs once, exports again, and `/metrics` counts what was lost.
 2. OTLP over HTTP/protobuf at sample rate 0: the same kinds of request forced with
-   `x-waypoint-trace: 1`, read back the same way, and an unforced one that must not appear.
+   `x-waypoint-trace: 1`, read back the same way; unforced, a preempted and an aborted one
+   that tail retention must export (with their announced ids and reasons), and a fast one
+   that must not appear.
 
 Every wait is bounded; a failure names what was missing and exits 1. Needs only Python 3's
 standard library and Go (for the stack's first build).
@@ -233,6 +235,8 @@ class Sent:
         self.path = path
         self.status = status
         self.trace_id = headers.get("x-trace-id") if headers else None
+        self.traceparent = headers.get("traceparent") if headers else None
+        self.reason = None  # the expected waypoint.retention.reason
         self.body = body
         self.expect_core = expect_core
         self.parent = parent  # (trace id, span id) of a client traceparent
@@ -324,7 +328,24 @@ def send_the_requests(forced):
     sent.append(refused)
     for s in sent:
         check(s.trace_id, f"{s.name}: no x-trace-id on a traced response")
+        s.reason = "forced" if forced else ("parent" if s.parent else "head")
     return sent
+
+
+def send_the_tail():
+    """At rate 0, unforced: the requests tail retention must keep (a preempted one, one the
+    client left), each announced with the decision open (flags 00)."""
+    _, preempted = preempted_pair({})
+    preempted.reason = "preempted"
+    aborted = streamed("aborted by the client (tail)", "/v1/completions",
+                       {"prompt": "Count to one hundred:", "max_tokens": 150, "ignore_eos": True, "stream": True},
+                       abort_after_chunks=2)
+    aborted.aborted = True
+    aborted.reason = "aborted"
+    for s in (preempted, aborted):
+        check(s.traceparent and s.traceparent.endswith("-00"),
+              f"{s.name}: traceparent {s.traceparent!r}, expected the decision open (-00)")
+    return [preempted, aborted]
 
 
 def preempted_pair(force):
@@ -440,6 +461,13 @@ def check_trace(sent, spans, anchors):
     else:
         check(request["parent"] is None, f"{where}: llm_request has a parent {request['parent']}")
     attrs = request["attributes"]
+    if sent.reason:
+        check(attrs.get("waypoint.retention.reason") == sent.reason,
+              f"{where}: waypoint.retention.reason {attrs.get('waypoint.retention.reason')!r}, expected {sent.reason!r}")
+    if sent.traceparent:
+        announced_span = sent.traceparent.split("-")[2]
+        check(request["span_id"] == announced_span,
+              f"{where}: llm_request span {request['span_id']} is not the announced {announced_span}")
     check(attrs.get("http.response.status_code") in (None, sent.status) if getattr(sent, "aborted", False)
           else attrs.get("http.response.status_code") == sent.status,
           f"{where}: http.response.status_code {attrs.get('http.response.status_code')} != {sent.status}")
@@ -721,12 +749,16 @@ def main():
         waypoint.stop()
         waypoint = None
 
-        # 2. HTTP/protobuf, sample rate 0: only forced requests are traced.
+        # 2. HTTP/protobuf, sample rate 0: forced requests are traced live; the rest are
+        # recorded, and tail retention exports only the preempted and the aborted.
         waypoint = Waypoint(args.waypoint, model, "http/protobuf", 0.0, work / "waypoint-http.log")
         unforced = completion("unforced at rate 0", {"prompt": "Hello", "max_tokens": 4})
-        check(unforced.trace_id is None, "an unforced request at rate 0 was traced")
+        check(unforced.trace_id and unforced.traceparent.endswith("-00"),
+              f"an unforced request at rate 0 announced {unforced.traceparent!r}, expected an open decision")
         sent = send_the_requests(forced=True)
         check_traces(sent)
+        check_traces(send_the_tail())
+        check(not fetch_trace(unforced.trace_id), "a fast unforced request at rate 0 was exported")
         waypoint.stop()
         waypoint = None
         log("PASSED")
