@@ -47,7 +47,7 @@ use waypoint::engine::{
 };
 use waypoint::metrics::Metrics;
 use waypoint::sampling::SamplingParams;
-use waypoint::server::journey::ApiJourney;
+use waypoint::server::journey::{ApiJourney, JourneyContext, JourneySettings};
 use waypoint::server::output::Api;
 use waypoint::server::ServerConfig;
 use waypoint::telemetry::{self, replay, LogFormat};
@@ -169,16 +169,20 @@ fn one_journey(config: &ServerConfig, headers: &HeaderMap, metrics: &Arc<Metrics
     let id = request.request_id().to_string();
     let mut submitted =
         EngineRequest::new(id.clone(), (0..128).collect(), SamplingParams::default());
-    let mut api = ApiJourney::start(
+    let context = JourneyContext {
         config,
+        settings: JourneySettings::of(config).expect("journey tracing is on"),
+        metrics,
+    };
+    let mut api = ApiJourney::start(
+        &context,
         headers,
         Api::Completions,
         &id,
         MODEL,
         Instant::now(),
-        metrics,
     )
-    .expect("journey tracing is on");
+    .expect("no unsampled caller");
     black_box(api.trace_headers());
     api.handoff(&submitted, false);
     submitted.journey = api.engine_mode();
@@ -221,14 +225,19 @@ fn recorded_request_dropped(c: &mut Criterion) {
 /// The API's and the engine's spans of one sampled request.
 fn sampled_journey(n: u64, metrics: &Arc<Metrics>) -> (ApiJourney, Journey) {
     let id = request_id(n);
+    let config = config(1.0);
+    let context = JourneyContext {
+        config: &config,
+        settings: JourneySettings::of(&config).expect("journey tracing is on"),
+        metrics,
+    };
     let api = ApiJourney::start(
-        &config(1.0),
+        &context,
         &HeaderMap::new(),
         Api::Completions,
         &id,
         MODEL,
         Instant::now(),
-        metrics,
     )
     .expect("rate 1.0 samples every request");
     let span = api.live_span().expect("sampled in: live");

@@ -16,7 +16,7 @@ use waypoint::engine::request::Request;
 use waypoint::engine::EngineRequest;
 use waypoint::metrics::Metrics;
 use waypoint::sampling::SamplingParams;
-use waypoint::server::journey::ApiJourney;
+use waypoint::server::journey::{ApiJourney, JourneyContext, JourneySettings};
 use waypoint::server::output::Api;
 use waypoint::server::ServerConfig;
 
@@ -40,16 +40,20 @@ fn in_flight(
         ..SamplingParams::default()
     };
     let request = EngineRequest::new(id.clone(), (0..512).collect(), params);
+    let context = JourneyContext {
+        config: &config,
+        settings: JourneySettings::of(&config).expect("journey tracing is on"),
+        metrics,
+    };
     let mut api = ApiJourney::start(
-        &config,
+        &context,
         &HeaderMap::new(),
         Api::Chat,
         &id,
         "SmolLM2-135M-Instruct",
         Instant::now(),
-        metrics,
     )
-    .expect("journey tracing is on");
+    .expect("no unsampled caller");
     api.handoff(&request, true);
     api.response();
     let mut core =

@@ -124,6 +124,16 @@ struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on /v1 routes.
     #[arg(long, env = "WAYPOINT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Serve the debug API and page under /debug (in-flight requests, the engine's state,
+    /// tracing and log settings changed at run time; docs/DEBUG_API.md).
+    #[arg(long)]
+    enable_debug_api: bool,
+    /// The key /debug requires (`Authorization: Bearer KEY`); without it, --api-key's.
+    #[arg(long, env = "WAYPOINT_ADMIN_API_KEY", hide_env_values = true)]
+    admin_api_key: Option<String>,
+    /// Jaeger's UI (e.g. http://localhost:16686), for the debug page's links to traces.
+    #[arg(long)]
+    debug_jaeger_url: Option<String>,
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before aborting them
     /// (a second signal exits at once).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
@@ -243,14 +253,18 @@ fn run_serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
             }
         });
     }
+    let serve_tracing = ServeTracing {
+        step_tracing,
+        log_filter: telemetry.log_filter(),
+    };
     let served = match args.device {
         Device::Cpu => {
-            serve_on::<burn::backend::Flex>(args, step_tracing, Default::default(), &runtime)
+            serve_on::<burn::backend::Flex>(args, serve_tracing, Default::default(), &runtime)
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(index) => serve_on::<burn::backend::Cuda>(
             args,
-            step_tracing,
+            serve_tracing,
             burn::backend::cuda::CudaDevice::new(index),
             &runtime,
         ),
@@ -278,9 +292,16 @@ fn traces_off(args: &ServeArgs) -> bool {
     !args.enable_journey_tracing && !args.step_tracing_enabled
 }
 
+/// What `serve` takes from the installed telemetry.
+struct ServeTracing {
+    step_tracing: Option<waypoint::engine::StepTracingConfig>,
+    /// The console's filter, which `PUT /debug/log-filter` changes.
+    log_filter: Option<std::sync::Arc<waypoint::telemetry::LogFilter>>,
+}
+
 fn serve_on<B: ModelBackend>(
     args: ServeArgs,
-    step_tracing: Option<waypoint::engine::StepTracingConfig>,
+    serve_tracing: ServeTracing,
     device: B::Device,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<()>
@@ -299,6 +320,10 @@ where
         &pool,
     );
     let mut engine_config = args.engine.config(&files.config, pool)?;
+    let ServeTracing {
+        step_tracing,
+        log_filter,
+    } = serve_tracing;
     engine_config.step_tracing = step_tracing;
     let name = args
         .served_model_name
@@ -335,6 +360,10 @@ where
         host: args.host.clone(),
         port: args.port,
         api_key: args.api_key.clone(),
+        admin_api_key: args.admin_api_key.clone(),
+        enable_debug_api: args.enable_debug_api,
+        jaeger_url: args.debug_jaeger_url.clone(),
+        step_tracing,
         max_request_bytes: args.max_request_bytes,
         journey_sample_rate: args
             .enable_journey_tracing
@@ -377,7 +406,11 @@ where
                 .unwrap_or_else(|panic| Err(anyhow::anyhow!("loading panicked: {panic}")));
             let state = outcome.as_ref().ok().map(|engine| {
                 let _ = watch_tx.send(engine.handle.clone());
-                waypoint::server::AppState::new(engine.handle.clone(), config)
+                let state = waypoint::server::AppState::new(engine.handle.clone(), config);
+                match log_filter {
+                    Some(log_filter) => state.with_log_filter(log_filter),
+                    None => state,
+                }
             });
             let _ = loaded_tx.send(outcome);
             state

@@ -23,19 +23,12 @@ struct Outcome {
 }
 
 fn request(id: &str, prompt_ids: Vec<u32>, max_tokens: usize) -> EngineRequest {
-    EngineRequest {
-        request_id: id.to_string(),
-        prompt_ids,
-        params: SamplingParams {
-            max_tokens,
-            ignore_eos: true,
-            ..SamplingParams::greedy()
-        },
-        priority: 0,
-        arrival: std::time::Instant::now(),
-        journey: waypoint::engine::journey::JourneyMode::Off,
-        trace_id: None,
-    }
+    let params = SamplingParams {
+        max_tokens,
+        ignore_eos: true,
+        ..SamplingParams::greedy()
+    };
+    EngineRequest::new(id.to_string(), prompt_ids, params)
 }
 
 async fn collect(mut stream: waypoint::engine::RequestStream) -> Outcome {

@@ -24,7 +24,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::handle::{
     Admission, EngineCommand, EngineHandle, EngineRequest, FinishedInfo, ModelInfo, StreamEvent,
 };
-use super::journey::{Journey, StepShare};
+use super::inspect::{EngineView, RequestView, SchedulerView, StepRing, StepSummary, STEP_RING};
+use super::journey::{monotonic_seconds, Journey, StepShare};
 use super::output::SchedulerOutput;
 use super::output_processor::OutputProcessor;
 use super::request::Request;
@@ -111,6 +112,7 @@ pub fn start<R: ModelRunner>(
         model_time: Duration::ZERO,
         scheduler_step: 0,
         step_tracer: StepTracer::new(config.step_tracing),
+        step_ring: StepRing::default(),
     };
     let thread = std::thread::Builder::new()
         .name("waypoint-engine".into())
@@ -163,6 +165,10 @@ impl<T> Slots<T> {
         }
     }
 
+    fn get(&self, index: usize) -> Option<&T> {
+        self.entries.get(index)?.as_ref()
+    }
+
     fn get_mut(&mut self, index: usize) -> Option<&mut T> {
         self.entries.get_mut(index)?.as_mut()
     }
@@ -207,6 +213,8 @@ struct Engine<R: ModelRunner> {
     /// The scheduler's latest step number, for journey events between steps.
     scheduler_step: u64,
     step_tracer: StepTracer,
+    /// The last steps, for the debug API, kept whatever step tracing samples.
+    step_ring: StepRing,
 }
 
 impl<R: ModelRunner> Engine<R> {
@@ -269,13 +277,22 @@ impl<R: ModelRunner> Engine<R> {
         if traced_step.is_some() && self.step_tracer.sample_snapshots() {
             self.snapshot_requests(&output);
         }
+        let model_time_before = self.model_time;
         let num_finished = self.step(&mut output);
         if let Some(traced_step) = traced_step {
             traced_step.batch_summary(&output.stats, num_finished);
         }
         // Before the loop may block: the gauges must not show finished requests.
         self.publish_load();
-        self.step_time += step_started.elapsed();
+        let took = step_started.elapsed();
+        self.step_time += took;
+        self.step_ring.push(StepSummary::of(
+            &output.stats,
+            monotonic_seconds(),
+            took.as_secs_f64(),
+            (self.model_time - model_time_before).as_secs_f64(),
+            num_finished,
+        ));
         ControlFlow::Continue(())
     }
 
@@ -417,6 +434,12 @@ impl<R: ModelRunner> Engine<R> {
             EngineCommand::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            EngineCommand::Inspect(reply) => {
+                let _ = reply.send(self.view());
+            }
+            EngineCommand::SetStepTracing(config, reply) => {
+                let _ = reply.send(self.step_tracer.set(config));
+            }
         }
     }
 
@@ -432,6 +455,40 @@ impl<R: ModelRunner> Engine<R> {
             waiting,
             self.scheduler.kv_usage(),
         );
+    }
+
+    /// What the debug API shows: the scheduler, the pool, the last steps and every request
+    /// held (the order of arrival).
+    fn view(&self) -> EngineView {
+        let kv = self.scheduler.kv_cache();
+        let prefix = kv.prefix_cache_stats();
+        let now = Instant::now();
+        let mut requests: Vec<RequestView> = self
+            .scheduler
+            .running_requests()
+            .chain(self.scheduler.waiting_requests())
+            .filter_map(|request| {
+                let live = self.live.get(request.output_slot())?;
+                let blocks = kv.block_table(request.request_id()).len();
+                Some(live.processor.view(request, blocks, now))
+            })
+            .collect();
+        requests.sort_by(|a, b| b.age_s.total_cmp(&a.age_s));
+        EngineView {
+            scheduler: SchedulerView::of(self.scheduler.config()),
+            waiting: self.scheduler.num_waiting(),
+            running: self.scheduler.num_running(),
+            kv_usage: self.scheduler.kv_usage(),
+            free_blocks: kv.num_free_blocks(),
+            prefix_cache_queries: prefix.queries,
+            prefix_cache_hits: prefix.hits,
+            prefix_cache_hit_rate: prefix.hit_rate(),
+            steps: self.steps,
+            preemptions: self.scheduler.total_preemptions(),
+            now: monotonic_seconds(),
+            recent_steps: self.step_ring.last(STEP_RING),
+            requests,
+        }
     }
 
     fn stats(&self) -> EngineStats {
@@ -464,6 +521,7 @@ impl<R: ModelRunner> Engine<R> {
             arrival,
             journey,
             trace_id,
+            journey_trace_id,
         } = request;
         let trace_id = trace_id.as_deref().and_then(|id| {
             let parsed = TraceId::parse(id);
@@ -480,7 +538,8 @@ impl<R: ModelRunner> Engine<R> {
             sender,
             arrival,
         )
-        .with_metrics(self.metrics.clone(), trace_id);
+        .with_metrics(self.metrics.clone(), trace_id)
+        .with_journey_trace_id(journey_trace_id);
         let slot = self.live.next_index();
         let scheduled = Request::new(request_id.clone(), prompt_ids)
             .with_priority(priority)
@@ -649,7 +708,10 @@ impl<R: ModelRunner> Engine<R> {
                         ..EngineStats::default()
                     });
                 }
-                EngineCommand::Abort { .. } | EngineCommand::AbortAll => {}
+                EngineCommand::Abort { .. }
+                | EngineCommand::AbortAll
+                | EngineCommand::Inspect(_)
+                | EngineCommand::SetStepTracing(..) => {}
             }
         }
     }

@@ -11,8 +11,10 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::inspect::EngineView;
 use super::journey::{JourneyMode, RecordedJourney};
 use super::retention::RetentionReason;
+use super::step_trace::StepTracingConfig;
 pub use super::types::EngineTimings;
 use super::types::{EngineStats, FinishReason};
 use crate::metrics::Metrics;
@@ -38,6 +40,9 @@ pub struct EngineRequest {
     /// The W3C trace id (32 hex digits) of the request's trace, when it has one: latency
     /// metrics show it as an exemplar. The API's journey sets it.
     pub trace_id: Option<String>,
+    /// The trace id of the request's journey whenever journey tracing follows it (live or
+    /// recorded), for the debug API; unlike `trace_id`, never shown on `/metrics`.
+    pub journey_trace_id: Option<String>,
 }
 
 impl EngineRequest {
@@ -56,6 +61,7 @@ impl EngineRequest {
             arrival: Instant::now(),
             journey: JourneyMode::Off,
             trace_id: None,
+            journey_trace_id: None,
         }
     }
 }
@@ -200,6 +206,13 @@ pub enum EngineCommand {
     AbortAll,
     /// Report what the engine tracks.
     Stats(tokio::sync::oneshot::Sender<EngineStats>),
+    /// Show what the engine holds now (the debug API).
+    Inspect(tokio::sync::oneshot::Sender<EngineView>),
+    /// Change step tracing's rates from the next step; answers with the previous ones.
+    SetStepTracing(
+        StepTracingConfig,
+        tokio::sync::oneshot::Sender<Option<StepTracingConfig>>,
+    ),
 }
 
 /// A submitted request that the engine's published waiting count does not include yet.
@@ -377,6 +390,26 @@ impl EngineHandle {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.commands.send(EngineCommand::Stats(reply)).ok()?;
         answer.await.ok()
+    }
+
+    /// What the engine holds now (`None` if it is gone); answered between steps.
+    pub async fn inspect(&self) -> Option<EngineView> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commands.send(EngineCommand::Inspect(reply)).ok()?;
+        answer.await.ok()
+    }
+
+    /// Sets step tracing's rates from the next step. `Err(())` if the engine is gone;
+    /// `Ok(None)` if step tracing is off (nothing changed); otherwise the previous rates.
+    pub async fn set_step_tracing(
+        &self,
+        config: StepTracingConfig,
+    ) -> Result<Option<StepTracingConfig>, ()> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(EngineCommand::SetStepTracing(config, reply))
+            .map_err(drop)?;
+        answer.await.map_err(drop)
     }
 
     /// Refuses new requests from now on.

@@ -198,7 +198,7 @@ impl TailRetention {
 }
 
 /// One event of a journey, as recorded.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct CoreEvent {
     /// `event.type`.
     pub kind: &'static str,
@@ -792,6 +792,14 @@ impl Journey {
                     record: Some(record),
                 }
             }
+        }
+    }
+
+    /// The events so far of a recorded journey (a live one keeps none).
+    pub fn recorded_events(&self) -> Option<&[CoreEvent]> {
+        match &self.sink {
+            Sink::Live(_) => None,
+            Sink::Recorded { events, .. } => Some(events),
         }
     }
 

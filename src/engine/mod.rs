@@ -3,6 +3,7 @@
 
 mod core;
 pub mod handle;
+pub mod inspect;
 pub mod journey;
 pub mod kv_cache;
 pub mod output;

@@ -24,8 +24,9 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::handle::{EngineTimings, FinishedInfo, StreamEvent, TokenLogprob};
+use super::inspect::RequestView;
 use super::journey::{Journey, StepShare};
-use super::request::Request;
+use super::request::{Request, RequestStatus};
 use super::retention::Outcome;
 use super::types::FinishReason;
 use crate::metrics::{FinishedRequest, Metrics, TraceId};
@@ -113,6 +114,8 @@ pub struct OutputProcessor<S: OutputSink = UnboundedSender<StreamEvent>> {
     span: tracing::Span,
     /// Present when the request's journey is traced.
     journey: Option<Journey>,
+    /// The trace of the request's journey, for the debug API.
+    journey_trace_id: Option<String>,
     /// Absent for `waypoint generate`, which serves no metrics.
     metrics: Option<MetricsTarget>,
 }
@@ -168,6 +171,7 @@ impl<S: OutputSink> OutputProcessor<S> {
             },
             span: tracing::Span::none(),
             journey: None,
+            journey_trace_id: None,
             metrics: None,
         }
     }
@@ -176,6 +180,12 @@ impl<S: OutputSink> OutputProcessor<S> {
     pub fn with_trace(mut self, span: tracing::Span, journey: Option<Journey>) -> Self {
         self.span = span;
         self.journey = journey;
+        self
+    }
+
+    /// Names the trace of the request's journey (`trace_id`, 32 hex digits) in the debug API.
+    pub fn with_journey_trace_id(mut self, trace_id: Option<String>) -> Self {
+        self.journey_trace_id = trace_id;
         self
     }
 
@@ -199,6 +209,40 @@ impl<S: OutputSink> OutputProcessor<S> {
     pub fn on_queued(&mut self, request: &Request, step: u64) {
         if let Some(journey) = &mut self.journey {
             journey.queued(request, step);
+        }
+    }
+
+    /// What the debug API shows of `request` (which holds `blocks` KV blocks) at `now`.
+    pub fn view(&self, request: &Request, blocks: usize, now: Instant) -> RequestView {
+        let timeline = &self.timeline;
+        let seconds = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64();
+        let state = match request.status() {
+            RequestStatus::Waiting => "waiting",
+            _ => "running",
+        };
+        RequestView {
+            id: request.request_id().to_string(),
+            state,
+            phase: super::journey::phase(request),
+            age_s: seconds(timeline.arrival, now),
+            queue_s: seconds(timeline.arrival, timeline.first_scheduled.unwrap_or(now)),
+            prefill_s: timeline
+                .first_scheduled
+                .map(|s| seconds(s, timeline.first_token.unwrap_or(now))),
+            decode_s: timeline.first_token.map(|t| seconds(t, now)),
+            prompt_tokens: request.num_prompt_tokens(),
+            computed_tokens: request.num_computed_tokens(),
+            output_tokens: request.num_output_tokens(),
+            max_tokens: self.sampler.params().max_tokens,
+            blocks,
+            preemptions: request.num_preemptions(),
+            priority: request.priority(),
+            trace_id: self.journey_trace_id.clone(),
+            journey: self
+                .journey
+                .as_ref()
+                .and_then(Journey::recorded_events)
+                .map(<[_]>::to_vec),
         }
     }
 

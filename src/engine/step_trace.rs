@@ -86,6 +86,8 @@ impl Bernoulli {
 pub struct StepTracer {
     steps: Option<Bernoulli>,
     rich: Bernoulli,
+    /// The rates in force (none when step tracing is off).
+    config: Option<StepTracingConfig>,
 }
 
 /// What a sampled step needs to remember until it ends.
@@ -104,7 +106,17 @@ impl StepTracer {
                 config.map_or(0.0, |c| c.rich_subsample_rate),
                 seed.rotate_left(32),
             ),
+            config,
         }
+    }
+
+    /// Takes `config`'s rates from the next step, if step tracing is on (it cannot be turned
+    /// on at run time: its spans' layer is only installed at start). Returns the previous
+    /// rates, or `None` (and changes nothing) when it is off.
+    pub fn set(&mut self, config: StepTracingConfig) -> Option<StepTracingConfig> {
+        let previous = self.config?;
+        *self = Self::new(Some(config));
+        Some(previous)
     }
 
     /// Decides whether the step about to run is traced.

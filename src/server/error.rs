@@ -39,6 +39,14 @@ pub enum ApiError {
     /// No route has this path (404).
     #[error("no route for {0}")]
     RouteNotFound(String),
+    /// The route exists, the thing it names does not (404), e.g. a request id the engine
+    /// does not hold.
+    #[error("{0}")]
+    NotFound(String),
+    /// A feature this server was not started with (503 would say "retry"; this will not
+    /// change until a restart, so it is a 400-class answer: 409).
+    #[error("{0}")]
+    NotEnabled(String),
     /// The route exists but not for this method (405).
     #[error("method {method} is not allowed for {path}")]
     MethodNotAllowed {
@@ -116,7 +124,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest { .. } | Self::InvalidParam(_) => StatusCode::BAD_REQUEST,
-            Self::ModelNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::ModelNotFound(_) | Self::RouteNotFound(_) | Self::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::NotEnabled(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -146,6 +157,8 @@ impl ApiError {
             }
             Self::Unauthorized
             | Self::RouteNotFound(_)
+            | Self::NotFound(_)
+            | Self::NotEnabled(_)
             | Self::MethodNotAllowed { .. }
             | Self::Internal(_) => None,
         }
@@ -157,7 +170,8 @@ impl ApiError {
         match self {
             Self::InvalidRequest { .. } | Self::InvalidParam(_) => "invalid_request_error",
             Self::ModelNotFound(_) => "model_not_found",
-            Self::RouteNotFound(_) => "not_found_error",
+            Self::RouteNotFound(_) | Self::NotFound(_) => "not_found_error",
+            Self::NotEnabled(_) => "not_enabled",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "request_too_large",
             Self::BodyTimeout { .. } => "request_timeout",

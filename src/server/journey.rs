@@ -23,7 +23,7 @@ use crate::engine::journey::{
     monotonic_seconds, monotonic_seconds_at, replay_fields, JourneyMode, MemoryTally,
     RecordedJourney, TailRetention,
 };
-use crate::engine::retention::RetentionReason;
+use crate::engine::retention::{KeepRules, RetentionReason};
 use crate::engine::{EngineRequest, FinishReason, FinishedInfo};
 use crate::metrics::Metrics;
 use crate::telemetry::propagation::{RemoteParent, TraceHeaders};
@@ -207,6 +207,40 @@ fn request_span(identity: &SpanIdentity, request_id: &str) -> Span {
     )
 }
 
+/// Journey tracing's settings in force; `PUT /debug/tracing` replaces them while serving,
+/// and each request keeps the ones it arrived under.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct JourneySettings {
+    /// `--journey-tracing-sample-rate`.
+    pub sample_rate: f64,
+    /// `--journey-tracing-keep`.
+    pub keep: KeepRules,
+    /// `--journey-tracing-keep-unsampled-parents`.
+    pub keep_unsampled_parents: bool,
+}
+
+impl JourneySettings {
+    /// The settings `config` starts with, if journey tracing is on.
+    pub fn of(config: &ServerConfig) -> Option<Self> {
+        Some(Self {
+            sample_rate: config.journey_sample_rate?,
+            keep: config.journey_keep,
+            keep_unsampled_parents: config.journey_keep_unsampled_parents,
+        })
+    }
+}
+
+/// What a journey starts from: the settings in force, and the server it runs in.
+#[derive(Debug, Clone, Copy)]
+pub struct JourneyContext<'a> {
+    /// Where the server listens (`server.address`, `server.port`).
+    pub config: &'a ServerConfig,
+    /// The settings in force.
+    pub settings: JourneySettings,
+    /// Where decisions are counted.
+    pub metrics: &'a Arc<Metrics>,
+}
+
 /// How the API decided to follow a request at arrival.
 enum Decision {
     /// Exported for this reason, under the caller's span if it sent one.
@@ -217,7 +251,8 @@ enum Decision {
 }
 
 /// The decision for a request with `headers`, and whether it was forced.
-fn decide(config: &ServerConfig, rate: f64, headers: &HeaderMap) -> (Decision, bool) {
+fn decide(settings: &JourneySettings, headers: &HeaderMap) -> (Decision, bool) {
+    let rate = settings.sample_rate;
     let forced = headers
         .get(&FORCE_TRACE)
         .is_some_and(|v| v.as_bytes() == b"1");
@@ -233,9 +268,7 @@ fn decide(config: &ServerConfig, rate: f64, headers: &HeaderMap) -> (Decision, b
             Some(parent) if parent.is_sampled() => {
                 Decision::Live(RetentionReason::Parent, Some(parent))
             }
-            Some(parent) if config.journey_keep_unsampled_parents => {
-                Decision::Recorded(Some(parent))
-            }
+            Some(parent) if settings.keep_unsampled_parents => Decision::Recorded(Some(parent)),
             Some(_) => Decision::UnsampledParent,
             None if rate >= 1.0 || (rate > 0.0 && rand::random::<f64>() < rate) => {
                 Decision::Live(RetentionReason::Head, None)
@@ -247,22 +280,26 @@ fn decide(config: &ServerConfig, rate: f64, headers: &HeaderMap) -> (Decision, b
 }
 
 impl ApiJourney {
-    /// Starts the journey if journey tracing is on: live when the request is sampled (the
+    /// Starts the journey under `context`'s settings: live when the request is sampled (the
     /// header `x-waypoint-trace: 1` forces it; otherwise a caller's `traceparent` decides,
     /// its sampled flag respected, and without one a draw against the sample rate),
-    /// recorded for tail retention otherwise. The span becomes the child of the caller's
-    /// span when there is one.
+    /// recorded for tail retention otherwise; `None` under an unsampled caller that tail
+    /// retention may not keep. The span becomes the child of the caller's span when there
+    /// is one.
     pub fn start(
-        config: &ServerConfig,
+        context: &JourneyContext<'_>,
         headers: &HeaderMap,
         api: Api,
         request_id: &str,
         model: &str,
         arrival: Instant,
-        metrics: &Arc<Metrics>,
     ) -> Option<Self> {
-        let rate = config.journey_sample_rate?;
-        let (decision, forced) = decide(config, rate, headers);
+        let JourneyContext {
+            config,
+            settings,
+            metrics,
+        } = *context;
+        let (decision, forced) = decide(&settings, headers);
         let identity = SpanIdentity {
             operation: api.operation_name(),
             host: config.host.clone(),
@@ -299,7 +336,7 @@ impl ApiJourney {
                     started: monotonic_seconds_at(arrival),
                     fields: Vec::with_capacity(24),
                     events: Vec::with_capacity(4),
-                    retention: Arc::new(TailRetention::new(config.journey_keep)),
+                    retention: Arc::new(TailRetention::new(settings.keep)),
                     tally: MemoryTally::journey(),
                 };
                 record.tally.set(record.bytes());

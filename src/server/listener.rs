@@ -168,7 +168,7 @@ pub async fn serve_connections(
     let lifecycle = Arc::new(Lifecycle::default());
     let slot = app.clone();
     let stopped_while_loading = lifecycle.clone();
-    tokio::spawn(async move {
+    let publish = async move {
         match loaded.await {
             Some(state) => {
                 let model = state.engine.model().name.clone();
@@ -189,7 +189,13 @@ pub async fn serve_connections(
                 let _ = load_failed.send(());
             }
         }
-    });
+    };
+    // A state that is ready already (`serve`) is published before the first connection is
+    // accepted, so that no request sees "loading"; otherwise loading goes on beside serving.
+    let mut publish = Box::pin(publish);
+    if futures::FutureExt::now_or_never(&mut publish).is_none() {
+        tokio::spawn(publish);
+    }
     let slot = app.clone();
     let front = Router::new()
         .fallback(move |request: Request| {

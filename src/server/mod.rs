@@ -32,6 +32,7 @@
 //! This module knows the engine only through [`EngineHandle`]; the engine knows nothing of
 //! HTTP.
 
+pub mod debug;
 pub mod error;
 pub mod extract;
 pub mod journey;
@@ -91,6 +92,15 @@ pub struct ServerConfig {
     /// Whether tail retention may keep a request whose caller sent an unsampled
     /// `traceparent` (by default not: the caller's decision is respected).
     pub journey_keep_unsampled_parents: bool,
+    /// Step tracing's rates at start (`None`: step tracing is off), which
+    /// `PUT /debug/tracing` may change while serving.
+    pub step_tracing: Option<crate::engine::StepTracingConfig>,
+    /// Serve `/debug/*` (`--enable-debug-api`). By default off.
+    pub enable_debug_api: bool,
+    /// The key `/debug/*` requires (`--admin-api-key`); without one, the API key.
+    pub admin_api_key: Option<String>,
+    /// Jaeger's UI, for the debug page's links to traces (`--debug-jaeger-url`).
+    pub jaeger_url: Option<String>,
     /// How long a request body may take to arrive, before the time its length needs at
     /// [`body_min_rate`](Self::body_min_rate) is added; a body that takes longer is
     /// refused with 408. By default 10 s.
@@ -122,6 +132,10 @@ impl Default for ServerConfig {
             journey_sample_rate: None,
             journey_keep: crate::engine::retention::KeepRules::default(),
             journey_keep_unsampled_parents: false,
+            step_tracing: None,
+            enable_debug_api: false,
+            admin_api_key: None,
+            jaeger_url: None,
             body_read_timeout: Duration::from_secs(10),
             body_min_rate: 64 * 1024,
         }
@@ -135,6 +149,11 @@ impl fmt::Debug for ServerConfig {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "admin_api_key",
+                &self.admin_api_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("enable_debug_api", &self.enable_debug_api)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("default_max_tokens", &self.default_max_tokens)
             .field("body_read_timeout", &self.body_read_timeout)
@@ -161,6 +180,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Unix seconds when the state was built: the `created` of `/v1/models`.
     pub started_at: u64,
+    /// The settings operators change while serving (`/debug/tracing`, `/debug/log-filter`).
+    pub runtime: Arc<debug::RuntimeSettings>,
 }
 
 impl AppState {
@@ -168,10 +189,17 @@ impl AppState {
     pub fn new(engine: EngineHandle, config: ServerConfig) -> Self {
         Self {
             engine,
+            runtime: Arc::new(debug::RuntimeSettings::new(&config)),
             config: Arc::new(config),
             ready: Arc::new(AtomicBool::new(true)),
             started_at: unix_now(),
         }
+    }
+
+    /// This state with the console's log filter, which `PUT /debug/log-filter` changes.
+    pub fn with_log_filter(self, log_filter: Arc<crate::telemetry::LogFilter>) -> Self {
+        self.runtime.set_log_filter(log_filter);
+        self
     }
 }
 
@@ -192,6 +220,7 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(routes::version))
         .route("/metrics", get(routes::metrics))
         .merge(v1)
+        .merge(debug::router(&state))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))

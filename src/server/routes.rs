@@ -26,7 +26,7 @@ use super::extract::{discard_body, ApiJson};
 use super::openai::{ChatCompletionRequest, CompletionRequest, ModelCard, ModelList};
 use axum::http::HeaderMap;
 
-use super::journey::ApiJourney;
+use super::journey::{ApiJourney, JourneyContext};
 use super::output::{Api, ResponseBuilder};
 use super::validation::{validate_chat, validate_completion, ValidatedRequest};
 use super::{sse, unix_now, AppState, ServerConfig};
@@ -116,23 +116,35 @@ where
     let arrival = Instant::now();
     let id = format!("{}-{:032x}", api.id_prefix(), rand::random::<u128>());
     Span::current().record("request_id", id.as_str());
-    // Decided once, here: live, recorded for tail retention, or nothing at all.
-    let journey = ApiJourney::start(
-        &state.config,
-        headers,
-        api,
-        &id,
-        &state.engine.model().name,
-        arrival,
-        state.engine.metrics(),
-    );
+    // Decided once, here, under the settings in force now: live, recorded for tail
+    // retention, or nothing at all.
+    let journey = state.runtime.journeys().and_then(|settings| {
+        let context = JourneyContext {
+            config: &state.config,
+            settings,
+            metrics: state.engine.metrics(),
+        };
+        ApiJourney::start(
+            &context,
+            headers,
+            api,
+            &id,
+            &state.engine.model().name,
+            arrival,
+        )
+    });
     let trace = journey.as_ref().and_then(ApiJourney::trace_headers);
     let trace_id = trace
         .as_ref()
         .filter(|_| journey.as_ref().is_some_and(ApiJourney::exemplar_allowed))
         .map(|trace| trace.trace_id.clone());
     let metrics_state = state.clone();
-    let mut response = match submit(state, api, validate, id, arrival, journey, trace_id).await {
+    let traced = Traced {
+        journey,
+        exemplar: trace_id,
+        trace_id: trace.as_ref().map(|trace| trace.trace_id.clone()),
+    };
+    let mut response = match submit(state, api, validate, id, arrival, traced).await {
         Ok(response) => response,
         Err(error) => count_rejection(&metrics_state, error).into_response(),
     };
@@ -142,6 +154,15 @@ where
     Ok(response)
 }
 
+/// How journey tracing follows a request.
+struct Traced {
+    journey: Option<ApiJourney>,
+    /// The trace id `/metrics` may show as an exemplar.
+    exemplar: Option<String>,
+    /// The journey's trace id, for the debug API.
+    trace_id: Option<String>,
+}
+
 /// Validates, submits, and answers (streaming or not).
 async fn submit<F>(
     state: AppState,
@@ -149,14 +170,18 @@ async fn submit<F>(
     validate: F,
     id: String,
     arrival: Instant,
-    mut journey: Option<ApiJourney>,
-    trace_id: Option<String>,
+    traced: Traced,
 ) -> Result<Response, ApiError>
 where
     F: FnOnce(&EngineHandle, &ServerConfig, String, Instant) -> Result<ValidatedRequest, ApiError>
         + Send
         + 'static,
 {
+    let Traced {
+        mut journey,
+        exemplar,
+        trace_id,
+    } = traced;
     // During the drain a request would be tokenized only to be refused at submission.
     if !state.engine.is_accepting() {
         return Err(rejected(journey, SubmitError::ShuttingDown.into()));
@@ -187,7 +212,8 @@ where
         .as_ref()
         .map_or(JourneyMode::Off, ApiJourney::engine_mode);
     // Latency metrics show it as their exemplar, linking a slow bucket to this trace.
-    request.trace_id = trace_id;
+    request.trace_id = exemplar;
+    request.journey_trace_id = trace_id;
     // Submitted inside the journey span, which the engine's `llm_core` span hangs under.
     if let Some(journey) = &mut journey {
         journey.handoff(&request, stream_mode.is_some());
@@ -376,23 +402,27 @@ pub async fn require_api_key(
     next: Next,
 ) -> Response {
     if let Some(key) = &state.config.api_key {
-        let token = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().split_once(' '))
-            // The scheme is case-insensitive (RFC 9110).
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        if !token.is_some_and(|token| constant_time_eq(token.as_bytes(), key.as_bytes())) {
+        if !bearer_matches(request.headers(), key) {
             return ApiError::Unauthorized.into_response();
         }
     }
     next.run(request).await
 }
 
+/// Whether `headers` carry `Authorization: Bearer <key>`.
+pub fn bearer_matches(headers: &HeaderMap, key: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().split_once(' '))
+        // The scheme is case-insensitive (RFC 9110).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .is_some_and(|token| constant_time_eq(token.as_bytes(), key.as_bytes()))
+}
+
 /// Compares without an early exit, so response times do not reveal how much of a guessed
 /// key was right. (The length still shows; keys should be long and random anyway.)
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

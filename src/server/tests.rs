@@ -93,6 +93,8 @@ fn fake_engine(max_waiting: usize) -> FakeEngine {
                 EngineCommand::Stats(reply) => {
                     let _ = reply.send(Default::default());
                 }
+                // The debug API is tested against the real engine (tests/debug_api.rs).
+                EngineCommand::Inspect(_) | EngineCommand::SetStepTracing(..) => {}
             }
         }
     });

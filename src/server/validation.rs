@@ -492,6 +492,7 @@ fn finish(
             journey: JourneyMode::Off,
             // Set with `journey`, by the handler's journey.
             trace_id: None,
+            journey_trace_id: None,
         },
         stream: checked.stream,
         logprobs,

@@ -13,6 +13,8 @@
 //! The API and the engine only emit `tracing` spans and events; apart from `traceparent`
 //! handling ([`propagation`]), OpenTelemetry is confined to this module.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Metadata, Subscriber};
 use tracing_subscriber::filter::filter_fn;
@@ -20,7 +22,7 @@ use tracing_subscriber::layer::Identity;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 use waypoint_layers::{RotatingSpanHandle, RotatingSpanLayer, SpanEventLayer};
 
 use crate::journey_console::{is_journey_target, JourneyConsoleLayer};
@@ -115,6 +117,7 @@ pub struct Traces<'a> {
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     step_spans: Option<RotatingSpanHandle>,
+    log_filter: Option<Arc<LogFilter>>,
 }
 
 /// Installs the global subscriber: the console, and trace export when `traces` is given.
@@ -142,8 +145,10 @@ pub fn install(format: LogFormat, traces: Option<Traces<'_>>) -> Result<Telemetr
         );
         telemetry.provider = Some(provider);
     }
+    let (console, log_filter) = console_layers(format);
+    telemetry.log_filter = Some(Arc::new(log_filter));
     tracing_subscriber::registry()
-        .with(console_layers(format).and_then(exporting))
+        .with(console.and_then(exporting))
         .try_init()?;
     if let Some(traces) = traces {
         let what = match (traces.journeys, traces.step_span_window.is_some()) {
@@ -169,6 +174,11 @@ pub fn install(format: LogFormat, traces: Option<Traces<'_>>) -> Result<Telemetr
 }
 
 impl Telemetry {
+    /// The console's log filter, to change while serving.
+    pub fn log_filter(&self) -> Option<Arc<LogFilter>> {
+        self.log_filter.clone()
+    }
+
     /// The step spans' rotation handle, for a timer that calls `rotate_if_due` every second
     /// or so: an idle server emits no step event that would end the open span, and its
     /// events would wait.
@@ -251,14 +261,52 @@ fn journey_export_layers(provider: &SdkTracerProvider) -> BoxedLayer {
         .boxed()
 }
 
+/// The console's `RUST_LOG` filter, which `PUT /debug/log-filter` changes while serving
+/// (tracing-subscriber's reload): one handle per console layer, all set together.
+#[derive(Debug)]
+pub struct LogFilter {
+    handles: Vec<reload::Handle<EnvFilter, Registry>>,
+    current: Mutex<String>,
+}
+
+impl LogFilter {
+    /// The directives in force.
+    pub fn current(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the directives (`RUST_LOG` syntax) from the next event on; returns the
+    /// previous ones. Invalid directives change nothing, and the error says why.
+    pub fn set(&self, directives: &str) -> Result<String, String> {
+        let directives = directives.trim();
+        EnvFilter::try_new(directives).map_err(|error| error.to_string())?;
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        for handle in &self.handles {
+            handle
+                .reload(EnvFilter::new(directives))
+                .map_err(|error| error.to_string())?;
+        }
+        Ok(std::mem::replace(&mut current, directives.to_string()))
+    }
+}
+
 /// The console: general lines filtered by `RUST_LOG`, and in text mode journey events in
-/// their own one-line format.
-fn console_layers(format: LogFormat) -> BoxedLayer {
-    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+/// their own one-line format; with the filter's reload handles.
+fn console_layers(format: LogFormat) -> (BoxedLayer, LogFilter) {
+    let mut directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
     if let Err(error) = EnvFilter::try_new(&directives) {
         eprintln!("warning: ignoring RUST_LOG={directives:?}: {error}");
+        directives = "info".to_string();
     }
-    let env_filter = || EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut handles = Vec::new();
+    let mut env_filter = || {
+        let (filter, handle) = reload::Layer::new(EnvFilter::new(&directives));
+        handles.push(handle);
+        filter
+    };
     let text = format == LogFormat::Text;
     let general = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -280,7 +328,11 @@ fn console_layers(format: LogFormat) -> BoxedLayer {
     } else {
         Box::new(Identity::new())
     };
-    general.and_then(journeys).boxed()
+    let log_filter = LogFilter {
+        handles,
+        current: Mutex::new(directives.clone()),
+    };
+    (general.and_then(journeys).boxed(), log_filter)
 }
 
 /// A subscriber with just the journey export layers, for tests and benchmarks that bring
@@ -308,7 +360,7 @@ pub fn serve_subscriber(
 ) {
     let max_events = max_events_per_span(|name| std::env::var(name).ok());
     let (exporting, step_spans) = export_layers(provider, journeys, step_span_window, max_events);
-    let subscriber =
-        tracing_subscriber::registry().with(console_layers(format).and_then(exporting));
+    let (console, _) = console_layers(format);
+    let subscriber = tracing_subscriber::registry().with(console.and_then(exporting));
     (subscriber, step_spans)
 }
