@@ -147,7 +147,8 @@ def main():
         [args.waypoint, "serve", "--model", model, "--port", str(port), "--enable-debug-api",
          "--admin-api-key", KEY, "--max-num-seqs", "1", "--enable-journey-tracing",
          "--journey-tracing-sample-rate", "0", "--debug-jaeger-url", "http://localhost:16686"],
-        stdout=subprocess.DEVNULL, stderr=open(work / "waypoint.log", "wb"))
+        stdout=subprocess.DEVNULL, stderr=open(work / "waypoint.log", "wb"),
+        env={**os.environ, "RUST_LOG": "info"})
     browser = None
     try:
         def healthy():
@@ -207,6 +208,23 @@ def main():
         screenshot = ROOT / "target" / "debug-page.png"
         screenshot.parent.mkdir(exist_ok=True)
         browser.screenshot(screenshot)
+        # The console filter, changed while serving: refusals are logged at debug, which
+        # the default filter (info) hides until the change.
+        def bad_request():
+            return http("POST", base + "/v1/completions", {"prompt": "x", "max_tokens": 0})[0]
+
+        def console():
+            return (work / "waypoint.log").read_text(errors="replace")
+
+        check(bad_request() == 400, "an invalid request was not refused")
+        check("request rejected" not in console(), "debug lines before the filter changed")
+        auth = {"Authorization": f"Bearer {KEY}", "content-type": "text/plain"}
+        status, previous = http("PUT", base + "/debug/log-filter", b"info,waypoint::server=debug", auth)
+        check(status == 200 and previous.decode() == "info", f"PUT /debug/log-filter: {status} {previous!r}")
+        check(http("PUT", base + "/debug/log-filter", b"info,[[", auth)[0] == 400,
+              "a bad filter was not refused")
+        check(bad_request() == 400, "an invalid request was not refused")
+        wait_for("the refusal on the console", lambda: "request rejected" in console(), timeout=10)
         errors = [entry for entry in browser.console() if entry.get("level") == "SEVERE"]
         check(not errors, f"console errors: {errors}")
         log(f"screenshot: {screenshot}; table now: {table!r}")
