@@ -16,7 +16,7 @@
 //! cargo build --release --bin waypoint --example tracing_overhead
 //! target/release/examples/tracing_overhead [--waypoint-bin PATH] [--model PATH]
 //!     [--rounds 3] [--requests 64] [--prompt-tokens 32] [--max-tokens 64] [--repeats 1]
-//!     [--journey-only] [--vocab-size 49152]
+//!     [--journey-only] [--journey-rate 1.0] [--vocab-size 49152]
 //!     [--otlp-endpoint http://127.0.0.1:4317 [--collector-pid PID]]
 //! ```
 //!
@@ -71,6 +71,10 @@ struct Options {
     /// Leave step tracing off even when the binary has it.
     #[arg(long)]
     journey_only: bool,
+    /// "on"'s journey sample rate: 1.0 traces every request live; below 1 the rest are
+    /// recorded for tail retention (e.g. 0.01, tail retention's usual setting).
+    #[arg(long, default_value_t = 1.0)]
+    journey_rate: f64,
     /// Prompt token ids stay below this (SmolLM2's vocabulary by default; 256 for `tiny`).
     #[arg(long, default_value_t = 49_152)]
     vocab_size: u32,
@@ -394,7 +398,7 @@ async fn main() -> anyhow::Result<()> {
     let mut on_args: Vec<String> = [
         "--enable-journey-tracing",
         "--journey-tracing-sample-rate",
-        "1.0",
+        &options.journey_rate.to_string(),
         "--otlp-traces-endpoint",
     ]
     .iter()

@@ -335,8 +335,13 @@ def send_the_requests(forced):
 def send_the_tail():
     """At rate 0, unforced: the requests tail retention must keep (a preempted one, one the
     client left), each announced with the decision open (flags 00)."""
-    _, preempted = preempted_pair({})
-    preempted.reason = "preempted"
+    pair = preempted_pair({})
+    for s in pair:
+        s.reason = "preempted"
+    # Which of the two the pool preempts depends on timing; the one that was is exported.
+    kept = wait_for("Jaeger to hold the preempted one of the pair",
+                    lambda: [s for s in pair if fetch_trace(s.trace_id)])
+    preempted = kept[0]
     aborted = streamed("aborted by the client (tail)", "/v1/completions",
                        {"prompt": "Count to one hundred:", "max_tokens": 150, "ignore_eos": True, "stream": True},
                        abort_after_chunks=2)
