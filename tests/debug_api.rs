@@ -10,6 +10,9 @@ use futures::StreamExt as _;
 use serde_json::{json, Value};
 use waypoint::server::ServerConfig;
 
+#[path = "common/journeys.rs"]
+mod journeys;
+use journeys::journeys_counted;
 #[path = "common/tiny.rs"]
 mod tiny;
 use tiny::{TinyEngine, BLOCK_SIZE};
@@ -247,15 +250,6 @@ async fn metrics(client: &reqwest::Client, base: &str) -> String {
         .unwrap()
 }
 
-fn journeys(metrics: &str, decision: &str, reason: &str) -> u64 {
-    let needle = format!("decision=\"{decision}\",reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find(|l| l.starts_with("waypoint_journeys_total") && l.contains(&needle))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {decision}/{reason} in {metrics}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracing_settings_change_under_load_and_each_request_keeps_its_decision() {
     let engine = engine(16);
@@ -352,10 +346,14 @@ async fn tracing_settings_change_under_load_and_each_request_keeps_its_decision(
     assert!(announced.iter().flatten().all(|t| t.ends_with("-00")));
     // Every request was decided exactly once, as it was announced.
     let text = metrics(&client, &base).await;
-    assert_eq!(journeys(&text, "kept", "head"), 300 - recorded, "{text}");
+    assert_eq!(
+        journeys_counted(&text, "kept", "head"),
+        300 - recorded,
+        "{text}"
+    );
     let recorded_decisions: u64 = ["within_rules"]
         .iter()
-        .map(|reason| journeys(&text, "dropped", reason))
+        .map(|reason| journeys_counted(&text, "dropped", reason))
         .sum::<u64>()
         + [
             "error",
@@ -367,7 +365,7 @@ async fn tracing_settings_change_under_load_and_each_request_keeps_its_decision(
             "slow_e2e",
         ]
         .iter()
-        .map(|reason| journeys(&text, "kept", reason))
+        .map(|reason| journeys_counted(&text, "kept", reason))
         .sum::<u64>();
     assert_eq!(recorded_decisions, recorded, "{text}");
     // (The in-memory gauges are process-wide, and another test here records journeys at the

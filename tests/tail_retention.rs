@@ -3,6 +3,9 @@
 //! rules keep (preempted, aborted, slow, 5xx), complete, with their true times and the trace
 //! ids their responses announced, and counts every decision.
 
+#[path = "common/journeys.rs"]
+mod journeys;
+use journeys::journeys_counted;
 #[path = "common/otlp.rs"]
 mod otlp;
 #[path = "common/process.rs"]
@@ -146,15 +149,6 @@ async fn metrics(server: &ServerProcess) -> String {
         .text()
         .await
         .unwrap()
-}
-
-fn journeys_counted(metrics: &str, decision: &str, reason: &str) -> u64 {
-    let needle = format!("decision=\"{decision}\",reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find(|l| l.starts_with("waypoint_journeys_total") && l.contains(&needle))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {decision}/{reason} in {metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,5 +496,62 @@ async fn at_rate_one_percent_the_slow_preempted_and_aborted_are_all_kept() {
     assert!(
         aborted >= 40,
         "{aborted} of 50 aborted (the rest head-sampled?): {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_during_the_drain_is_kept_as_an_error() {
+    use std::io::Write as _;
+    let receiver = Receiver::start(Transport::HttpProtobuf).await;
+    let mut server = server_for(&receiver, &["--shutdown-timeout", "20"]);
+    // Half a body holds the drain open: the request is in flight until its body comes.
+    let mut held = std::net::TcpStream::connect(server.address()).unwrap();
+    write!(
+        held,
+        "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: 100\r\n\r\n{{\"prompt\""
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.signal("TERM");
+    let client = reqwest::Client::new();
+    let health = format!("{}/health", server.base_url);
+    let deadline = std::time::Instant::now() + WAIT;
+    while client.get(&health).send().await.unwrap().status() != 503 {
+        assert!(std::time::Instant::now() < deadline, "never drained");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = client
+        .post(format!("{}/v1/completions", server.base_url))
+        .json(&json!({"prompt": "too late", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let refused = announced(refused.headers(), &Value::Null);
+    drop(held);
+    let status = server.exited_within(WAIT).expect("the drain ends");
+    assert!(status.success());
+    // Flushed at exit: the refusal, kept as an error, with no engine span.
+    let spans: Vec<_> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id == refused.trace_id)
+        .collect();
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    let request = &spans[0];
+    assert_eq!(request.name, "llm_request");
+    assert_eq!(request.span_id, refused.span_id);
+    assert_eq!(reason(request), "error");
+    assert_eq!(
+        request
+            .attr("http.response.status_code")
+            .and_then(Attr::as_int),
+        Some(503)
+    );
+    assert_eq!(
+        request.event_names(),
+        ["api.ARRIVED", "api.DEPARTED"],
+        "{request:#?}"
     );
 }
