@@ -149,7 +149,14 @@ port_in_use() {
 }
 
 pid_alive() {
-  [[ -f $STATE/$1.pid ]] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null
+  [[ -f $STATE/$1.pid ]] || return 1
+  local pid state
+  pid=$(cat "$STATE/$1.pid")
+  kill -0 "$pid" 2>/dev/null || return 1
+  # A killed program that nobody has reaped yet (a zombie: its parent exited, and whoever
+  # adopted it has not collected it) answers `kill -0` but is not running.
+  state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1) || return 0
+  [[ $state != Z && $state != X ]]
 }
 
 # start NAME COMMAND...: starts COMMAND in its own session, logging to STATE/logs/NAME.log.
