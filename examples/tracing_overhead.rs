@@ -420,12 +420,16 @@ async fn main() -> anyhow::Result<()> {
             on_args.push(arg.to_string());
         }
     }
+    let journeys = format!("journey tracing (sample rate {})", options.journey_rate);
     let what_on = if step_tracing {
-        "journey tracing (sample rate 1.0) and step tracing (sample rate 1.0, rich subsample 1.0), OTLP/gRPC to a local receiver"
+        format!(
+            "{journeys} and step tracing (sample rate 1.0, rich subsample 1.0), OTLP/gRPC to a \
+             local receiver"
+        )
     } else if has_step_tracing {
-        "journey tracing (sample rate 1.0), OTLP/gRPC to a local receiver (step tracing left off: --journey-only)"
+        format!("{journeys}, OTLP/gRPC to a local receiver (step tracing left off: --journey-only)")
     } else {
-        "journey tracing (sample rate 1.0), OTLP/gRPC to a local receiver (this binary has no step tracing flags)"
+        format!("{journeys}, OTLP/gRPC to a local receiver (this binary has no step tracing flags)")
     };
 
     let cpu = first_line_of("/proc/cpuinfo", "model name").unwrap_or_else(|| "?".into());
