@@ -24,7 +24,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::handle::{
     Admission, EngineCommand, EngineHandle, EngineRequest, FinishedInfo, ModelInfo, StreamEvent,
 };
-use super::inspect::{EngineView, RequestView, SchedulerView, StepRing, StepSummary, STEP_RING};
+use super::inspect::{
+    EngineView, RequestView, SchedulerView, StepRing, StepSummary, MAX_VIEWED_REQUESTS, STEP_RING,
+};
 use super::journey::{monotonic_seconds, Journey, StepShare};
 use super::output::SchedulerOutput;
 use super::output_processor::OutputProcessor;
@@ -434,8 +436,8 @@ impl<R: ModelRunner> Engine<R> {
             EngineCommand::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
-            EngineCommand::Inspect(reply) => {
-                let _ = reply.send(self.view());
+            EngineCommand::Inspect(only, reply) => {
+                let _ = reply.send(self.view(only.as_deref()));
             }
             EngineCommand::SetStepTracing(config, reply) => {
                 let _ = reply.send(self.step_tracer.set(config));
@@ -457,16 +459,23 @@ impl<R: ModelRunner> Engine<R> {
         );
     }
 
-    /// What the debug API shows: the scheduler, the pool, the last steps and every request
-    /// held (the order of arrival).
-    fn view(&self) -> EngineView {
+    /// What the debug API shows: the scheduler, the pool, the last steps and the requests
+    /// held (oldest first, at most [`MAX_VIEWED_REQUESTS`]), or only the one called `only`.
+    fn view(&self, only: Option<&str>) -> EngineView {
         let kv = self.scheduler.kv_cache();
         let prefix = kv.prefix_cache_stats();
         let now = Instant::now();
-        let mut requests: Vec<RequestView> = self
-            .scheduler
-            .running_requests()
-            .chain(self.scheduler.waiting_requests())
+        let held: Box<dyn Iterator<Item = &Request>> = match only {
+            // Once per call, so a search is fine.
+            Some(id) => Box::new(self.scheduler.request(id).into_iter()),
+            None => Box::new(
+                self.scheduler
+                    .running_requests()
+                    .chain(self.scheduler.waiting_requests()),
+            ),
+        };
+        let mut requests: Vec<RequestView> = held
+            .take(MAX_VIEWED_REQUESTS)
             .filter_map(|request| {
                 let live = self.live.get(request.output_slot())?;
                 let blocks = kv.block_table(request.request_id()).len();
@@ -488,6 +497,7 @@ impl<R: ModelRunner> Engine<R> {
             now: monotonic_seconds(),
             recent_steps: self.step_ring.last(STEP_RING),
             requests,
+            num_held: self.scheduler.num_running() + self.scheduler.num_waiting(),
         }
     }
 
@@ -710,7 +720,7 @@ impl<R: ModelRunner> Engine<R> {
                 }
                 EngineCommand::Abort { .. }
                 | EngineCommand::AbortAll
-                | EngineCommand::Inspect(_)
+                | EngineCommand::Inspect(..)
                 | EngineCommand::SetStepTracing(..) => {}
             }
         }

@@ -206,8 +206,9 @@ pub enum EngineCommand {
     AbortAll,
     /// Report what the engine tracks.
     Stats(tokio::sync::oneshot::Sender<EngineStats>),
-    /// Show what the engine holds now (the debug API).
-    Inspect(tokio::sync::oneshot::Sender<EngineView>),
+    /// Show what the engine holds now (the debug API): every request, or only the one with
+    /// this id.
+    Inspect(Option<String>, tokio::sync::oneshot::Sender<EngineView>),
     /// Change step tracing's rates from the next step; answers with the previous ones.
     SetStepTracing(
         StepTracingConfig,
@@ -392,10 +393,13 @@ impl EngineHandle {
         answer.await.ok()
     }
 
-    /// What the engine holds now (`None` if it is gone); answered between steps.
-    pub async fn inspect(&self) -> Option<EngineView> {
+    /// What the engine holds now, with every request or (`only`) the one with that id;
+    /// `None` if the engine is gone. Answered between steps.
+    pub async fn inspect(&self, only: Option<String>) -> Option<EngineView> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.commands.send(EngineCommand::Inspect(reply)).ok()?;
+        self.commands
+            .send(EngineCommand::Inspect(only, reply))
+            .ok()?;
         answer.await.ok()
     }
 

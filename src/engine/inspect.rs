@@ -14,6 +14,10 @@ use super::scheduler::SchedulerConfig;
 /// Step summaries the ring keeps.
 pub const STEP_RING: usize = 512;
 
+/// Requests one view describes at most: the view is built on the engine thread, between two
+/// steps, so its cost must stay bounded however many requests wait.
+pub const MAX_VIEWED_REQUESTS: usize = 1024;
+
 /// One request the engine holds.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct RequestView {
@@ -186,6 +190,9 @@ pub struct EngineView {
     pub now: f64,
     /// The last steps, oldest first.
     pub recent_steps: Vec<StepSummary>,
-    /// Every request it holds, oldest arrival first.
+    /// The requests it holds, oldest first: all of them, or the running ones and the
+    /// first waiting ones up to [`MAX_VIEWED_REQUESTS`].
     pub requests: Vec<RequestView>,
+    /// How many it holds (more than `requests` lists when the view is cut).
+    pub num_held: usize,
 }

@@ -120,24 +120,31 @@ async fn page(State(state): State<AppState>) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Html(page)).into_response()
 }
 
-async fn engine_view(state: &AppState) -> Result<crate::engine::inspect::EngineView, ApiError> {
+async fn engine_view(
+    state: &AppState,
+    only: Option<String>,
+) -> Result<crate::engine::inspect::EngineView, ApiError> {
     state
         .engine
-        .inspect()
+        .inspect(only)
         .await
         .ok_or(ApiError::Submit(SubmitError::EngineDead))
 }
 
 async fn requests(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let view = engine_view(&state).await?;
-    Ok(Json(json!({ "now": view.now, "requests": view.requests })))
+    let view = engine_view(&state, None).await?;
+    Ok(Json(json!({
+        "now": view.now,
+        "num_held": view.num_held,
+        "requests": view.requests,
+    })))
 }
 
 async fn one_request(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let view = engine_view(&state).await?;
+    let view = engine_view(&state, Some(id.clone())).await?;
     let request = view
         .requests
         .into_iter()
@@ -146,12 +153,15 @@ async fn one_request(
     Ok(Json(json!({ "now": view.now, "request": request })))
 }
 
+/// The engine without its requests (`/debug/requests` lists them; `num_held` counts them).
 async fn engine(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let mut view = engine_view(&state).await?;
-    let requests = std::mem::take(&mut view.requests).len();
+    let mut view = engine_view(&state, None).await?;
+    view.requests = Vec::new();
     let mut value = serde_json::to_value(&view)
         .map_err(|error| ApiError::Internal(format!("the engine view: {error}")))?;
-    value["num_requests"] = requests.into();
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("requests");
+    }
     Ok(Json(value))
 }
 

@@ -94,7 +94,7 @@ fn fake_engine(max_waiting: usize) -> FakeEngine {
                     let _ = reply.send(Default::default());
                 }
                 // The debug API is tested against the real engine (tests/debug_api.rs).
-                EngineCommand::Inspect(_) | EngineCommand::SetStepTracing(..) => {}
+                EngineCommand::Inspect(..) | EngineCommand::SetStepTracing(..) => {}
             }
         }
     });
