@@ -382,12 +382,40 @@ fn step_events(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the debug API's step ring costs the engine thread per step: a summary built from
+/// the step's stats, a clock read and a push into the ring (the rest of the live view is
+/// built only when `/debug` asks).
+fn debug_step_ring(c: &mut Criterion) {
+    use waypoint::engine::inspect::{StepRing, StepSummary};
+    let stats = StepStats {
+        step: 812,
+        num_decode_tokens: 64,
+        num_decode_seqs: 64,
+        num_running: 64,
+        kv_usage: 0.42,
+        ..StepStats::default()
+    };
+    let mut ring = StepRing::default();
+    c.bench_function("debug_step_ring_push", |b| {
+        b.iter(|| {
+            ring.push(StepSummary::of(
+                black_box(&stats),
+                waypoint_layers::monotonic_seconds(),
+                0.1,
+                0.09,
+                0,
+            ))
+        })
+    });
+}
+
 criterion_group!(
     benches,
     recorded_request_dropped,
     journey_event_recorded,
     journey_event_recording,
     whole_journey_sampled_in,
-    step_events
+    step_events,
+    debug_step_ring
 );
 criterion_main!(benches);

@@ -72,6 +72,41 @@ async fn the_debug_api_is_off_unless_enabled_and_then_behind_the_admin_key() {
         },
     )
     .await;
+    // Every route and method refuses a caller without the admin key, and changes nothing.
+    for (method, path) in [
+        ("GET", "/debug"),
+        ("GET", "/debug/requests"),
+        ("GET", "/debug/requests/cmpl-0"),
+        ("GET", "/debug/engine"),
+        ("GET", "/debug/tracing"),
+        ("PUT", "/debug/tracing"),
+        ("GET", "/debug/log-filter"),
+        ("PUT", "/debug/log-filter"),
+    ] {
+        for key in [None, Some("api"), Some("admin-but-wrong")] {
+            let mut request = client.request(method.parse().unwrap(), format!("{keyed}{path}"));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let body = if method == "PUT" && path.ends_with("tracing") {
+                r#"{"journey_tracing_sample_rate": 1.0}"#
+            } else {
+                "debug"
+            };
+            let status = request.body(body).send().await.unwrap().status();
+            assert_eq!(status, 401, "{method} {path} with {key:?}");
+        }
+    }
+    let settings = client
+        .get(format!("{keyed}/debug/tracing"))
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(settings["journey_tracing_sample_rate"], 0.0);
     let url = format!("{keyed}/debug/engine");
     assert_eq!(get(&client, &url, None).await.0, 401);
     // The API key is not the admin key.
