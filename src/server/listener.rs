@@ -64,6 +64,7 @@ use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use super::parse_errors::ExplainParseErrors;
 use super::{router, routes, AppState};
 
 /// Limits on connections and how shutdown proceeds. The defaults are what `waypoint serve`
@@ -275,6 +276,12 @@ pub async fn serve_connections(
     Ok(())
 }
 
+/// hyper's read buffer, which bounds a request's line and headers (431 past it). hyper checks
+/// the bound between reads and one read may fill up to twice it, so a header block is refused
+/// somewhere between 64 and 128 KiB (measured): four to eight times what nginx accepts by
+/// default. Without it hyper's buffer grows to about 1 MiB per connection.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// hyper's HTTP/1 connection settings. HTTP/2 is left out: hyper applies no header or idle
 /// timeout to it, and the OpenAI API is spoken over HTTP/1.1.
 fn connection_builder(config: &ConnectionConfig) -> auto::Builder<TokioExecutor> {
@@ -283,6 +290,7 @@ fn connection_builder(config: &ConnectionConfig) -> auto::Builder<TokioExecutor>
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
         .half_close(config.half_close);
     builder
 }
@@ -363,8 +371,10 @@ async fn serve_connection(
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(error = %err, "cannot set TCP_NODELAY");
     }
-    let connection =
-        builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    let connection = builder.serve_connection(
+        TokioIo::new(ExplainParseErrors::new(stream)),
+        TowerToHyperService::new(service),
+    );
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {

@@ -39,6 +39,7 @@ pub mod journey;
 pub mod listener;
 pub mod openai;
 pub mod output;
+pub mod parse_errors;
 pub mod routes;
 pub mod shutdown;
 pub mod sse;

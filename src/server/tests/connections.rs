@@ -565,3 +565,50 @@ async fn stop_strings_are_bounded_per_string_and_in_total() {
     .await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn requests_hyper_cannot_parse_get_a_json_error_and_a_close() {
+    let server = harness(patient(), ServerConfig::default()).await;
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: test\r\n\r\n", "a".repeat(70_000));
+    // hyper checks its limit between reads, which may take more than it: 300 KB is past
+    // any read.
+    let big_header = format!(
+        "GET /health HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(300_000)
+    );
+    // hyper refuses more than 100 headers.
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: test\r\n{}\r\n",
+        "X-Many: 1\r\n".repeat(200)
+    );
+    for (request, status, code) in [
+        (
+            b"G@T / HTTP/1.1\r\nHost: test\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nBad Header\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (long_uri.into_bytes(), 414, "uri_too_long"),
+        (many_headers.into_bytes(), 431, "headers_too_large"),
+        (big_header.into_bytes(), 431, "headers_too_large"),
+    ] {
+        let mut client = server.connect().await;
+        // The server may answer and close before the whole request is sent.
+        let _ = client.write_all(&request).await;
+        let response = read_response(&mut client).await;
+        assert_eq!(response.status, status, "{response:?}");
+        assert!(response.closes(), "{response:?}");
+        assert_eq!(
+            response.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        let (kind, _) = error_of(&response.json());
+        assert_eq!(kind, "invalid_request_error");
+        assert_eq!(response.json()["error"]["code"], code);
+        assert!(closed_within(&mut client, SOON).await);
+    }
+}
