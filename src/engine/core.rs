@@ -102,6 +102,7 @@ pub fn start<R: ModelRunner>(
         scheduler,
         tokenizer,
         live: Slots::default(),
+        live_journeys: 0,
         commands,
         waiting,
         metrics: handle.metrics().clone(),
@@ -199,6 +200,8 @@ struct Engine<R: ModelRunner> {
     tokenizer: Arc<Tokenizer>,
     /// Indexed by [`Request::output_slot`].
     live: Slots<LiveRequest>,
+    /// How many of `live` have a journey: with none, a step has no interference to report.
+    live_journeys: usize,
     commands: Receiver<EngineCommand>,
     waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
@@ -565,6 +568,7 @@ impl<R: ModelRunner> Engine<R> {
         if let Some(request) = self.scheduler.request(&request_id) {
             processor.on_queued(request, self.scheduler_step);
         }
+        self.live_journeys += usize::from(processor.has_journey());
         let inserted = self.live.insert(LiveRequest {
             request_id,
             processor,
@@ -625,6 +629,9 @@ impl<R: ModelRunner> Engine<R> {
     /// Each journey's share of the step it is scheduled in, and the step to each journey
     /// waiting in the queue (the `interference.*` attributes).
     fn report_interference(&mut self, output: &SchedulerOutput) {
+        if self.live_journeys == 0 {
+            return;
+        }
         let stats = &output.stats;
         let batch_sequences = output.num_sequences() as u64;
         let batch_tokens = output.total_num_scheduled_tokens as u64;
@@ -674,6 +681,7 @@ impl<R: ModelRunner> Engine<R> {
             return None;
         }
         let live = self.live.remove(slot)?;
+        self.live_journeys -= usize::from(live.processor.has_journey());
         if request
             .finish_reason()
             .is_none_or(|r| r == FinishReason::Abort)
@@ -698,6 +706,7 @@ impl<R: ModelRunner> Engine<R> {
         for live in self.live.drain() {
             live.processor.refuse(message.clone());
         }
+        self.live_journeys = 0;
         self.waiting.store(0, Ordering::Release);
         self.unpublished_admissions.clear();
         self.metrics.set_load(0, 0, 0.0);
