@@ -68,19 +68,36 @@ struct Timeline {
 }
 
 impl Timeline {
-    /// Seconds in queue, prefill and decode, as far as the request got.
-    fn timings(&self, end: Instant) -> EngineTimings {
+    /// Seconds in queue, prefill and decode, as far as the request got: the phase it is in
+    /// counts until `now`.
+    fn so_far(&self, now: Instant) -> PhasesSoFar {
         let seconds = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64();
-        EngineTimings {
-            received: Some(seconds(self.arrival, self.received)),
-            queue: self.first_scheduled.map(|s| seconds(self.arrival, s)),
+        PhasesSoFar {
+            queue: seconds(self.arrival, self.first_scheduled.unwrap_or(now)),
             prefill: self
                 .first_scheduled
-                .zip(self.first_token)
-                .map(|(s, t)| seconds(s, t)),
-            decode: self.first_token.map(|t| seconds(t, end)),
+                .map(|s| seconds(s, self.first_token.unwrap_or(now))),
+            decode: self.first_token.map(|t| seconds(t, now)),
         }
     }
+
+    /// Seconds in the phases the request completed, decode counted until `end`.
+    fn timings(&self, end: Instant) -> EngineTimings {
+        let phases = self.so_far(end);
+        EngineTimings {
+            received: Some(self.received.duration_since(self.arrival).as_secs_f64()),
+            queue: self.first_scheduled.map(|_| phases.queue),
+            prefill: self.first_token.and(phases.prefill),
+            decode: phases.decode,
+        }
+    }
+}
+
+/// [`Timeline::so_far`].
+struct PhasesSoFar {
+    queue: f64,
+    prefill: Option<f64>,
+    decode: Option<f64>,
 }
 
 /// The metrics a served request feeds, and the trace its observations point at.
@@ -214,8 +231,7 @@ impl<S: OutputSink> OutputProcessor<S> {
 
     /// What the debug API shows of `request` (which holds `blocks` KV blocks) at `now`.
     pub fn view(&self, request: &Request, blocks: usize, now: Instant) -> RequestView {
-        let timeline = &self.timeline;
-        let seconds = |from: Instant, to: Instant| to.duration_since(from).as_secs_f64();
+        let phases = self.timeline.so_far(now);
         let state = match request.status() {
             RequestStatus::Waiting => "waiting",
             _ => "running",
@@ -224,12 +240,10 @@ impl<S: OutputSink> OutputProcessor<S> {
             id: request.request_id().to_string(),
             state,
             phase: super::journey::phase(request),
-            age_s: seconds(timeline.arrival, now),
-            queue_s: seconds(timeline.arrival, timeline.first_scheduled.unwrap_or(now)),
-            prefill_s: timeline
-                .first_scheduled
-                .map(|s| seconds(s, timeline.first_token.unwrap_or(now))),
-            decode_s: timeline.first_token.map(|t| seconds(t, now)),
+            age_s: now.duration_since(self.timeline.arrival).as_secs_f64(),
+            queue_s: phases.queue,
+            prefill_s: phases.prefill,
+            decode_s: phases.decode,
             prompt_tokens: request.num_prompt_tokens(),
             computed_tokens: request.num_computed_tokens(),
             output_tokens: request.num_output_tokens(),
