@@ -13,7 +13,8 @@ the Grafana provisioning files and deploy/grafana/dashboards/*.json, and checks:
   host, not Jaeger's), bind mounts of files that exist, the OTLP endpoint pointing at the
   collector's service and receiver port, waypoint's flags defined by the CLI in src/, Prometheus
   with exemplar storage and the mounted config, Grafana with the mounted provisioning;
-- Prometheus: the waypoint scrape target is the compose service and port, OpenMetrics first;
+- Prometheus: the waypoint scrape target is the compose service and port, a format with
+  exemplars first (protobuf with native histograms kept, or OpenMetrics);
 - Grafana: datasource uids and URLs, exemplar links to a defined datasource, the dashboards
   provider path is where compose mounts the dashboards;
 - the dashboards: valid JSON, unique panel ids, every metric in a PromQL query one of the
@@ -598,8 +599,13 @@ def check_prometheus(report, config, services, waypoint_port):
             if job.get("metrics_path", "/metrics") != "/metrics":
                 report.error(where, f"job {name}: metrics_path must be /metrics")
             protocols = job.get("scrape_protocols") or (config.get("global") or {}).get("scrape_protocols")
-            if protocols and not str(protocols[0]).startswith("OpenMetrics"):
-                report.error(where, f"job {name}: scrape_protocols must start with OpenMetrics (only it carries exemplars)")
+            # Exemplars come in OpenMetrics and in protobuf; native histograms in protobuf only.
+            if protocols and str(protocols[0]) not in ("PrometheusProto", "OpenMetricsText1.0.0"):
+                report.error(where, f"job {name}: scrape_protocols must start with PrometheusProto or "
+                                    "OpenMetricsText1.0.0 (the formats that carry exemplars)")
+            if protocols and str(protocols[0]) == "PrometheusProto" and not job.get("scrape_native_histograms"):
+                report.error(where, f"job {name}: PrometheusProto first without scrape_native_histograms: "
+                                    "the native histograms would be dropped")
     if not found:
         report.error(where, "no scrape target waypoint:PORT")
 

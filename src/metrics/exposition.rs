@@ -30,20 +30,8 @@ impl Format {
     /// non-zero `q`), as Prometheus does when exemplar storage is on; otherwise
     /// Prometheus text.
     pub fn from_accept(accept: Option<&str>) -> Self {
-        let wants_openmetrics = accept.is_some_and(|accept| {
-            accept.split(',').any(|range| {
-                let mut parts = range.split(';').map(str::trim);
-                let media_type = parts.next().unwrap_or_default();
-                let refused = parts.any(|param| {
-                    param
-                        .split_once('=')
-                        .filter(|(key, _)| key.trim().eq_ignore_ascii_case("q"))
-                        .and_then(|(_, q)| q.trim().parse::<f64>().ok())
-                        .is_some_and(|q| q <= 0.0)
-                });
-                media_type.eq_ignore_ascii_case("application/openmetrics-text") && !refused
-            })
-        });
+        let wants_openmetrics = media_ranges(accept)
+            .any(|range| range.is("application/openmetrics-text") && range.q > 0.0);
         if wants_openmetrics {
             Format::OpenMetrics
         } else {
@@ -56,6 +44,100 @@ impl Format {
         match self {
             Format::PrometheusText => "text/plain; version=0.0.4; charset=utf-8",
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// Whether the `Accept` header ranks Prometheus' delimited protobuf format first (as
+/// Prometheus does with `scrape_native_histograms` on): the format native histograms need.
+pub fn protobuf_preferred(accept: Option<&str>) -> bool {
+    let best_other = media_ranges(accept)
+        .filter(|range| !range.is_protobuf())
+        .map(|range| range.q)
+        .fold(0.0, f64::max);
+    media_ranges(accept).any(|range| range.is_protobuf() && range.q > 0.0 && range.q >= best_other)
+}
+
+/// One entry of an `Accept` header.
+struct MediaRange<'a> {
+    media_type: &'a str,
+    params: Vec<(&'a str, &'a str)>,
+    q: f64,
+}
+
+impl MediaRange<'_> {
+    fn is(&self, media_type: &str) -> bool {
+        self.media_type.eq_ignore_ascii_case(media_type)
+    }
+
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| *value)
+    }
+
+    fn is_protobuf(&self) -> bool {
+        self.is("application/vnd.google.protobuf")
+            && self.param("proto") == Some("io.prometheus.client.MetricFamily")
+            && self.param("encoding") == Some("delimited")
+    }
+}
+
+/// The entries of an `Accept` header; `q` is 1 unless given (and 0 if unreadable).
+fn media_ranges(accept: Option<&str>) -> impl Iterator<Item = MediaRange<'_>> {
+    accept.unwrap_or_default().split(',').map(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media_type = parts.next().unwrap_or_default();
+        let params: Vec<(&str, &str)> = parts
+            .filter_map(|param| param.split_once('='))
+            .map(|(key, value)| (key.trim(), value.trim().trim_matches('"')))
+            .collect();
+        let q = params
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, q)| q.parse::<f64>().unwrap_or(0.0));
+        MediaRange {
+            media_type,
+            params,
+            q,
+        }
+    })
+}
+
+/// What a scrape is written through: the text [`Writer`] or the protobuf writer. The
+/// catalogue of metrics is written once, against this.
+pub trait Exposition {
+    /// A gauge family with one sample.
+    fn gauge(&mut self, name: &str, help: &str, value: f64);
+
+    /// A counter family with one sample per combination of values of `labels` (each
+    /// entry of `values` gives one value per label); `name` ends in `_total`.
+    fn multi_labelled_counter<const N: usize>(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: [&str; N],
+        values: &[([&str; N], u64)],
+    );
+
+    /// A histogram family.
+    fn histogram(&mut self, name: &str, help: &str, snapshot: &HistogramSnapshot<'_>);
+
+    /// A counter family with one sample; `name` ends in `_total`.
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.labelled_counter(name, help, "", &[("", value)]);
+    }
+
+    /// A counter family with one sample per value of `label`; `name` ends in `_total`.
+    /// An empty `label` means the samples have only the common labels.
+    fn labelled_counter(&mut self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+        if label.is_empty() {
+            let values: Vec<([&str; 0], u64)> = values.iter().map(|(_, n)| ([], *n)).collect();
+            self.multi_labelled_counter(name, help, [], &values);
+        } else {
+            let values: Vec<([&str; 1], u64)> = values.iter().map(|(v, n)| ([*v], *n)).collect();
+            self.multi_labelled_counter(name, help, [label], &values);
         }
     }
 }
@@ -93,85 +175,6 @@ impl<'a> Writer<'a> {
             format,
             common_labels,
         }
-    }
-
-    /// A gauge family with one sample.
-    pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
-        self.header(name, help, "gauge");
-        self.sample(name, &[], &format_float(value), None);
-    }
-
-    /// A counter family with one sample; `name` ends in `_total`.
-    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.labelled_counter(name, help, "", &[("", value)]);
-    }
-
-    /// A counter family with one sample per value of `label`; `name` ends in `_total`.
-    /// An empty `label` means the samples have only the common labels.
-    pub fn labelled_counter(
-        &mut self,
-        name: &str,
-        help: &str,
-        label: &str,
-        values: &[(&str, u64)],
-    ) {
-        if label.is_empty() {
-            let values: Vec<([&str; 0], u64)> = values.iter().map(|(_, n)| ([], *n)).collect();
-            self.multi_labelled_counter(name, help, [], &values);
-        } else {
-            let values: Vec<([&str; 1], u64)> = values.iter().map(|(v, n)| ([*v], *n)).collect();
-            self.multi_labelled_counter(name, help, [label], &values);
-        }
-    }
-
-    /// A counter family with one sample per combination of values of `labels` (each
-    /// entry of `values` gives one value per label); `name` ends in `_total`.
-    pub fn multi_labelled_counter<const N: usize>(
-        &mut self,
-        name: &str,
-        help: &str,
-        labels: [&str; N],
-        values: &[([&str; N], u64)],
-    ) {
-        let family = name.strip_suffix("_total").unwrap_or(name);
-        let header_name = match self.format {
-            Format::PrometheusText => name,
-            Format::OpenMetrics => family,
-        };
-        self.header(header_name, help, "counter");
-        let sample_name = format!("{family}_total");
-        for (label_values, count) in values {
-            let extra: [(&str, &str); N] = std::array::from_fn(|i| (labels[i], label_values[i]));
-            self.sample(&sample_name, &extra, &count.to_string(), None);
-        }
-    }
-
-    /// A histogram family: cumulative `_bucket` samples up to `+Inf`, then `_sum` and
-    /// `_count`. In OpenMetrics, each bucket's exemplar follows its sample.
-    pub fn histogram(&mut self, name: &str, help: &str, snapshot: &HistogramSnapshot<'_>) {
-        self.header(name, help, "histogram");
-        let bucket_name = format!("{name}_bucket");
-        for bucket in &snapshot.buckets {
-            let le = format_float(bucket.upper_bound);
-            self.sample(
-                &bucket_name,
-                &[("le", &le)],
-                &bucket.cumulative_count.to_string(),
-                bucket.exemplar.as_ref(),
-            );
-        }
-        self.sample(
-            &format!("{name}_sum"),
-            &[],
-            &format_float(snapshot.sum),
-            None,
-        );
-        self.sample(
-            &format!("{name}_count"),
-            &[],
-            &snapshot.count().to_string(),
-            None,
-        );
     }
 
     /// The scrape's text, with OpenMetrics' `# EOF`.
@@ -234,6 +237,64 @@ impl<'a> Writer<'a> {
             );
         }
         self.out.push('\n');
+    }
+}
+
+impl Exposition for Writer<'_> {
+    /// A gauge family with one sample.
+    fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        self.header(name, help, "gauge");
+        self.sample(name, &[], &format_float(value), None);
+    }
+
+    /// A counter family with one sample per combination of values of `labels` (each
+    /// entry of `values` gives one value per label); `name` ends in `_total`.
+    fn multi_labelled_counter<const N: usize>(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: [&str; N],
+        values: &[([&str; N], u64)],
+    ) {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        let header_name = match self.format {
+            Format::PrometheusText => name,
+            Format::OpenMetrics => family,
+        };
+        self.header(header_name, help, "counter");
+        let sample_name = format!("{family}_total");
+        for (label_values, count) in values {
+            let extra: [(&str, &str); N] = std::array::from_fn(|i| (labels[i], label_values[i]));
+            self.sample(&sample_name, &extra, &count.to_string(), None);
+        }
+    }
+
+    /// A histogram family: cumulative `_bucket` samples up to `+Inf`, then `_sum` and
+    /// `_count`. In OpenMetrics, each bucket's exemplar follows its sample.
+    fn histogram(&mut self, name: &str, help: &str, snapshot: &HistogramSnapshot<'_>) {
+        self.header(name, help, "histogram");
+        let bucket_name = format!("{name}_bucket");
+        for bucket in &snapshot.buckets {
+            let le = format_float(bucket.upper_bound);
+            self.sample(
+                &bucket_name,
+                &[("le", &le)],
+                &bucket.cumulative_count.to_string(),
+                bucket.exemplar.as_ref(),
+            );
+        }
+        self.sample(
+            &format!("{name}_sum"),
+            &[],
+            &format_float(snapshot.sum),
+            None,
+        );
+        self.sample(
+            &format!("{name}_count"),
+            &[],
+            &snapshot.count().to_string(),
+            None,
+        );
     }
 }
 
@@ -428,6 +489,33 @@ mod tests {
                 Format::PrometheusText,
                 "{other:?}"
             );
+        }
+    }
+
+    #[test]
+    fn protobuf_only_when_ranked_first() {
+        // Prometheus 3 with `scrape_native_histograms: true`.
+        let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+                      encoding=delimited;q=0.5,application/openmetrics-text;version=1.0.0;q=0.4,\
+                      text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+        assert!(protobuf_preferred(Some(native)));
+        for other in [
+            None,
+            Some("*/*"),
+            Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+            // Listed, but below OpenMetrics.
+            Some(
+                "application/openmetrics-text;q=0.9,application/vnd.google.protobuf;\
+                  proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5",
+            ),
+            // Not the delimited MetricFamily stream.
+            Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily"),
+            Some(
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+                  encoding=delimited;q=0",
+            ),
+        ] {
+            assert!(!protobuf_preferred(other), "{other:?}");
         }
     }
 }

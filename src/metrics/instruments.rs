@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::native::{NativeBuckets, NativeSnapshot};
+
 /// A count that only goes up.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -125,6 +127,9 @@ pub struct Histogram {
     sum: AtomicF64,
     /// Parallel to `counts`. Locked only for traced observations and at render time.
     exemplars: Box<[Mutex<Option<Exemplar>>]>,
+    /// The same observations in exponential buckets, for scrapers that read native
+    /// histograms.
+    native: NativeBuckets,
 }
 
 impl Histogram {
@@ -140,10 +145,12 @@ impl Histogram {
             counts: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicF64::default(),
             exemplars: (0..buckets).map(|_| Mutex::new(None)).collect(),
+            native: NativeBuckets::default(),
         }
     }
 
-    /// Counts `value`: a search of the bounds, one atomic add and one compare-exchange.
+    /// Counts `value`: a search of the bounds, a logarithm, two atomic adds and one
+    /// compare-exchange.
     pub fn observe(&self, value: f64) {
         self.count(value);
     }
@@ -172,6 +179,7 @@ impl Histogram {
             self.bounds.partition_point(|&bound| bound < value)
         };
         self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.native.observe(value);
         self.sum.add(value);
         bucket
     }
@@ -197,6 +205,7 @@ impl Histogram {
             bounds: &self.bounds,
             buckets,
             sum: self.sum.load(),
+            native: self.native.snapshot(),
         }
     }
 }
@@ -210,6 +219,9 @@ pub struct HistogramSnapshot<'a> {
     pub buckets: Vec<BucketSnapshot>,
     /// Sum of all observations.
     pub sum: f64,
+    /// The same observations in exponential buckets. Read after the classic buckets, so a
+    /// scrape racing an observation may count it in one and not the other.
+    pub native: NativeSnapshot,
 }
 
 impl HistogramSnapshot<'_> {

@@ -8,7 +8,10 @@
 //!
 //! - `instruments`: [`Counter`], [`Gauge`], [`Histogram`] (fixed buckets, the latest
 //!   exemplar per bucket), [`TraceId`];
-//! - `exposition`: the two text formats ([`Format`]);
+//! - `exposition`: the two text formats ([`Format`]) and the choice between them and
+//!   protobuf;
+//! - `protobuf`: Prometheus' protobuf format, which also carries native histograms
+//!   (`native`: their exponential buckets, kept beside every histogram's fixed ones);
 //! - `registry`: [`Metrics`], the catalogue, its feeding and its rendering.
 //!
 //! ```
@@ -27,12 +30,15 @@
 
 mod exposition;
 mod instruments;
+mod native;
+mod protobuf;
 mod registry;
 
-pub use exposition::Format;
+pub use exposition::{protobuf_preferred, Format};
 pub use instruments::{
     BucketSnapshot, Counter, Exemplar, Gauge, Histogram, HistogramSnapshot, TraceId,
 };
+pub use protobuf::CONTENT_TYPE as PROTOBUF_CONTENT_TYPE;
 pub use registry::{
     FinishedRequest, Metrics, TelemetryCounts, FINISH_REASONS, JOURNEY_OUTCOMES, REJECTION_REASONS,
 };

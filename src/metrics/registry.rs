@@ -3,8 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::exposition::{render_labels, Format, Writer};
+use super::exposition::{render_labels, Exposition, Format, Writer};
 use super::instruments::{Counter, Gauge, Histogram, TraceId};
+use super::protobuf::ProtoWriter;
 
 /// Time to first token (vLLM's buckets): from a millisecond for a cached short prompt to
 /// minutes for a long one queued behind others.
@@ -121,7 +122,9 @@ pub struct TelemetryCounts {
 /// A traced request's latency observations also take one uncontended lock and read the
 /// clock, to keep their exemplar. Nothing allocates after [`Metrics::new`].
 pub struct Metrics {
-    /// `model_name="..."`, escaped once.
+    /// The `model_name` label every sample carries.
+    model_name: String,
+    /// `model_name="..."`, escaped once for the text formats.
     common_labels: String,
     requests_running: Gauge,
     requests_waiting: Gauge,
@@ -153,6 +156,7 @@ impl Metrics {
     pub fn new(model_name: &str, max_context: usize) -> Self {
         let token_buckets = one_two_five_buckets(max_context);
         Self {
+            model_name: model_name.to_string(),
             common_labels: render_labels(&[("model_name", model_name)]),
             requests_running: Gauge::default(),
             requests_waiting: Gauge::default(),
@@ -282,6 +286,20 @@ impl Metrics {
     /// lost (counted outside the engine's metrics, by the journeys and the exporter).
     pub fn render_with(&self, format: Format, losses: &TelemetryCounts) -> String {
         let mut out = Writer::new(format, &self.common_labels);
+        self.write(&mut out, losses);
+        out.finish()
+    }
+
+    /// [`Self::render_with`] in Prometheus' protobuf format, whose histograms also carry
+    /// native (exponential) buckets.
+    pub fn render_protobuf(&self, losses: &TelemetryCounts) -> Vec<u8> {
+        let mut out = ProtoWriter::new(&[("model_name", &self.model_name)]);
+        self.write(&mut out, losses);
+        out.finish()
+    }
+
+    /// Every metric, through `out`.
+    fn write(&self, out: &mut impl Exposition, losses: &TelemetryCounts) {
         out.gauge(
             "waypoint_num_requests_running",
             "Requests running: scheduled, holding KV-cache blocks.",
@@ -419,7 +437,6 @@ impl Metrics {
         for (name, help, histogram) in histograms {
             out.histogram(name, help, &histogram.snapshot());
         }
-        out.finish()
     }
 }
 

@@ -19,7 +19,7 @@ use tracing::Span;
 
 use crate::engine::journey::JourneyMode;
 use crate::engine::{EngineHandle, FinishReason, RequestStream, StreamEvent, SubmitError};
-use crate::metrics::{Format, TelemetryCounts};
+use crate::metrics::{protobuf_preferred, Format, TelemetryCounts, PROTOBUF_CONTENT_TYPE};
 
 use super::error::ApiError;
 use super::extract::{discard_body, ApiJson};
@@ -356,8 +356,9 @@ pub async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text, or OpenMetrics (with exemplars) when the scraper's
-/// `Accept` asks for it.
+/// `GET /metrics`: Prometheus text; OpenMetrics (with exemplars) when the scraper's
+/// `Accept` asks for it; Prometheus' protobuf (with native histograms too) when `Accept`
+/// ranks it first.
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let accept = headers
         .get(header::ACCEPT)
@@ -370,7 +371,12 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         journeys_in_memory: journeys as u64,
         journey_bytes_in_memory: bytes as u64,
     };
-    let body = state.engine.metrics().render_with(format, &losses);
+    let metrics = state.engine.metrics();
+    if protobuf_preferred(accept) {
+        let body = metrics.render_protobuf(&losses);
+        return ([(header::CONTENT_TYPE, PROTOBUF_CONTENT_TYPE)], body).into_response();
+    }
+    let body = metrics.render_with(format, &losses);
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 

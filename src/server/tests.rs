@@ -1107,6 +1107,28 @@ async fn metrics_need_no_key_and_come_in_the_format_asked_for() {
         "{text}"
     );
     assert!(text.ends_with("# EOF\n"), "{text}");
+
+    // What Prometheus sends with `scrape_native_histograms: true`.
+    let response = server
+        .client
+        .get(&url)
+        .header(
+            "accept",
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+             encoding=delimited;q=0.5,application/openmetrics-text;version=1.0.0;q=0.4",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        crate::metrics::PROTOBUF_CONTENT_TYPE
+    );
+    let body = response.bytes().await.unwrap();
+    let name = b"waypoint_request_success_total";
+    assert!(body.windows(name.len()).any(|w| w == name));
+    assert!(!body.windows(6).any(|w| w == b"# TYPE"));
     assert_eq!(server.client.post(&url).send().await.unwrap().status(), 405);
 }
 

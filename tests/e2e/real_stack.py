@@ -641,10 +641,19 @@ def check_prometheus(model_name, jaeger_has):
         ids.discard(None)
         return ids
 
+    def native():
+        # histogram_count reads native histograms only: a classic one gives no result.
+        result = prometheus_query(f'histogram_count(waypoint_e2e_request_latency_seconds{{model_name="{model_name}"}})')
+        return result if any(float(r["value"][1]) > 0 for r in result) else None
+
+    wait_for("the E2E latency as a native histogram", native)
+    check(prometheus_query(f'waypoint_e2e_request_latency_seconds_bucket{{model_name="{model_name}"}}'),
+          "the classic E2E buckets are missing beside the native histogram")
     trace_ids = wait_for("exemplars with trace ids on the TTFT histogram", exemplars)
     for trace_id in trace_ids:
         check(jaeger_has(trace_id), f"exemplar trace {trace_id} is not in Jaeger")
-    log(f"Prometheus: {len(waypoint_names)} waypoint_* metrics with model_name; {len(trace_ids)} TTFT exemplars, each a trace in Jaeger")
+    log(f"Prometheus: {len(waypoint_names)} waypoint_* metrics with model_name, histograms native and classic; "
+        f"{len(trace_ids)} TTFT exemplars, each a trace in Jaeger")
 
 
 def check_dashboard_queries():

@@ -153,7 +153,10 @@ impl BlockPool {
             ref_counts: vec![0; num_blocks],
             entries: vec![None; num_blocks],
             tokens: vec![0; num_slots],
-            cached: HashMap::new(),
+            // A block is cached at most once, so the index never outgrows this and never
+            // rehashes: no pause on the engine thread, and no memory creeping up as the free
+            // list cycles through the pool (a soak showed it: docs/BENCHMARKS.md).
+            cached: HashMap::with_capacity(num_blocks),
             free: FreeList::with_all(ids),
             last_prefix: PrefixId::EMPTY.0,
             hasher: RandomState::new(),
