@@ -241,14 +241,11 @@ impl<'a> Writer<'a> {
 }
 
 impl Exposition for Writer<'_> {
-    /// A gauge family with one sample.
     fn gauge(&mut self, name: &str, help: &str, value: f64) {
         self.header(name, help, "gauge");
         self.sample(name, &[], &format_float(value), None);
     }
 
-    /// A counter family with one sample per combination of values of `labels` (each
-    /// entry of `values` gives one value per label); `name` ends in `_total`.
     fn multi_labelled_counter<const N: usize>(
         &mut self,
         name: &str,
