@@ -171,6 +171,17 @@ pub fn served_context(
     }
 }
 
+/// The pool one `generate` request needs: room for `tokens` (its prompt and the most it may
+/// generate), in whole blocks, but never more than `pool` (what the flags allow). A pool
+/// sized for a server would only cost memory here: one request reuses nothing across runs.
+pub fn pool_for_one_request(
+    pool: crate::model::KvCacheConfig,
+    tokens: usize,
+) -> crate::model::KvCacheConfig {
+    let blocks = tokens.div_ceil(pool.block_size).max(1);
+    crate::model::KvCacheConfig::with_blocks(pool.block_size, blocks.min(pool.num_blocks))
+}
+
 /// Scheduling and admission settings of `waypoint serve`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct EngineArgs {
@@ -533,5 +544,17 @@ mod bound_tests {
         assert_eq!(served_context(u32::MAX as usize, Some(4096), &pool), 4096);
         // Beyond the model: left at the model's, for the engine's check to report.
         assert_eq!(served_context(2048, Some(4096), &pool), 2048);
+    }
+
+    #[test]
+    fn generate_sizes_its_pool_to_the_request_within_the_flags() {
+        let flags = crate::model::KvCacheConfig::with_blocks(16, 1000);
+        let sized = |tokens| pool_for_one_request(flags, tokens).num_blocks;
+        assert_eq!(sized(0), 1);
+        assert_eq!(sized(16), 1);
+        assert_eq!(sized(17), 2);
+        assert_eq!(sized(5 + 64), 5);
+        assert_eq!(sized(1_000_000), 1000);
+        assert_eq!(pool_for_one_request(flags, 17).block_size, 16);
     }
 }

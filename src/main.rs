@@ -344,6 +344,9 @@ where
             kv_blocks = pool.num_blocks,
             block_size = pool.block_size,
             kv_bytes = pool.bytes(model.config()),
+            // What the pool holds, in the units an operator sizes it by.
+            kv_tokens = pool.num_slots(),
+            full_context_sequences = pool.num_slots() / model_info.max_context.max(1),
             max_model_len = model_info.max_context,
             "KV cache allocated"
         );
@@ -491,7 +494,6 @@ fn generate_on<B: ModelBackend>(args: &GenerateArgs, device: &B::Device) -> anyh
         waypoint::cli::served_context(files.config.max_position_embeddings, None, &pool);
     let (model, tokenizer, _name) = files.load::<B>(device)?;
     let tokenizer = Arc::new(tokenizer);
-    let mut cache = PagedKvCache::new(pool, model.config(), device);
 
     let prompt_ids = if args.chat {
         let template = tokenizer
@@ -522,6 +524,14 @@ fn generate_on<B: ModelBackend>(args: &GenerateArgs, device: &B::Device) -> anyh
     if let Err(invalid) = params.validate(model.config().vocab_size) {
         bail!("--{}: {}", invalid.param.replace('_', "-"), invalid.message);
     }
+
+    let pool = waypoint::cli::pool_for_one_request(pool, prompt_ids.len() + args.max_tokens);
+    tracing::debug!(
+        kv_blocks = pool.num_blocks,
+        kv_bytes = pool.bytes(model.config()),
+        "KV cache sized to the request"
+    );
+    let mut cache = PagedKvCache::new(pool, model.config(), device);
 
     let mut stdout = std::io::stdout().lock();
     let generation = generate(
