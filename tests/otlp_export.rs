@@ -16,18 +16,11 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A server exporting to `receiver`, flushing batches every 100 ms.
+/// A journey-tracing server exporting to `receiver`.
 fn server_for(receiver: &Receiver, extra: &[&str]) -> ServerProcess {
-    let endpoint = receiver.endpoint();
-    let mut args = vec![
-        "--enable-journey-tracing",
-        "--otlp-traces-endpoint",
-        &endpoint,
-        "--otlp-protocol",
-        receiver.protocol(),
-    ];
+    let mut args = vec!["--enable-journey-tracing"];
     args.extend_from_slice(extra);
-    ServerProcess::start(&args, &[("OTEL_BSP_SCHEDULE_DELAY", "100")])
+    receiver.serve(&args, &[])
 }
 
 struct Answer {

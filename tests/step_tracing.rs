@@ -49,10 +49,7 @@ const SNAPSHOT_FIELDS: [&str; 10] = [
 ];
 
 fn server(receiver: &Receiver, rich: &str, extra_env: &[(&str, &str)]) -> ServerProcess {
-    let endpoint = receiver.endpoint();
-    let mut env = vec![("OTEL_BSP_SCHEDULE_DELAY", "100")];
-    env.extend_from_slice(extra_env);
-    ServerProcess::start(
+    receiver.serve(
         &[
             "--enable-journey-tracing",
             "--step-tracing-enabled",
@@ -62,12 +59,8 @@ fn server(receiver: &Receiver, rich: &str, extra_env: &[(&str, &str)]) -> Server
             rich,
             "--step-tracing-span-window",
             "0.5",
-            "--otlp-traces-endpoint",
-            &endpoint,
-            "--otlp-protocol",
-            receiver.protocol(),
         ],
-        &env,
+        extra_env,
     )
 }
 

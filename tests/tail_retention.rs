@@ -20,20 +20,15 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A tail-retention server (rate 0) exporting to `receiver`, flushing every 100 ms.
+/// A tail-retention server (rate 0) exporting to `receiver`.
 fn server_for(receiver: &Receiver, extra: &[&str]) -> ServerProcess {
-    let endpoint = receiver.endpoint();
     let mut args = vec![
         "--enable-journey-tracing",
         "--journey-tracing-sample-rate",
         "0",
-        "--otlp-traces-endpoint",
-        &endpoint,
-        "--otlp-protocol",
-        receiver.protocol(),
     ];
     args.extend_from_slice(extra);
-    ServerProcess::start(&args, &[("OTEL_BSP_SCHEDULE_DELAY", "100")])
+    receiver.serve(&args, &[])
 }
 
 /// What a response said about its trace.

@@ -271,6 +271,23 @@ impl Receiver {
         }
     }
 
+    /// `waypoint serve --model tiny` with `args` (and `env`), exporting to this receiver
+    /// and flushing its batches every 100 ms. The test crate declares `mod process`
+    /// (`common/process.rs`) beside `mod otlp`.
+    pub fn serve(&self, args: &[&str], env: &[(&str, &str)]) -> crate::process::ServerProcess {
+        let endpoint = self.endpoint();
+        let mut all = args.to_vec();
+        all.extend([
+            "--otlp-traces-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            self.protocol(),
+        ]);
+        let mut all_env = vec![("OTEL_BSP_SCHEDULE_DELAY", "100")];
+        all_env.extend_from_slice(env);
+        crate::process::ServerProcess::start(&all, &all_env)
+    }
+
     /// The `--otlp-protocol` value.
     pub fn protocol(&self) -> &'static str {
         match self.transport {
