@@ -661,11 +661,20 @@ def check_dashboard_queries():
     queries = [(panel.get("title"), target["expr"]) for panel in dashboard.get("panels", [])
                for target in panel.get("targets", []) if target.get("expr")]
     check(queries, "the dashboard has no PromQL queries")
+    queries = [(title, expr.replace("$model_name", ".*").replace("$__rate_interval", "1m"))
+               for title, expr in queries]
     empty = []
-    for title, expr in queries:
-        expr = expr.replace("$model_name", ".*").replace("$__rate_interval", "1m")
-        if not prometheus_query(expr):
-            empty.append(f"{title}: {expr}")
+
+    def all_answer():
+        # rate() needs two scrapes of a series in its window: a query can be empty for a
+        # scrape interval or two after the first data arrives.
+        empty[:] = [f"{title}: {expr}" for title, expr in queries if not prometheus_query(expr)]
+        return not empty
+
+    try:
+        wait_for("every dashboard query to return data", all_answer, interval=2)
+    except Failure:
+        pass
     check(not empty, "dashboard queries that returned no data:\n  " + "\n  ".join(empty))
     log(f"Grafana dashboard: all {len(queries)} PromQL queries return data")
 
