@@ -17,10 +17,9 @@ const MIN_INDEX: i32 = -160;
 /// The largest bucket index; larger values are clamped into it.
 const MAX_INDEX: i32 = 160;
 
-/// The zero bucket's upper bound, 2^-20: the lower bound of the first regular bucket.
-pub fn zero_threshold() -> f64 {
-    (f64::from(MIN_INDEX) / f64::from(1 << SCHEMA)).exp2()
-}
+/// The zero bucket's upper bound, 2^-20 (= 2^(MIN_INDEX/8)): the lower bound of the first
+/// regular bucket. A constant, so the per-token observation does not recompute it.
+pub const ZERO_THRESHOLD: f64 = 1.0 / (1u64 << 20) as f64;
 
 /// One histogram's exponential buckets.
 #[derive(Debug)]
@@ -74,7 +73,7 @@ impl NativeBuckets {
 /// [`NativeBuckets`] as read at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NativeSnapshot {
-    /// Observations at or below [`zero_threshold`] (negative ones included: the server
+    /// Observations at or below [`ZERO_THRESHOLD`] (negative ones included: the server
     /// observes none).
     pub zero_count: u64,
     /// `(index, count)` of each non-empty bucket, by increasing index.
@@ -83,7 +82,7 @@ pub struct NativeSnapshot {
 
 /// The bucket of `value`, or `None` for the zero bucket.
 fn bucket_index(value: f64) -> Option<i32> {
-    if value <= zero_threshold() {
+    if value <= ZERO_THRESHOLD {
         return None;
     }
     if !value.is_finite() {
@@ -105,6 +104,11 @@ fn upper_bound(index: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_zero_threshold_is_the_first_buckets_lower_bound() {
+        assert_eq!(ZERO_THRESHOLD, upper_bound(MIN_INDEX));
+    }
 
     #[test]
     fn each_value_lands_in_the_bucket_whose_bounds_hold_it() {
@@ -131,7 +135,7 @@ mod tests {
             0.0,
             -1.0,
             1e-9,
-            zero_threshold(),
+            ZERO_THRESHOLD,
             3.0,
             3.0,
             1e30,

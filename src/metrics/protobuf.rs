@@ -13,7 +13,7 @@ use prost::Message;
 
 use super::exposition::Exposition;
 use super::instruments::{Exemplar, HistogramSnapshot};
-use super::native::{zero_threshold, NativeSnapshot, SCHEMA};
+use super::native::{NativeSnapshot, SCHEMA, ZERO_THRESHOLD};
 
 /// The `Content-Type` of a protobuf scrape.
 pub const CONTENT_TYPE: &str =
@@ -265,7 +265,7 @@ impl Exposition for ProtoWriter {
                 })
                 .collect(),
             schema: SCHEMA,
-            zero_threshold: zero_threshold(),
+            zero_threshold: ZERO_THRESHOLD,
             zero_count: snapshot.native.zero_count,
             positive_span,
             positive_delta,
