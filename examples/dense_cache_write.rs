@@ -89,6 +89,7 @@ fn main() {
         config.clone(),
         &mut TinyWeights::new(config.clone()),
         &Default::default(),
+        burn::tensor::FloatDType::F32,
         &mut |_, _| {},
     )
     .expect("tiny model loads");

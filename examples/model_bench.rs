@@ -1,15 +1,16 @@
 //! Model-level CPU benchmark for `docs/BENCHMARKS.md`: single-stream decode against the time
 //! to read the weights once, 32-stream decode, 512-token prefill, resident memory.
 //!
-//! `cargo run --release --example model_bench -- [--device cpu|cuda|cuda:N] [MODEL]` (default:
-//! cpu, and SmolLM2 from the cache, fetched with `scripts/fetch-smollm2.sh`). On cuda (built with
+//! `cargo run --release --example model_bench -- [--device cpu|cuda|cuda:N]
+//! [--dtype auto|f32|f16|bf16] [MODEL]` (default: cpu, `--dtype auto` as in `serve`, and SmolLM2
+//! from the cache, fetched with `scripts/fetch-smollm2.sh`). On cuda (built with
 //! `--features cuda`), the weight read is timed as a sum over the weights' size in GPU memory.
 
 use std::time::{Duration, Instant};
 
 use burn::backend::Flex;
 use burn::tensor::Tensor;
-use waypoint::cli::Device;
+use waypoint::cli::{Device, Dtype};
 use waypoint::model::{
     ForwardBatch, KvCacheConfig, Llama, ModelBackend, PagedKvCache, SequenceSlice,
     DEFAULT_BLOCK_SIZE,
@@ -89,7 +90,8 @@ fn decode<B: ModelBackend>(
     steps: usize,
 ) -> Duration {
     let blocks_per_seq = (prompt_len + steps).div_ceil(DEFAULT_BLOCK_SIZE);
-    let pool = KvCacheConfig::with_blocks(DEFAULT_BLOCK_SIZE, streams * blocks_per_seq);
+    let pool = KvCacheConfig::with_blocks(DEFAULT_BLOCK_SIZE, streams * blocks_per_seq)
+        .stored_as(model.dtype());
     let mut cache = PagedKvCache::<B>::new(pool, model.config(), model.device());
     let vocab = model.config().vocab_size;
     let table = |s: usize| -> Vec<u32> {
@@ -131,7 +133,8 @@ fn decode<B: ModelBackend>(
 }
 
 fn prefill<B: ModelBackend>(model: &Llama<B>, len: usize) -> Duration {
-    let pool = KvCacheConfig::with_blocks(DEFAULT_BLOCK_SIZE, len.div_ceil(DEFAULT_BLOCK_SIZE));
+    let pool = KvCacheConfig::with_blocks(DEFAULT_BLOCK_SIZE, len.div_ceil(DEFAULT_BLOCK_SIZE))
+        .stored_as(model.dtype());
     let mut cache = PagedKvCache::<B>::new(pool, model.config(), model.device());
     let batch = ForwardBatch {
         token_ids: prompt(1, len, model.config().vocab_size),
@@ -161,6 +164,16 @@ fn main() -> anyhow::Result<()> {
         }
         None => Device::Cpu,
     };
+    let dtype = match args.iter().position(|a| a == "--dtype") {
+        Some(i) => {
+            let value = args.get(i + 1).map(String::as_str).unwrap_or_default();
+            let dtype = clap::ValueEnum::from_str(value, false)
+                .map_err(|_| anyhow::anyhow!("--dtype takes auto, f32, f16 or bf16"))?;
+            args.drain(i..i + 2);
+            dtype
+        }
+        None => Dtype::Auto,
+    };
     let model_path = match args.first().cloned() {
         Some(path) => path,
         None => {
@@ -175,28 +188,38 @@ fn main() -> anyhow::Result<()> {
         }
     };
     match device {
-        Device::Cpu => run::<Flex>(&model_path, &Default::default(), true),
+        Device::Cpu => run::<Flex>(&model_path, &Default::default(), dtype, device),
         #[cfg(feature = "cuda")]
         Device::Cuda(index) => run::<burn::backend::Cuda>(
             &model_path,
             &burn::backend::cuda::CudaDevice::new(index),
-            false,
+            dtype,
+            device,
         ),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => anyhow::bail!("built without CUDA support; add `--features cuda`"),
     }
 }
 
-/// `on_cpu`: time the weight read with every core over host memory, not on the device.
-fn run<B: ModelBackend>(model_path: &str, device: &B::Device, on_cpu: bool) -> anyhow::Result<()> {
+/// On the CPU the weight read is timed with every core over host memory, not on the device.
+fn run<B: ModelBackend>(
+    model_path: &str,
+    device: &B::Device,
+    dtype: Dtype,
+    which: Device,
+) -> anyhow::Result<()> {
+    let on_cpu = which == Device::Cpu;
     let rss_before = rss_bytes();
     let files = waypoint::loader::open(model_path)?;
-    let (model, _tokenizer, name) = files.load::<B>(device)?;
+    let dtype = waypoint::cli::model_dtype::<B>(dtype, which);
+    let (model, _tokenizer, name) = files.load::<B>(device, dtype)?;
     let config = model.config().clone();
-    let weight_bytes = config.num_parameters() * 4;
+    let weight_bytes = config.num_parameters() * burn::tensor::DType::from(dtype).size();
+    println!("dtype: {dtype:?}");
 
     // Resident memory with the weights and a KV pool of 32 x 256 tokens.
-    let pool = KvCacheConfig::with_blocks(DEFAULT_BLOCK_SIZE, 32 * 256 / DEFAULT_BLOCK_SIZE);
+    let pool = KvCacheConfig::with_blocks(DEFAULT_BLOCK_SIZE, 32 * 256 / DEFAULT_BLOCK_SIZE)
+        .stored_as(dtype);
     let cache = PagedKvCache::<B>::new(pool, &config, device);
     let rss = rss_bytes().saturating_sub(rss_before);
     drop(cache);

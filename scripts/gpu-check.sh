@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One bounded check of the cuda path on a machine with an NVIDIA GPU (issue 15): build with
 # `--features cuda`, run the SmolLM2 reference tests on cuda, the model benchmark, and
-# `waypoint serve --device cuda` under `waypoint bench`, then HF transformers on the same GPU
+# `waypoint serve --device cuda` (bf16) under `waypoint bench`, then HF transformers on the same GPU
 # where a CUDA PyTorch is importable. Every figure goes into one results file.
 #
 # Usage: scripts/gpu-check.sh [--out FILE] [--device cuda|cuda:N] [--model PATH]
@@ -118,14 +118,16 @@ step "build (--features cuda)" \
   cargo build --features cuda --bin waypoint --example model_bench --test smollm2_reference
 
 # The cuda reference tests are #[ignore]d so that a GPU-less `cargo test --features cuda`
-# stays green; here they are the point. f32 only: --dtype (issue 15 item 3) is not done yet.
+# stays green; here they are the point. In f32 (the peer's precision) and in bf16 (what
+# `--dtype auto` serves on cuda), each against its own tolerance (tests/smollm2_reference.rs).
 WAYPOINT_TEST_DEVICE="$device" step "SmolLM2 reference tests on $device (f32)" \
   cargo test --features cuda --test smollm2_reference -- --ignored cuda_reference
-record ""
-record "bf16 reference tests: not run (half precision, issue 15 item 3, is not implemented yet)"
+WAYPOINT_TEST_DEVICE="$device" step "SmolLM2 reference tests on $device (bf16)" \
+  cargo test --features cuda --test smollm2_reference -- --ignored cuda_bf16_reference
 
-step "model benchmark on $device" \
-  cargo run --features cuda --example model_bench -- --device "$device" "$model"
+# `--dtype auto`: bf16 on cuda, as `serve` below runs.
+step "model benchmark on $device (bf16)" \
+  cargo run --features cuda --example model_bench -- --device "$device" --dtype auto "$model"
 
 serve_and_bench() {
   target/debug/waypoint serve --device "$device" --model "$model" --port "$port" \

@@ -2,6 +2,10 @@
 
 use std::str::FromStr;
 
+use burn::tensor::FloatDType;
+
+use crate::model::ModelBackend;
+
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
@@ -34,6 +38,50 @@ impl std::fmt::Display for Device {
             Device::Cuda(n) => write!(f, "cuda:{n}"),
         }
     }
+}
+
+/// What the model stores its weights, activations and KV cache in (`--dtype`).
+///
+/// Every value is accepted on every device, so a command line does not depend on the machine;
+/// a backend that computes in another type serves in that one ([`model_dtype`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dtype {
+    /// f32 on the CPU, bf16 on cuda.
+    #[default]
+    Auto,
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Dtype {
+    /// The float type asked for on `device`.
+    pub fn requested(self, device: Device) -> FloatDType {
+        match (self, device) {
+            (Dtype::Auto, Device::Cpu) | (Dtype::F32, _) => FloatDType::F32,
+            (Dtype::Auto, Device::Cuda(_)) | (Dtype::Bf16, _) => FloatDType::BF16,
+            (Dtype::F16, _) => FloatDType::F16,
+        }
+    }
+}
+
+/// What backend `B` will store and compute in for `--dtype choice` on `device`, with one
+/// warning when that is not what was asked for (flex computes in f32 whatever is asked).
+pub fn model_dtype<B: ModelBackend>(choice: Dtype, device: Device) -> FloatDType {
+    let requested = choice.requested(device);
+    let dtype = B::compute_dtype(requested);
+    if dtype != requested {
+        tracing::warn!(
+            requested = ?requested,
+            serving = ?dtype,
+            %device,
+            "the CPU kernels compute in f32 only; the model is served in f32"
+        );
+    }
+    dtype
 }
 
 /// How big the KV cache pool is.
@@ -179,7 +227,10 @@ pub fn pool_for_one_request(
     tokens: usize,
 ) -> crate::model::KvCacheConfig {
     let blocks = tokens.div_ceil(pool.block_size).max(1);
-    crate::model::KvCacheConfig::with_blocks(pool.block_size, blocks.min(pool.num_blocks))
+    crate::model::KvCacheConfig {
+        num_blocks: blocks.min(pool.num_blocks),
+        ..pool
+    }
 }
 
 /// Scheduling and admission settings of `waypoint serve`.
@@ -324,6 +375,7 @@ impl CacheArgs {
     pub fn pool(
         &self,
         model: &crate::model::LlamaConfig,
+        dtype: FloatDType,
     ) -> Result<crate::model::KvCacheConfig, ConfigError> {
         if self.block_size == 0 || self.block_size > 1024 {
             return Err(ConfigError::BlockSize(self.block_size));
@@ -336,7 +388,9 @@ impl CacheArgs {
                     max: MAX_KV_BLOCKS,
                 })
             }
-            Some(n) => crate::model::KvCacheConfig::with_blocks(self.block_size, n),
+            Some(n) => {
+                crate::model::KvCacheConfig::with_blocks(self.block_size, n).stored_as(dtype)
+            }
             None => {
                 let bytes = match self.kv_cache_memory {
                     Memory::Bytes(bytes) => bytes,
@@ -345,7 +399,7 @@ impl CacheArgs {
                         (available as f64 * f) as usize
                     }
                 };
-                crate::model::KvCacheConfig::with_bytes(self.block_size, bytes, model)
+                crate::model::KvCacheConfig::with_bytes(self.block_size, bytes, model, dtype)
             }
         };
         check_fits_in_memory(&pool, model, physical_memory()).map_err(ConfigError::PoolTooLarge)?;
@@ -369,7 +423,7 @@ fn check_fits_in_memory(
     let bytes = pool
         .num_blocks
         .checked_mul(pool.block_size)
-        .and_then(|slots| slots.checked_mul(model.kv_bytes_per_token()));
+        .and_then(|slots| slots.checked_mul(pool.bytes_per_token(model)));
     let gib = |bytes: usize| bytes as f64 / (1u64 << 30) as f64;
     match (bytes, physical) {
         (None, _) => Err(format!(
@@ -377,7 +431,7 @@ fn check_fits_in_memory(
              (its size overflows); lower --num-kv-blocks or --kv-cache-memory",
             pool.num_blocks,
             pool.block_size,
-            model.kv_bytes_per_token()
+            pool.bytes_per_token(model)
         )),
         (Some(bytes), Some(physical)) if bytes > physical => Err(format!(
             "the KV cache needs {bytes} bytes ({:.1} GiB: {} blocks of {} tokens at {} bytes per \
@@ -386,7 +440,7 @@ fn check_fits_in_memory(
             gib(bytes),
             pool.num_blocks,
             pool.block_size,
-            model.kv_bytes_per_token(),
+            pool.bytes_per_token(model),
             gib(physical)
         )),
         _ => Ok(()),
@@ -413,6 +467,21 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_dtype_is_f32_on_the_cpu_and_bf16_on_cuda_and_the_cpu_computes_in_f32() {
+        assert_eq!(Dtype::Auto.requested(Device::Cpu), FloatDType::F32);
+        assert_eq!(Dtype::Auto.requested(Device::Cuda(1)), FloatDType::BF16);
+        assert_eq!(Dtype::F16.requested(Device::Cpu), FloatDType::F16);
+        assert_eq!(Dtype::Bf16.requested(Device::Cpu), FloatDType::BF16);
+        assert_eq!(Dtype::F32.requested(Device::Cuda(0)), FloatDType::F32);
+        for choice in [Dtype::Auto, Dtype::F32, Dtype::F16, Dtype::Bf16] {
+            let served = model_dtype::<burn::backend::Flex>(choice, Device::Cpu);
+            assert_eq!(served, FloatDType::F32, "{choice:?}");
+        }
+        let dense = model_dtype::<crate::model::DenseHalfCpu>(Dtype::Bf16, Device::Cpu);
+        assert_eq!(dense, FloatDType::BF16);
+    }
 
     #[test]
     fn devices_parse() {
@@ -520,7 +589,7 @@ mod bound_tests {
     #[test]
     fn a_kv_pool_larger_than_physical_memory_is_refused_with_the_figures() {
         let model = crate::loader::tiny::tiny_config(512);
-        let per_token = model.kv_bytes_per_token();
+        let per_token = model.kv_bytes_per_token(FloatDType::F32);
         let pool = crate::model::KvCacheConfig::with_blocks(16, 1 << 20);
         let needed = (1usize << 20) * 16 * per_token;
         let err = check_fits_in_memory(&pool, &model, Some(1 << 30)).unwrap_err();

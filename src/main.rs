@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use waypoint::cli::{CacheArgs, Device};
+use waypoint::cli::{CacheArgs, Device, Dtype};
 use waypoint::generate::generate;
 use waypoint::model::{ModelBackend, PagedKvCache};
 use waypoint::sampling::{SamplingParams, DEFAULT_MAX_TOKENS};
@@ -71,6 +71,10 @@ struct GenerateArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// What weights, activations and the KV cache are stored in: auto (f32 on cpu, bf16 on
+    /// cuda), f32, f16 or bf16. The CPU computes in f32 whatever is asked, with a warning.
+    #[arg(long, value_enum, default_value_t = Dtype::Auto)]
+    dtype: Dtype,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -114,6 +118,10 @@ struct ServeArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// What weights, activations and the KV cache are stored in: auto (f32 on cpu, bf16 on
+    /// cuda), f32, f16 or bf16. The CPU computes in f32 whatever is asked, with a warning.
+    #[arg(long, value_enum, default_value_t = Dtype::Auto)]
+    dtype: Dtype,
     #[command(flatten)]
     cache: CacheArgs,
     #[command(flatten)]
@@ -312,7 +320,8 @@ where
     // (and against the model's shape, which opening reads) runs here, once. The slow part
     // (reading and packing the weights) runs while the server answers 503 "loading".
     let mut files = waypoint::loader::open(&args.model)?;
-    let pool = args.cache.pool(&files.config)?;
+    let dtype = waypoint::cli::model_dtype::<B>(args.dtype, args.device);
+    let pool = args.cache.pool(&files.config, dtype)?;
     // The RoPE table covers what will be served, not what the checkpoint claims.
     files.config.max_position_embeddings = waypoint::cli::served_context(
         files.config.max_position_embeddings,
@@ -330,7 +339,7 @@ where
         .clone()
         .unwrap_or_else(|| files.name.clone());
     let load = move || -> anyhow::Result<waypoint::engine::RunningEngine> {
-        let (model, tokenizer, _) = files.load::<B>(&device)?;
+        let (model, tokenizer, _) = files.load::<B>(&device, dtype)?;
         let scheduler = &engine_config.scheduler;
         let model_info = waypoint::engine::ModelInfo {
             name: name.clone(),
@@ -488,11 +497,12 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 fn generate_on<B: ModelBackend>(args: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
     let mut files = waypoint::loader::open(&args.model)?;
-    let pool = args.cache.pool(&files.config)?;
+    let dtype = waypoint::cli::model_dtype::<B>(args.dtype, args.device);
+    let pool = args.cache.pool(&files.config, dtype)?;
     // The RoPE table covers what the cache can hold, not what the checkpoint claims.
     files.config.max_position_embeddings =
         waypoint::cli::served_context(files.config.max_position_embeddings, None, &pool);
-    let (model, tokenizer, _name) = files.load::<B>(device)?;
+    let (model, tokenizer, _name) = files.load::<B>(device, dtype)?;
     let tokenizer = Arc::new(tokenizer);
 
     let prompt_ids = if args.chat {

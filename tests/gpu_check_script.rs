@@ -119,7 +119,8 @@ fn gpu_check_dry_run_plans_every_step_on_the_chosen_gpu() {
         "gpus: GPU 0: NVIDIA H200",
         "cargo build --features cuda",
         "cargo test --features cuda --test smollm2_reference -- --ignored cuda_reference",
-        "--example model_bench -- --device cuda:1 /models/smollm2.gguf",
+        "cargo test --features cuda --test smollm2_reference -- --ignored cuda_bf16_reference",
+        "--example model_bench -- --device cuda:1 --dtype auto /models/smollm2.gguf",
         "waypoint serve --device cuda:1 --model /models/smollm2.gguf",
         "scripts/hf_decode_bench.py --model /models/smollm2.gguf --device cuda:1",
     ] {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use burn::backend::Flex;
+use burn::tensor::FloatDType;
 use safetensors::tensor::{Dtype, TensorView};
 use waypoint::loader::tiny::TinyWeights;
 use waypoint::model::{
@@ -110,7 +111,9 @@ fn export_tiny(dir: &Path) {
 
 fn logits(spec: &str, tokens: &[u32]) -> Vec<f32> {
     let files = waypoint::loader::open(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
-    let (model, _, _) = files.load::<Flex>(&Default::default()).unwrap();
+    let (model, _, _) = files
+        .load::<Flex>(&Default::default(), FloatDType::F32)
+        .unwrap();
     let mut cache = PagedKvCache::new(
         KvCacheConfig::with_blocks(16, 2),
         model.config(),

@@ -21,6 +21,7 @@ fn tiny_model_on<Backend: ModelBackend>() -> (Llama<Backend>, LlamaConfig) {
         config.clone(),
         &mut TinyWeights::new(config.clone()),
         &Default::default(),
+        burn::tensor::FloatDType::F32,
         &mut |_, _| {},
     )
     .expect("tiny model loads");

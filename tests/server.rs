@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use burn::backend::Flex;
+use burn::tensor::FloatDType;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use waypoint::engine::{EngineHandle, RunningEngine};
@@ -232,7 +233,9 @@ async fn greedy_output_through_the_server_equals_generate() {
     assert_eq!(status, 200, "{body}");
 
     let files = waypoint::loader::open("tiny").unwrap();
-    let (model, tokenizer, _) = files.load::<Flex>(&Default::default()).unwrap();
+    let (model, tokenizer, _) = files
+        .load::<Flex>(&Default::default(), FloatDType::F32)
+        .unwrap();
     let mut cache = PagedKvCache::new(
         KvCacheConfig::with_blocks(16, 8),
         model.config(),
@@ -260,7 +263,9 @@ async fn greedy_output_through_the_server_equals_generate() {
 async fn every_stop_rule_ends_generate_and_serve_alike() {
     let server = start(512, 8).await;
     let files = waypoint::loader::open("tiny").unwrap();
-    let (model, tokenizer, _) = files.load::<Flex>(&Default::default()).unwrap();
+    let (model, tokenizer, _) = files
+        .load::<Flex>(&Default::default(), FloatDType::F32)
+        .unwrap();
     let tokenizer = std::sync::Arc::new(tokenizer);
     // As many slots as the server's pool (512 blocks of 4): the same longest sequence.
     let pool = KvCacheConfig::with_blocks(16, 128);

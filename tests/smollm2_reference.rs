@@ -6,25 +6,54 @@ mod common;
 use std::sync::OnceLock;
 
 use burn::backend::Flex;
+use burn::tensor::FloatDType;
 use waypoint::generate::generate;
 use waypoint::model::{
-    DenseCpu, ForwardBatch, KvCacheConfig, Llama, LogitsWanted, ModelBackend, PagedKvCache,
-    SequenceSlice,
+    dense_half_cpu_device, DenseCpu, DenseHalfCpu, ForwardBatch, KvCacheConfig, Llama,
+    LogitsWanted, ModelBackend, PagedKvCache, SequenceSlice,
 };
 use waypoint::sampling::SamplingParams;
 use waypoint::tokenizer::{ChatMessage, Tokenizer};
 
 use common::{ids, reference_file, smollm2_path};
 
-/// Below this top-1/top-2 margin two correct f32 implementations may pick differently.
-const MARGIN: f32 = 0.05;
-/// How far our logits may be from the reference's top-5.
-const LOGIT_TOLERANCE: f32 = 0.02;
+/// How close a run must come to the reference (transformers in f32).
+#[derive(Clone, Copy, Debug)]
+struct Tolerance {
+    /// How far a logit of the reference's top-5 may be from it.
+    logit: f32,
+    /// Below this top-1/top-2 margin of the reference, the top-1 may differ, and greedy
+    /// decoding may take the other branch from there on.
+    margin: f32,
+}
 
-/// The prompts (indices into the reference's cases) the dense CPU backend runs. It is burn's
-/// unfused ops on one core, several times slower than flex, so CI runs the two shortest
-/// completions plus one long prompt rather than all six: together they cover a plain-text and
-/// a chat-template prompt, a 24-token prefill, and decoding past a 16-token block boundary.
+/// Two correct f32 implementations differ by summation order only.
+const F32: Tolerance = Tolerance {
+    logit: 0.02,
+    margin: 0.05,
+};
+
+/// f16 keeps 11 significant bits (a relative rounding of 2^-11); over 30 layers and a logit of
+/// magnitude ~20 that adds up to about 0.1. Measured on the dense backend: worst 0.14, median
+/// 0.02 over 85 positions. Where the reference's margin is below that, the top-1 may flip, and
+/// greedy text may follow the other branch from there.
+const F16: Tolerance = Tolerance {
+    logit: 0.25,
+    margin: 0.25,
+};
+
+/// bf16 keeps 8 significant bits, 8x coarser than f16, so 8x its tolerance. Measured: worst
+/// 0.90, median 0.15 over 85 positions (greedy text matched the reference in full on all three
+/// prompts, but with margins of 0.2 to 2 that is luck, and the test does not count on it).
+const BF16: Tolerance = Tolerance {
+    logit: 2.0,
+    margin: 2.0,
+};
+
+/// The prompts (indices into the reference's cases) the dense CPU backends run. They are burn's
+/// unfused ops, several times slower than flex, so CI runs the two shortest completions plus
+/// one long prompt rather than all six: together they cover a plain-text and a chat-template
+/// prompt, a 24-token prefill, and decoding past a 16-token block boundary.
 const DENSE_CASES: [usize; 3] = [0, 3, 4];
 
 struct Loaded<B: ModelBackend> {
@@ -33,10 +62,15 @@ struct Loaded<B: ModelBackend> {
     tokenizer: std::sync::Arc<Tokenizer>,
 }
 
-fn load<B: ModelBackend>() -> Option<Loaded<B>> {
+fn load<B: ModelBackend>(device: &B::Device, dtype: FloatDType) -> Option<Loaded<B>> {
     let path = smollm2_path()?;
     let files = waypoint::loader::open(path.to_str()?).expect("SmolLM2 opens");
-    let (model, tokenizer, _) = files.load::<B>(&Default::default()).expect("SmolLM2 loads");
+    let (model, tokenizer, _) = files.load::<B>(device, dtype).expect("SmolLM2 loads");
+    assert_eq!(
+        model.dtype(),
+        dtype,
+        "the backend computes in what was asked"
+    );
     Some(Loaded {
         model,
         tokenizer: std::sync::Arc::new(tokenizer),
@@ -45,36 +79,60 @@ fn load<B: ModelBackend>() -> Option<Loaded<B>> {
 
 fn smollm2() -> Option<&'static Loaded<Flex>> {
     static MODEL: OnceLock<Option<Loaded<Flex>>> = OnceLock::new();
-    MODEL.get_or_init(load).as_ref()
+    MODEL
+        .get_or_init(|| load(&Default::default(), FloatDType::F32))
+        .as_ref()
 }
 
 /// SmolLM2 on the dense path that `cuda` runs.
 fn dense_smollm2() -> Option<&'static Loaded<DenseCpu>> {
     static MODEL: OnceLock<Option<Loaded<DenseCpu>>> = OnceLock::new();
-    MODEL.get_or_init(load).as_ref()
+    MODEL
+        .get_or_init(|| load(&Default::default(), FloatDType::F32))
+        .as_ref()
 }
 
-/// SmolLM2 on the GPU named by `WAYPOINT_TEST_DEVICE` (`cuda` or `cuda:N`, default `cuda`).
+/// SmolLM2 on the dense path in half precision (`DenseHalfCpu`: burn's ops on flex).
+fn dense_half_smollm2(dtype: FloatDType) -> Option<&'static Loaded<DenseHalfCpu>> {
+    static F16: OnceLock<Option<Loaded<DenseHalfCpu>>> = OnceLock::new();
+    static BF16: OnceLock<Option<Loaded<DenseHalfCpu>>> = OnceLock::new();
+    let model = match dtype {
+        FloatDType::F16 => &F16,
+        FloatDType::BF16 => &BF16,
+        other => panic!("{other:?} is not a half-precision type"),
+    };
+    model
+        .get_or_init(|| load(&dense_half_cpu_device(), dtype))
+        .as_ref()
+}
+
+/// The GPU named by `WAYPOINT_TEST_DEVICE` (`cuda` or `cuda:N`, default `cuda`).
+#[cfg(feature = "cuda")]
+fn cuda_device() -> burn::backend::cuda::CudaDevice {
+    let name = std::env::var("WAYPOINT_TEST_DEVICE").unwrap_or_else(|_| "cuda".into());
+    match name.parse::<waypoint::cli::Device>() {
+        Ok(waypoint::cli::Device::Cuda(index)) => burn::backend::cuda::CudaDevice::new(index),
+        _ => panic!("WAYPOINT_TEST_DEVICE must be cuda or cuda:N, not {name:?}"),
+    }
+}
+
+/// SmolLM2 on the GPU in `dtype`.
+#[cfg(feature = "cuda")]
+fn cuda_smollm2_in(dtype: FloatDType) -> Option<&'static Loaded<burn::backend::Cuda>> {
+    static F32: OnceLock<Option<Loaded<burn::backend::Cuda>>> = OnceLock::new();
+    static BF16: OnceLock<Option<Loaded<burn::backend::Cuda>>> = OnceLock::new();
+    let model = match dtype {
+        FloatDType::F32 => &F32,
+        FloatDType::BF16 => &BF16,
+        other => panic!("no cuda reference test runs in {other:?}"),
+    };
+    model.get_or_init(|| load(&cuda_device(), dtype)).as_ref()
+}
+
+/// SmolLM2 on the GPU, in f32.
 #[cfg(feature = "cuda")]
 fn cuda_smollm2() -> Option<&'static Loaded<burn::backend::Cuda>> {
-    static MODEL: OnceLock<Option<Loaded<burn::backend::Cuda>>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let name = std::env::var("WAYPOINT_TEST_DEVICE").unwrap_or_else(|_| "cuda".into());
-            let index = match name.parse::<waypoint::cli::Device>() {
-                Ok(waypoint::cli::Device::Cuda(index)) => index,
-                _ => panic!("WAYPOINT_TEST_DEVICE must be cuda or cuda:N, not {name:?}"),
-            };
-            let device = burn::backend::cuda::CudaDevice::new(index);
-            let path = smollm2_path()?;
-            let files = waypoint::loader::open(path.to_str()?).expect("SmolLM2 opens");
-            let (model, tokenizer, _) = files.load(&device).expect("SmolLM2 loads");
-            Some(Loaded {
-                model,
-                tokenizer: std::sync::Arc::new(tokenizer),
-            })
-        })
-        .as_ref()
+    cuda_smollm2_in(FloatDType::F32)
 }
 
 fn dense_cases() -> Option<Vec<serde_json::Value>> {
@@ -84,7 +142,7 @@ fn dense_cases() -> Option<Vec<serde_json::Value>> {
 
 fn cache<B: ModelBackend>(model: &Llama<B>, tokens: usize) -> PagedKvCache<B> {
     PagedKvCache::new(
-        KvCacheConfig::with_blocks(16, tokens.div_ceil(16) + 1),
+        KvCacheConfig::with_blocks(16, tokens.div_ceil(16) + 1).stored_as(model.dtype()),
         model.config(),
         model.device(),
     )
@@ -100,7 +158,7 @@ fn teacher_forced_logits_match_the_reference() {
     let (Some(loaded), Some(cases)) = (smollm2(), greedy_cases()) else {
         return;
     };
-    check_teacher_forced_logits(loaded, &cases);
+    check_teacher_forced_logits(loaded, &cases, F32);
 }
 
 #[test]
@@ -108,7 +166,23 @@ fn dense_reference_teacher_forced_logits() {
     let (Some(loaded), Some(cases)) = (dense_smollm2(), dense_cases()) else {
         return;
     };
-    check_teacher_forced_logits(loaded, &cases);
+    check_teacher_forced_logits(loaded, &cases, F32);
+}
+
+#[test]
+fn dense_f16_reference_teacher_forced_logits() {
+    let (Some(loaded), Some(cases)) = (dense_half_smollm2(FloatDType::F16), dense_cases()) else {
+        return;
+    };
+    check_teacher_forced_logits(loaded, &cases, F16);
+}
+
+#[test]
+fn dense_bf16_reference_teacher_forced_logits() {
+    let (Some(loaded), Some(cases)) = (dense_half_smollm2(FloatDType::BF16), dense_cases()) else {
+        return;
+    };
+    check_teacher_forced_logits(loaded, &cases, BF16);
 }
 
 /// Run on a GPU by `scripts/gpu-check.sh`; ignored elsewhere, since it needs one.
@@ -119,12 +193,16 @@ fn cuda_reference_teacher_forced_logits() {
     let (Some(loaded), Some(cases)) = (cuda_smollm2(), greedy_cases()) else {
         return;
     };
-    check_teacher_forced_logits(loaded, &cases);
+    check_teacher_forced_logits(loaded, &cases, F32);
 }
 
-/// Top-5 logits within [`LOGIT_TOLERANCE`] at every position of prompt + reference
-/// completion, and the same top-1 wherever the reference's margin is clear.
-fn check_teacher_forced_logits<B: ModelBackend>(loaded: &Loaded<B>, cases: &[serde_json::Value]) {
+/// Top-5 logits within `tolerance` at every position of prompt + reference completion, and
+/// the same top-1 wherever the reference's margin is clear.
+fn check_teacher_forced_logits<B: ModelBackend>(
+    loaded: &Loaded<B>,
+    cases: &[serde_json::Value],
+    tolerance: Tolerance,
+) {
     for case in cases {
         let prompt = ids(&case["prompt_ids"]);
         let greedy = ids(&case["greedy_ids"]);
@@ -154,12 +232,12 @@ fn check_teacher_forced_logits<B: ModelBackend>(loaded: &Loaded<B>, cases: &[ser
             for (&id, &want) in top_ids.iter().zip(&top_logits) {
                 let got = row[id as usize];
                 assert!(
-                    (got - want).abs() <= LOGIT_TOLERANCE,
+                    (got - want).abs() <= tolerance.logit,
                     "{:?} pos {pos} token {id}: logit {got}, reference {want}",
                     case["prompt"]
                 );
             }
-            if top_logits[0] - top_logits[1] >= MARGIN {
+            if top_logits[0] - top_logits[1] >= tolerance.margin {
                 let argmax = row
                     .iter()
                     .enumerate()
@@ -183,7 +261,7 @@ fn greedy_generation_reproduces_the_reference() {
     let (Some(loaded), Some(cases)) = (smollm2(), greedy_cases()) else {
         return;
     };
-    check_greedy_generation(loaded, &cases);
+    check_greedy_generation(loaded, &cases, F32);
 }
 
 #[test]
@@ -191,7 +269,23 @@ fn dense_reference_greedy_generation() {
     let (Some(loaded), Some(cases)) = (dense_smollm2(), dense_cases()) else {
         return;
     };
-    check_greedy_generation(loaded, &cases);
+    check_greedy_generation(loaded, &cases, F32);
+}
+
+#[test]
+fn dense_f16_reference_greedy_generation() {
+    let (Some(loaded), Some(cases)) = (dense_half_smollm2(FloatDType::F16), dense_cases()) else {
+        return;
+    };
+    check_greedy_generation(loaded, &cases, F16);
+}
+
+#[test]
+fn dense_bf16_reference_greedy_generation() {
+    let (Some(loaded), Some(cases)) = (dense_half_smollm2(FloatDType::BF16), dense_cases()) else {
+        return;
+    };
+    check_greedy_generation(loaded, &cases, BF16);
 }
 
 /// Run on a GPU by `scripts/gpu-check.sh`; ignored elsewhere, since it needs one.
@@ -202,11 +296,37 @@ fn cuda_reference_greedy_generation() {
     let (Some(loaded), Some(cases)) = (cuda_smollm2(), greedy_cases()) else {
         return;
     };
-    check_greedy_generation(loaded, &cases);
+    check_greedy_generation(loaded, &cases, F32);
+}
+
+/// bf16, `--dtype auto` on cuda; run by `scripts/gpu-check.sh`.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn cuda_bf16_reference_greedy_generation() {
+    let (Some(loaded), Some(cases)) = (cuda_smollm2_in(FloatDType::BF16), greedy_cases()) else {
+        return;
+    };
+    check_greedy_generation(loaded, &cases, BF16);
+}
+
+/// bf16, `--dtype auto` on cuda; run by `scripts/gpu-check.sh`.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it"]
+fn cuda_bf16_reference_teacher_forced_logits() {
+    let (Some(loaded), Some(cases)) = (cuda_smollm2_in(FloatDType::BF16), greedy_cases()) else {
+        return;
+    };
+    check_teacher_forced_logits(loaded, &cases, BF16);
 }
 
 /// Greedy decoding reproduces the reference's tokens up to its first near-tie.
-fn check_greedy_generation<B: ModelBackend>(loaded: &Loaded<B>, cases: &[serde_json::Value]) {
+fn check_greedy_generation<B: ModelBackend>(
+    loaded: &Loaded<B>,
+    cases: &[serde_json::Value],
+    tolerance: Tolerance,
+) {
     for case in cases {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["greedy_ids"]);
@@ -216,7 +336,7 @@ fn check_greedy_generation<B: ModelBackend>(loaded: &Loaded<B>, cases: &[serde_j
             .iter()
             .position(|s| {
                 let l = s["top5_logits"].as_array().unwrap();
-                (l[0].as_f64().unwrap() - l[1].as_f64().unwrap()) < MARGIN as f64
+                (l[0].as_f64().unwrap() - l[1].as_f64().unwrap()) < tolerance.margin as f64
             })
             .unwrap_or(want.len());
         let params = SamplingParams {

@@ -78,8 +78,9 @@ impl<B: ModelBackend> std::fmt::Debug for BurnRunner<B> {
 }
 
 impl<B: ModelBackend> BurnRunner<B> {
-    /// Allocates the cache pool for `model`.
+    /// Allocates the cache pool for `model`, in the model's float type.
     pub fn new(model: Llama<B>, pool: KvCacheConfig) -> Self {
+        let pool = pool.stored_as(model.dtype());
         let cache = PagedKvCache::new(pool, model.config(), model.device());
         Self { model, cache }
     }

@@ -11,6 +11,8 @@ pub mod tiny;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+use burn::tensor::{DType, FloatDType};
+
 use crate::model::{Llama, LlamaConfig, ModelBackend, WeightError, WeightSource};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -160,10 +162,12 @@ fn open_hf_dir(dir: &Path) -> Result<ModelFiles, LoadError> {
 }
 
 impl ModelFiles {
-    /// Builds the model on `device`, with a progress bar when stderr is a terminal.
+    /// Builds the model on `device` in `dtype` (or what the backend computes in instead:
+    /// [`Llama::dtype`]), with a progress bar when stderr is a terminal.
     pub fn load<B: ModelBackend>(
         mut self,
         device: &B::Device,
+        dtype: FloatDType,
     ) -> Result<(Llama<B>, Tokenizer, String), LoadError> {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(self.config.num_layers as u64 + 2);
@@ -177,12 +181,18 @@ impl ModelFiles {
         });
         let started = std::time::Instant::now();
         let config = self.config.clone();
-        let model = Llama::load(config, self.weights.as_mut(), device, &mut |done, total| {
-            if let Some(bar) = &bar {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            }
-        })
+        let model = Llama::load(
+            config,
+            self.weights.as_mut(),
+            device,
+            dtype,
+            &mut |done, total| {
+                if let Some(bar) = &bar {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+            },
+        )
         .map_err(|source| LoadError::Weight {
             path: self.path.clone(),
             source,
@@ -201,8 +211,8 @@ impl ModelFiles {
             vocab = c.vocab_size,
             context = c.max_position_embeddings,
             parameters = c.num_parameters(),
-            dtype = "f32",
-            weight_bytes = c.num_parameters() * 4,
+            dtype = ?model.dtype(),
+            weight_bytes = c.num_parameters() * DType::from(model.dtype()).size(),
             load_seconds = started.elapsed().as_secs_f64(),
             "model loaded"
         );

@@ -2,7 +2,7 @@
 //! and projections against weights laid out once for the backend's fastest matmul.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive};
 
 use super::attention::AttentionPlan;
 use super::cpu::{
@@ -35,8 +35,19 @@ pub trait ModelBackend: Backend {
     /// A projection's weight in the layout this backend multiplies fastest.
     type Projection: std::fmt::Debug + Send + Sync;
 
-    /// Lays out a row-major `[out_features, in_features]` weight (PyTorch's `Linear.weight`).
-    fn pack_projection(weight: HostTensor, device: &Self::Device) -> Self::Projection;
+    /// The float type this backend computes in when `requested` is asked for. By default the
+    /// request itself; flex's kernels are f32 only, so flex answers f32.
+    fn compute_dtype(requested: FloatDType) -> FloatDType {
+        requested
+    }
+
+    /// Lays out a row-major `[out_features, in_features]` weight (PyTorch's `Linear.weight`),
+    /// stored as `dtype` (one [`Self::compute_dtype`] returned).
+    fn pack_projection(
+        weight: HostTensor,
+        device: &Self::Device,
+        dtype: FloatDType,
+    ) -> Self::Projection;
 
     /// `x @ W^T`.
     ///
@@ -48,13 +59,18 @@ pub trait ModelBackend: Backend {
     ///
     /// # Shapes
     /// - `x`: `[rows, width]`, `weight`: `[1, width]`, returns `[rows, width]`
+    ///
+    /// The mean of squares is taken in f32 whatever the model's type, as transformers does:
+    /// in f16 the squares of activations in the hundreds already overflow.
     fn rms_norm(x: Tensor<Self, 2>, weight: &Tensor<Self, 2>, eps: f64) -> Tensor<Self, 2> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
         let inv_rms = (x.clone() * x.clone())
             .mean_dim(1)
             .add_scalar(eps)
             .sqrt()
             .recip();
-        x * inv_rms * weight.clone()
+        (x * inv_rms).cast(dtype) * weight.clone()
     }
 
     /// RoPE on every head of `x` (`[num_tokens, heads * head_dim]`) with the batch's rows.
@@ -122,7 +138,18 @@ pub trait ModelBackend: Backend {
 impl ModelBackend for burn::backend::Flex {
     type Projection = PackedMatrix;
 
-    fn pack_projection(weight: HostTensor, _device: &Self::Device) -> PackedMatrix {
+    /// The CPU kernels compute in f32: half precision would only add conversions here, since
+    /// the projections are bound by reading f32 panels and the CPUs we target have no fast
+    /// half-precision arithmetic.
+    fn compute_dtype(_requested: FloatDType) -> FloatDType {
+        FloatDType::F32
+    }
+
+    fn pack_projection(
+        weight: HostTensor,
+        _device: &Self::Device,
+        _dtype: FloatDType,
+    ) -> PackedMatrix {
         PackedMatrix::pack(&weight.data, weight.shape[0], weight.shape[1])
     }
 
@@ -275,13 +302,27 @@ pub type DenseCpu = burn::backend::NdArray<f32>;
 
 impl DenseBackend for DenseCpu {}
 
+/// The dense path on the CPU in f16 and bf16 as well (`NdArray` computes in f32 and f64 only):
+/// burn's `Dispatch` backend on its flex device ([`dense_half_cpu_device`]). It forwards burn's
+/// ops to flex without our overrides, so the model takes every default of [`ModelBackend`], in
+/// whatever float type its tensors hold. For tests, like [`DenseCpu`].
+pub type DenseHalfCpu = burn::Dispatch;
+
+/// The device of [`DenseHalfCpu`] that computes on flex.
+pub fn dense_half_cpu_device() -> burn::DispatchDevice {
+    burn::DispatchDevice::Flex(burn::backend::flex::FlexDevice)
+}
+
+impl DenseBackend for DenseHalfCpu {}
+
 impl<B: DenseBackend> ModelBackend for B {
     /// `[in_features, out_features]`, contiguous.
     type Projection = Tensor<B, 2>;
 
-    fn pack_projection(weight: HostTensor, device: &B::Device) -> Tensor<B, 2> {
+    fn pack_projection(weight: HostTensor, device: &B::Device, dtype: FloatDType) -> Tensor<B, 2> {
         let shape = [weight.shape[1], weight.shape[0]];
-        Tensor::from_data(TensorData::new(weight.transposed().data, shape), device)
+        let data = TensorData::new(weight.transposed().data, shape);
+        Tensor::from_data(data, (device, dtype.into()))
     }
 
     fn project(x: Tensor<B, 2>, weight: &Tensor<B, 2>) -> Tensor<B, 2> {

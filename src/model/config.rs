@@ -80,9 +80,9 @@ impl LlamaConfig {
         self.vocab_size * self.hidden_size + self.num_layers * per_layer + self.hidden_size + head
     }
 
-    /// Bytes one token occupies in the KV cache across all layers, in f32.
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.num_layers * self.kv_dim() * std::mem::size_of::<f32>()
+    /// Bytes one token occupies in the KV cache across all layers, stored as `dtype`.
+    pub fn kv_bytes_per_token(&self, dtype: burn::tensor::FloatDType) -> usize {
+        2 * self.num_layers * self.kv_dim() * burn::tensor::DType::from(dtype).size()
     }
 
     /// Checks relations between fields that a corrupt checkpoint could break.

@@ -5,7 +5,7 @@
 //! Which blocks belong to whom is decided outside the model (by the engine's block manager);
 //! this type only stores rows.
 
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use super::backend::ModelBackend;
 use super::config::LlamaConfig;
@@ -13,33 +13,51 @@ use super::config::LlamaConfig;
 /// Default number of tokens per cache block.
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
 
-/// Size of the cache pool.
+/// Size of the cache pool, and the float type it stores (the model's: [`super::Llama::dtype`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvCacheConfig {
     /// Tokens per block.
     pub block_size: usize,
     /// Blocks in the pool (shared by all layers: block `b` exists once per layer).
     pub num_blocks: usize,
+    /// What keys and values are stored in.
+    pub dtype: FloatDType,
 }
 
 impl KvCacheConfig {
-    /// A pool of `num_blocks` blocks of `block_size` tokens.
+    /// A pool of `num_blocks` blocks of `block_size` tokens, in f32.
     pub fn with_blocks(block_size: usize, num_blocks: usize) -> Self {
         Self {
             block_size,
             num_blocks,
+            dtype: FloatDType::F32,
         }
     }
 
-    /// The largest pool that fits in `bytes` for this model (at least one block).
-    pub fn with_bytes(block_size: usize, bytes: usize, model: &LlamaConfig) -> Self {
-        let block_bytes = block_size * model.kv_bytes_per_token();
-        Self::with_blocks(block_size, (bytes / block_bytes).max(1))
+    /// The largest pool of `dtype` that fits in `bytes` for this model (at least one block).
+    pub fn with_bytes(
+        block_size: usize,
+        bytes: usize,
+        model: &LlamaConfig,
+        dtype: FloatDType,
+    ) -> Self {
+        let block_bytes = block_size * model.kv_bytes_per_token(dtype);
+        Self::with_blocks(block_size, (bytes / block_bytes).max(1)).stored_as(dtype)
+    }
+
+    /// This pool storing `dtype` instead.
+    pub fn stored_as(self, dtype: FloatDType) -> Self {
+        Self { dtype, ..self }
+    }
+
+    /// Bytes one token occupies in this pool across all layers.
+    pub fn bytes_per_token(&self, model: &LlamaConfig) -> usize {
+        model.kv_bytes_per_token(self.dtype)
     }
 
     /// Bytes the pool occupies for this model.
     pub fn bytes(&self, model: &LlamaConfig) -> usize {
-        self.num_blocks * self.block_size * model.kv_bytes_per_token()
+        self.num_blocks * self.block_size * self.bytes_per_token(model)
     }
 
     /// Tokens the whole pool can hold.
@@ -78,7 +96,7 @@ impl<B: ModelBackend> PagedKvCache<B> {
         let shape = [config.num_slots(), model.head_dim];
         let pools = || -> Vec<Tensor<B, 2>> {
             (0..model.num_kv_heads)
-                .map(|_| Tensor::zeros(shape, device))
+                .map(|_| Tensor::zeros(shape, (device, config.dtype.into())))
                 .collect()
         };
         let layers = (0..model.num_layers)

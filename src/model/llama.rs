@@ -1,7 +1,7 @@
 //! The Llama-family decoder: embedding, N x (RMSNorm, GQA attention with RoPE, RMSNorm,
 //! SwiGLU MLP), final RMSNorm, output head. Optional q/k/v bias covers Qwen2.
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 
 use super::attention::{AttentionPlan, HeadLayout};
 use super::backend::ModelBackend;
@@ -47,6 +47,14 @@ pub enum ForwardError {
     /// The backend could not hand the logits back.
     #[error("reading logits from the device failed: {0}")]
     Readback(String),
+    /// The cache stores another float type than the model computes in.
+    #[error("the KV cache stores {cache:?} but the model computes in {model:?}")]
+    Dtype {
+        /// The cache's type.
+        cache: FloatDType,
+        /// The model's type.
+        model: FloatDType,
+    },
     /// An earlier pass failed midway (a backend panic) and took the cache pools with it.
     #[error("the KV cache was lost when an earlier step failed; restart the server")]
     CacheLost,
@@ -101,14 +109,17 @@ pub struct Llama<B: ModelBackend> {
     head: B::Projection,
     rope: RotaryTable<B>,
     device: B::Device,
+    /// What weights, activations and the KV cache are stored and computed in.
+    dtype: FloatDType,
 }
 
 fn to_device<B: ModelBackend, const D: usize>(
     tensor: HostTensor,
     shape: [usize; D],
     device: &B::Device,
+    dtype: FloatDType,
 ) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(tensor.data, shape), device)
+    Tensor::from_data(TensorData::new(tensor.data, shape), (device, dtype.into()))
 }
 
 fn concat_rows(parts: Vec<HostTensor>) -> HostTensor {
@@ -125,13 +136,23 @@ fn concat_rows(parts: Vec<HostTensor>) -> HostTensor {
 }
 
 impl<B: ModelBackend> Llama<B> {
-    /// Loads every weight from `source`, reporting `(tensors done, total)` to `progress`.
+    /// Loads every weight from `source` as `dtype`, or as what the backend computes in
+    /// instead ([`ModelBackend::compute_dtype`]; see [`Self::dtype`]), reporting
+    /// `(tensors done, total)` to `progress`.
     pub fn load(
         config: LlamaConfig,
         source: &mut dyn WeightSource,
         device: &B::Device,
+        dtype: FloatDType,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, WeightError> {
+        let dtype = B::compute_dtype(dtype);
+        if !B::supports_dtype(device, dtype.into()) {
+            return Err(WeightError::Dtype {
+                dtype,
+                backend: B::name(device),
+            });
+        }
         let c = &config;
         let (hidden, inter, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let q_dim = c.num_heads * hd;
@@ -139,12 +160,12 @@ impl<B: ModelBackend> Llama<B> {
         let qk_dim = q_dim + kv_dim;
         let total = c.num_layers + 2;
         let norm = |t: HostTensor| RmsNorm {
-            weight: to_device(t, [1, hidden], device),
+            weight: to_device(t, [1, hidden], device, dtype),
             eps: c.rms_norm_eps,
         };
 
         let embedding = source.require("token_embd.weight", &[c.vocab_size, hidden])?;
-        let embedding = to_device(embedding, [c.vocab_size, hidden], device);
+        let embedding = to_device(embedding, [c.vocab_size, hidden], device, dtype);
         progress(1, total);
 
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -159,8 +180,13 @@ impl<B: ModelBackend> Llama<B> {
                 let k = source.require(&name("attn_k.bias"), &[kv_dim])?;
                 let v = source.require(&name("attn_v.bias"), &[kv_dim])?;
                 (
-                    Some(to_device(concat_rows(vec![q, k]), [1, qk_dim], device)),
-                    Some(to_device(v, [1, kv_dim], device)),
+                    Some(to_device(
+                        concat_rows(vec![q, k]),
+                        [1, qk_dim],
+                        device,
+                        dtype,
+                    )),
+                    Some(to_device(v, [1, kv_dim], device, dtype)),
                 )
             } else {
                 (None, None)
@@ -171,14 +197,14 @@ impl<B: ModelBackend> Llama<B> {
             let down = source.require(&name("ffn_down.weight"), &[hidden, inter])?;
             layers.push(DecoderLayer {
                 attn_norm: norm(source.require(&name("attn_norm.weight"), &[hidden])?),
-                qk: B::pack_projection(qk, device),
+                qk: B::pack_projection(qk, device, dtype),
                 qk_bias,
-                v: B::pack_projection(v, device),
+                v: B::pack_projection(v, device, dtype),
                 v_bias,
-                output: B::pack_projection(output, device),
+                output: B::pack_projection(output, device, dtype),
                 ffn_norm: norm(source.require(&name("ffn_norm.weight"), &[hidden])?),
-                gate_up: B::pack_projection(concat_rows(vec![gate, up]), device),
-                down: B::pack_projection(down, device),
+                gate_up: B::pack_projection(concat_rows(vec![gate, up]), device, dtype),
+                down: B::pack_projection(down, device, dtype),
             });
             progress(i + 2, total);
         }
@@ -188,6 +214,7 @@ impl<B: ModelBackend> Llama<B> {
             let data = embedding
                 .clone()
                 .into_data()
+                .convert::<f32>()
                 .into_vec::<f32>()
                 .map_err(|e| WeightError::Source {
                     name: "token_embd.weight".into(),
@@ -200,7 +227,7 @@ impl<B: ModelBackend> Llama<B> {
         } else {
             source.require("output.weight", &[c.vocab_size, hidden])?
         };
-        let head = B::pack_projection(head, device);
+        let head = B::pack_projection(head, device, dtype);
         progress(total, total);
 
         let rope = RotaryTable::new(
@@ -209,6 +236,7 @@ impl<B: ModelBackend> Llama<B> {
             c.rope_theta,
             c.rope_style,
             device,
+            dtype,
         );
         Ok(Self {
             config,
@@ -218,6 +246,7 @@ impl<B: ModelBackend> Llama<B> {
             head,
             rope,
             device: device.clone(),
+            dtype,
         })
     }
 
@@ -229,6 +258,11 @@ impl<B: ModelBackend> Llama<B> {
     /// The device the weights live on.
     pub fn device(&self) -> &B::Device {
         &self.device
+    }
+
+    /// What the weights are stored and the model computes in; the KV cache should match.
+    pub fn dtype(&self) -> FloatDType {
+        self.dtype
     }
 
     fn heads(&self) -> HeadLayout {
@@ -252,6 +286,12 @@ impl<B: ModelBackend> Llama<B> {
     ) -> Result<Logits, ForwardError> {
         let c = &self.config;
         let pool = cache.config();
+        if pool.dtype != self.dtype {
+            return Err(ForwardError::Dtype {
+                cache: pool.dtype,
+                model: self.dtype,
+            });
+        }
         batch.validate(
             c.vocab_size,
             c.max_position_embeddings,
@@ -310,6 +350,7 @@ impl<B: ModelBackend> Llama<B> {
         let logits = B::project(x, &self.head);
         let data = logits
             .into_data()
+            .convert::<f32>()
             .into_vec::<f32>()
             .map_err(|e| ForwardError::Readback(format!("{e:?}")))?;
         Ok(Logits {

@@ -10,7 +10,7 @@ mod llama;
 mod rope;
 pub mod weights;
 
-pub use backend::{DenseBackend, DenseCpu, ModelBackend};
+pub use backend::{dense_half_cpu_device, DenseBackend, DenseCpu, DenseHalfCpu, ModelBackend};
 pub use batch::{BatchError, ForwardBatch, LogitsWanted, SequenceSlice};
 pub use config::{InvalidConfig, LlamaConfig, RopeStyle};
 pub use kv_cache::{KvCacheConfig, PagedKvCache, DEFAULT_BLOCK_SIZE};

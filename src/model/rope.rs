@@ -7,7 +7,7 @@
 //! of strided slices of pairs.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 
 use super::backend::ModelBackend;
 use super::config::RopeStyle;
@@ -23,6 +23,8 @@ pub struct RotaryTable<B: Backend> {
     style: RopeStyle,
     /// `[head_dim, head_dim]`: `x @ swap` puts each dimension's partner in its place.
     swap: Tensor<B, 2>,
+    /// The model's float type, which the rows are made in.
+    dtype: FloatDType,
 }
 
 /// cos/sin of one batch at full width, shared by every layer.
@@ -42,6 +44,7 @@ impl<B: Backend> RotaryTable<B> {
         theta: f64,
         style: RopeStyle,
         device: &B::Device,
+        dtype: FloatDType,
     ) -> Self {
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(max_positions * half);
@@ -63,7 +66,11 @@ impl<B: Backend> RotaryTable<B> {
             sin,
             head_dim,
             style,
-            swap: Tensor::from_data(TensorData::new(swap, [head_dim, head_dim]), device),
+            swap: Tensor::from_data(
+                TensorData::new(swap, [head_dim, head_dim]),
+                (device, dtype.into()),
+            ),
+            dtype,
         }
     }
 
@@ -96,9 +103,10 @@ impl<B: Backend> RotaryTable<B> {
             }
         }
         let shape = [positions.len(), width];
+        let options = (device, self.dtype.into());
         RotaryRows {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            cos: Tensor::from_data(TensorData::new(cos, shape), options),
+            sin: Tensor::from_data(TensorData::new(sin, shape), options),
         }
     }
 

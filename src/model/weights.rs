@@ -46,6 +46,14 @@ pub enum WeightError {
         /// What the file holds.
         found: Vec<usize>,
     },
+    /// The backend cannot store or compute in the float type asked for.
+    #[error("the {backend} backend cannot compute in {dtype:?}; use --dtype f32")]
+    Dtype {
+        /// What was asked for.
+        dtype: burn::tensor::FloatDType,
+        /// The backend's name.
+        backend: String,
+    },
     /// The file format's own error (corrupt data, unsupported type, ...).
     #[error("tensor `{name}`: {source}")]
     Source {

@@ -36,7 +36,9 @@ impl TinyEngine {
         PagedKvCache<B>: Send,
     {
         let files = waypoint::loader::open("tiny").unwrap();
-        let (model, tokenizer, name) = files.load::<B>(&Default::default()).unwrap();
+        let (model, tokenizer, name) = files
+            .load::<B>(&Default::default(), burn::tensor::FloatDType::F32)
+            .unwrap();
         let max_model_len = self
             .max_model_len
             .unwrap_or(model.config().max_position_embeddings);

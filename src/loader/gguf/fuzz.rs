@@ -77,7 +77,7 @@ fn read_all_the_way(bytes: Vec<u8>) {
         assert!(config.validate().is_ok());
         // Sizes computed from a valid config cannot overflow.
         let _ = config.num_parameters();
-        let _ = config.kv_bytes_per_token();
+        let _ = config.kv_bytes_per_token(burn::tensor::FloatDType::BF16);
     }
     if let Ok(spec) = gguf_model::tokenizer_spec(&file) {
         let _ = Tokenizer::from_gguf_spec(&spec);
