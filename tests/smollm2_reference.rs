@@ -106,6 +106,59 @@ fn dense_half_smollm2(dtype: FloatDType) -> Option<&'static Loaded<DenseHalfCpu>
         .as_ref()
 }
 
+/// SmolLM2 on burn-cubecl over Vulkan (Mesa's lavapipe on a machine without a GPU): the
+/// CubeCL kernels cuda runs, compiled for another target. f32 and f16 (lavapipe has no bf16
+/// matmul).
+#[cfg(feature = "vulkan")]
+fn vulkan_smollm2(dtype: FloatDType) -> Option<&'static Loaded<burn::backend::Vulkan>> {
+    static F32: OnceLock<Option<Loaded<burn::backend::Vulkan>>> = OnceLock::new();
+    static F16: OnceLock<Option<Loaded<burn::backend::Vulkan>>> = OnceLock::new();
+    let model = match dtype {
+        FloatDType::F32 => &F32,
+        FloatDType::F16 => &F16,
+        other => panic!("no vulkan reference test runs in {other:?}"),
+    };
+    model
+        .get_or_init(|| load(&Default::default(), dtype))
+        .as_ref()
+}
+
+#[cfg(feature = "vulkan")]
+#[test]
+fn dense_vulkan_reference_teacher_forced_logits() {
+    let (Some(loaded), Some(cases)) = (vulkan_smollm2(FloatDType::F32), dense_cases()) else {
+        return;
+    };
+    check_teacher_forced_logits(loaded, &cases, F32);
+}
+
+#[cfg(feature = "vulkan")]
+#[test]
+fn dense_vulkan_reference_greedy_generation() {
+    let (Some(loaded), Some(cases)) = (vulkan_smollm2(FloatDType::F32), dense_cases()) else {
+        return;
+    };
+    check_greedy_generation(loaded, &cases, F32);
+}
+
+#[cfg(feature = "vulkan")]
+#[test]
+fn dense_vulkan_f16_reference_teacher_forced_logits() {
+    let (Some(loaded), Some(cases)) = (vulkan_smollm2(FloatDType::F16), dense_cases()) else {
+        return;
+    };
+    check_teacher_forced_logits(loaded, &cases, F16);
+}
+
+#[cfg(feature = "vulkan")]
+#[test]
+fn dense_vulkan_f16_reference_greedy_generation() {
+    let (Some(loaded), Some(cases)) = (vulkan_smollm2(FloatDType::F16), dense_cases()) else {
+        return;
+    };
+    check_greedy_generation(loaded, &cases, F16);
+}
+
 /// The GPU named by `WAYPOINT_TEST_DEVICE` (`cuda` or `cuda:N`, default `cuda`).
 #[cfg(feature = "cuda")]
 fn cuda_device() -> burn::backend::cuda::CudaDevice {

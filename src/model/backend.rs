@@ -296,6 +296,10 @@ pub trait DenseBackend: Backend {}
 #[cfg(feature = "cuda")]
 impl DenseBackend for burn::backend::Cuda {}
 
+/// burn-cubecl on Vulkan (lavapipe, without a GPU): the same CubeCL ops as cuda, for tests.
+#[cfg(feature = "vulkan")]
+impl DenseBackend for burn::backend::Vulkan {}
+
 /// The dense path on the CPU (burn's `NdArray`), for tests: none of the model's methods are
 /// overridden, unlike flex's. It is far slower than flex and not meant to serve.
 pub type DenseCpu = burn::backend::NdArray<f32>;
