@@ -211,7 +211,7 @@ fn run<B: ModelBackend>(
     let on_cpu = which == Device::Cpu;
     let rss_before = rss_bytes();
     let files = waypoint::loader::open(model_path)?;
-    let dtype = waypoint::cli::model_dtype::<B>(dtype, which);
+    let dtype = waypoint::cli::model_dtype::<B>(dtype, which, device);
     let (model, _tokenizer, name) = files.load::<B>(device, dtype)?;
     let config = model.config().clone();
     let weight_bytes = config.num_parameters() * burn::tensor::DType::from(dtype).size();

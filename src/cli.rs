@@ -46,7 +46,7 @@ impl std::fmt::Display for Device {
 /// a backend that computes in another type serves in that one ([`model_dtype`]).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Dtype {
-    /// f32 on the CPU, bf16 on cuda.
+    /// f32 on the CPU, bf16 on cuda (f32 on a GPU without bf16).
     #[default]
     Auto,
     /// 32-bit floats.
@@ -68,16 +68,24 @@ impl Dtype {
     }
 }
 
-/// What backend `B` will store and compute in for `--dtype choice` on `device`, with one
-/// warning when that is not what was asked for (flex computes in f32 whatever is asked).
-pub fn model_dtype<B: ModelBackend>(choice: Dtype, device: Device) -> FloatDType {
-    let requested = choice.requested(device);
+/// What backend `B` will store and compute in for `--dtype choice` on `device` (`which`, as
+/// the user named it), with one warning when that is not what was asked for: flex computes in
+/// f32 whatever is asked. `auto` falls back to f32 on a GPU without bf16 (before Ampere).
+pub fn model_dtype<B: ModelBackend>(
+    choice: Dtype,
+    which: Device,
+    device: &B::Device,
+) -> FloatDType {
+    let mut requested = choice.requested(which);
+    if choice == Dtype::Auto && !B::supports_dtype(device, requested.into()) {
+        requested = FloatDType::F32;
+    }
     let dtype = B::compute_dtype(requested);
     if dtype != requested {
         tracing::warn!(
             requested = ?requested,
             serving = ?dtype,
-            %device,
+            device = %which,
             "the CPU kernels compute in f32 only; the model is served in f32"
         );
     }
@@ -476,10 +484,13 @@ mod tests {
         assert_eq!(Dtype::Bf16.requested(Device::Cpu), FloatDType::BF16);
         assert_eq!(Dtype::F32.requested(Device::Cuda(0)), FloatDType::F32);
         for choice in [Dtype::Auto, Dtype::F32, Dtype::F16, Dtype::Bf16] {
-            let served = model_dtype::<burn::backend::Flex>(choice, Device::Cpu);
+            let served =
+                model_dtype::<burn::backend::Flex>(choice, Device::Cpu, &Default::default());
             assert_eq!(served, FloatDType::F32, "{choice:?}");
         }
-        let dense = model_dtype::<crate::model::DenseHalfCpu>(Dtype::Bf16, Device::Cpu);
+        let half_device = crate::model::dense_half_cpu_device();
+        let dense =
+            model_dtype::<crate::model::DenseHalfCpu>(Dtype::Bf16, Device::Cpu, &half_device);
         assert_eq!(dense, FloatDType::BF16);
     }
 

@@ -320,7 +320,7 @@ where
     // (and against the model's shape, which opening reads) runs here, once. The slow part
     // (reading and packing the weights) runs while the server answers 503 "loading".
     let mut files = waypoint::loader::open(&args.model)?;
-    let dtype = waypoint::cli::model_dtype::<B>(args.dtype, args.device);
+    let dtype = waypoint::cli::model_dtype::<B>(args.dtype, args.device, &device);
     let pool = args.cache.pool(&files.config, dtype)?;
     // The RoPE table covers what will be served, not what the checkpoint claims.
     files.config.max_position_embeddings = waypoint::cli::served_context(
@@ -497,7 +497,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 fn generate_on<B: ModelBackend>(args: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
     let mut files = waypoint::loader::open(&args.model)?;
-    let dtype = waypoint::cli::model_dtype::<B>(args.dtype, args.device);
+    let dtype = waypoint::cli::model_dtype::<B>(args.dtype, args.device, device);
     let pool = args.cache.pool(&files.config, dtype)?;
     // The RoPE table covers what the cache can hold, not what the checkpoint claims.
     files.config.max_position_embeddings =
