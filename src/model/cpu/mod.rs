@@ -8,6 +8,7 @@ mod attention;
 mod elementwise;
 mod microkernel;
 mod packed;
+pub mod quant;
 
 pub use activation::swiglu;
 pub use attention::{write_keys_transposed, KeyLayout, PagedAttention};

@@ -1,0 +1,469 @@
+//! `x @ W^T` with `W` kept in GGUF's quantized blocks: each block is dequantized on the fly
+//! inside the dot product, with f32 activations and f32 accumulation, so the result is what
+//! the f32 expansion of `W` gives up to summation order (issue 16). Decode is bound by reading
+//! the weights, and the blocks are 4 to 7 times smaller than their f32 expansion.
+//!
+//! Not yet used by the model: the projections still take the f32 expansion
+//! ([`super::PackedMatrix`]). The 32-element block types are here; the K-quants are not.
+
+use half::f16;
+use rayon::prelude::*;
+
+/// Elements per block of the 32-element types.
+pub const BLOCK: usize = 32;
+
+/// A GGUF block type this module multiplies by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// `d: f16, qs: [u8; 16]`, `x = d * (q - 8)`.
+    Q4_0,
+    /// `d, m: f16, qs: [u8; 16]`, `x = d * q + m`.
+    Q4_1,
+    /// `d: f16, qs: [i8; 32]`, `x = d * q`.
+    Q8_0,
+}
+
+impl BlockFormat {
+    /// Bytes of one block of [`BLOCK`] elements.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q4_0 => 18,
+            BlockFormat::Q4_1 => 20,
+            BlockFormat::Q8_0 => 34,
+        }
+    }
+}
+
+/// Why blocks could not form a matrix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantMatrixError {
+    /// Rows must be whole blocks.
+    #[error("{cols} columns is not a multiple of the {BLOCK}-element block")]
+    PartialBlock {
+        /// Columns asked for.
+        cols: usize,
+    },
+    /// The buffer is not `rows` rows of blocks.
+    #[error("{got} bytes of {format:?} blocks, expected {expected} for {rows}x{cols}")]
+    Length {
+        /// The block type.
+        format: BlockFormat,
+        /// Rows asked for.
+        rows: usize,
+        /// Columns asked for.
+        cols: usize,
+        /// Bytes given.
+        got: usize,
+        /// Bytes `rows x cols` takes.
+        expected: usize,
+    },
+}
+
+/// A row-major `[rows, cols]` weight (PyTorch's `Linear.weight`: `rows` outputs) held as
+/// quantized blocks, each row a run of `cols / 32` blocks.
+#[derive(Clone, Debug)]
+pub struct QuantMatrix {
+    format: BlockFormat,
+    blocks: Vec<u8>,
+    rows: usize,
+    cols: usize,
+}
+
+impl QuantMatrix {
+    /// Takes `rows` rows of `cols / 32` blocks each, as a GGUF file stores them.
+    pub fn new(
+        format: BlockFormat,
+        blocks: Vec<u8>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, QuantMatrixError> {
+        if !cols.is_multiple_of(BLOCK) {
+            return Err(QuantMatrixError::PartialBlock { cols });
+        }
+        let expected = rows
+            .checked_mul(cols / BLOCK)
+            .and_then(|b| b.checked_mul(format.block_bytes()));
+        if expected != Some(blocks.len()) {
+            return Err(QuantMatrixError::Length {
+                format,
+                rows,
+                cols,
+                got: blocks.len(),
+                expected: expected.unwrap_or(usize::MAX),
+            });
+        }
+        Ok(Self {
+            format,
+            blocks,
+            rows,
+            cols,
+        })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / BLOCK * self.format.block_bytes()
+    }
+
+    /// The f32 expansion, row-major `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        for (row, dst) in self
+            .blocks
+            .chunks_exact(self.row_bytes())
+            .zip(out.chunks_exact_mut(self.cols))
+        {
+            dequantize_row(self.format, row, dst);
+        }
+        out
+    }
+
+    /// `x @ W^T` for `x` row-major `[n, cols]`; returns `[n, rows]`. Output rows are split
+    /// across rayon's threads; each weight row is read once and used for every row of `x`.
+    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
+        assert_eq!(x.len() % self.cols, 0, "x is not [n, {}]", self.cols);
+        let n = x.len() / self.cols;
+        let row_bytes = self.row_bytes();
+        // Enough rows per task to amortize rayon's cost, few enough to balance two cores.
+        let rows_per_task = (self.rows / 64).clamp(16, 256);
+        let dot = kernel();
+        let sums: Vec<Vec<f32>> = x.chunks_exact(self.cols).map(block_sums).collect();
+        // Computed as [rows, n] (each task owns whole weight rows), transposed at the end.
+        let mut by_row = vec![0.0f32; self.rows * n];
+        by_row
+            .par_chunks_mut(rows_per_task * n)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let first = task * rows_per_task;
+                for (r, out) in out.chunks_exact_mut(n).enumerate() {
+                    let row = &self.blocks[(first + r) * row_bytes..][..row_bytes];
+                    for (i, out) in out.iter_mut().enumerate() {
+                        let x = &x[i * self.cols..][..self.cols];
+                        *out = dot(self.format, row, x, &sums[i]);
+                    }
+                }
+            });
+        if n == 1 {
+            return by_row;
+        }
+        let mut out = vec![0.0f32; n * self.rows];
+        for (r, values) in by_row.chunks_exact(n).enumerate() {
+            for (i, &v) in values.iter().enumerate() {
+                out[i * self.rows + r] = v;
+            }
+        }
+        out
+    }
+}
+
+/// A dot product of one row of blocks with `x` (`cols` floats, whose [`block_sums`] are
+/// `sums`).
+type DotFn = fn(BlockFormat, &[u8], &[f32], &[f32]) -> f32;
+
+/// The fastest dot product this CPU runs.
+fn kernel() -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        return avx2::dot_row;
+    }
+    dot_row_portable
+}
+
+fn scale(block: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
+}
+
+/// The element values of one block before its scale and offset: what `d` multiplies (the raw
+/// nibbles for the 4-bit types; Q4_0's `- 8` is in its offset).
+fn quants(format: BlockFormat, block: &[u8]) -> [f32; BLOCK] {
+    let mut q = [0.0f32; BLOCK];
+    match format {
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+            let qs = match format {
+                BlockFormat::Q4_0 => &block[2..18],
+                _ => &block[4..20],
+            };
+            for j in 0..16 {
+                q[j] = (qs[j] & 0x0F) as f32;
+                q[j + 16] = (qs[j] >> 4) as f32;
+            }
+        }
+        BlockFormat::Q8_0 => {
+            for (q, &b) in q.iter_mut().zip(&block[2..34]) {
+                *q = b as i8 as f32;
+            }
+        }
+    }
+    q
+}
+
+fn dequantize_row(format: BlockFormat, row: &[u8], dst: &mut [f32]) {
+    for (block, dst) in row
+        .chunks_exact(format.block_bytes())
+        .zip(dst.chunks_exact_mut(BLOCK))
+    {
+        let (d, m) = (scale(block, 0), offset(format, block));
+        for (y, q) in dst.iter_mut().zip(quants(format, block)) {
+            *y = q * d + m;
+        }
+    }
+}
+
+/// What every element of a block adds beside `d * q`: Q4_1's `m`, Q4_0's `-8 d`, Q8_0's 0.
+fn offset(format: BlockFormat, block: &[u8]) -> f32 {
+    match format {
+        BlockFormat::Q4_0 => -8.0 * scale(block, 0),
+        BlockFormat::Q4_1 => scale(block, 2),
+        BlockFormat::Q8_0 => 0.0,
+    }
+}
+
+/// Each block's sum of `x` (`cols / 32` of them), which the offsets multiply: computed once
+/// per input row, not once per weight row.
+fn block_sums(x: &[f32]) -> Vec<f32> {
+    x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect()
+}
+
+/// `sum(d * q * x + m * x)` per block: `d * (q . x) + m * sum(x)`.
+fn dot_row_portable(format: BlockFormat, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+    let mut total = 0.0f32;
+    for ((block, x), sum_x) in row
+        .chunks_exact(format.block_bytes())
+        .zip(x.chunks_exact(BLOCK))
+        .zip(sums)
+    {
+        let q = quants(format, block);
+        let qx: f32 = q.iter().zip(x).map(|(q, x)| q * x).sum();
+        total += scale(block, 0) * qx + offset(format, block) * sum_x;
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{offset, scale, BlockFormat, BLOCK};
+
+    pub(super) fn dot_row(format: BlockFormat, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+        // SAFETY: chosen by `kernel` only when the CPU has AVX2 and FMA.
+        unsafe { dot_row_avx2(format, row, x, sums) }
+    }
+
+    /// Eight quants starting at byte 0 of `bytes`, widened to f32: unsigned nibbles or signed
+    /// bytes, already unpacked to one per byte.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn widen_u8(bytes: __m128i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn widen_i8(bytes: __m128i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_row_avx2(format: BlockFormat, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+        let mut total = _mm256_setzero_ps();
+        let mut offsets = 0.0f32;
+        let low_nibbles = _mm_set1_epi8(0x0F);
+        for ((block, x), sum_x) in row
+            .chunks_exact(format.block_bytes())
+            .zip(x.chunks_exact(BLOCK))
+            .zip(sums)
+        {
+            let xp = x.as_ptr();
+            let xs = [
+                _mm256_loadu_ps(xp),
+                _mm256_loadu_ps(xp.add(8)),
+                _mm256_loadu_ps(xp.add(16)),
+                _mm256_loadu_ps(xp.add(24)),
+            ];
+            // q[0..8], q[8..16], q[16..24], q[24..32] as f32.
+            let q = match format {
+                BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                    let start = if format == BlockFormat::Q4_0 { 2 } else { 4 };
+                    let qs = _mm_loadu_si128(block.as_ptr().add(start) as *const __m128i);
+                    let lo = _mm_and_si128(qs, low_nibbles);
+                    let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low_nibbles);
+                    [
+                        widen_u8(lo),
+                        widen_u8(_mm_srli_si128(lo, 8)),
+                        widen_u8(hi),
+                        widen_u8(_mm_srli_si128(hi, 8)),
+                    ]
+                }
+                BlockFormat::Q8_0 => {
+                    let a = _mm_loadu_si128(block.as_ptr().add(2) as *const __m128i);
+                    let b = _mm_loadu_si128(block.as_ptr().add(18) as *const __m128i);
+                    [
+                        widen_i8(a),
+                        widen_i8(_mm_srli_si128(a, 8)),
+                        widen_i8(b),
+                        widen_i8(_mm_srli_si128(b, 8)),
+                    ]
+                }
+            };
+            let mut qx = _mm256_mul_ps(q[0], xs[0]);
+            qx = _mm256_fmadd_ps(q[1], xs[1], qx);
+            qx = _mm256_fmadd_ps(q[2], xs[2], qx);
+            qx = _mm256_fmadd_ps(q[3], xs[3], qx);
+            total = _mm256_fmadd_ps(_mm256_set1_ps(scale(block, 0)), qx, total);
+            offsets += offset(format, block) * sum_x;
+        }
+        hsum(total) + offsets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random blocks with finite scales in a realistic range.
+    fn random_blocks(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let bytes = format.block_bytes();
+        let mut out = Vec::with_capacity(rows * cols / BLOCK * bytes);
+        for _ in 0..rows * cols / BLOCK {
+            let mut block = vec![0u8; bytes];
+            block.iter_mut().for_each(|b| *b = next() as u8);
+            let d = f16::from_f32((next() % 1000) as f32 / 1e5 + 1e-4).to_le_bytes();
+            block[..2].copy_from_slice(&d);
+            if format == BlockFormat::Q4_1 {
+                let m = f16::from_f32(-((next() % 1000) as f32) / 1e4).to_le_bytes();
+                block[2..4].copy_from_slice(&m);
+            }
+            out.extend(block);
+        }
+        out
+    }
+
+    fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let n = x.len() / cols;
+        let mut out = vec![0.0f32; n * rows];
+        for i in 0..n {
+            for r in 0..rows {
+                out[i * rows + r] = (0..cols)
+                    .map(|c| x[i * cols + c] as f64 * w[r * cols + c] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{what}: element {i}: {g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_build_matches_dequantize_then_f32_matmul() {
+        let (rows, cols) = (37, 576);
+        let x: Vec<f32> = (0..3 * cols)
+            .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
+            .collect();
+        for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+            let m =
+                QuantMatrix::new(format, random_blocks(format, rows, cols, 7), rows, cols).unwrap();
+            let want = reference(&m.dequantize(), &x, rows, cols);
+            close(&m.matmul(&x), &want, &format!("{format:?} dispatched"));
+            close(
+                &m.matmul(&x[..cols]),
+                &want[..rows],
+                &format!("{format:?} one row"),
+            );
+            let row_bytes = m.row_bytes();
+            let mut builds: Vec<(&str, DotFn)> = vec![("portable", dot_row_portable)];
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                builds.push(("avx2", avx2::dot_row));
+            }
+            let sums = block_sums(&x[..cols]);
+            for (name, dot) in builds {
+                for r in 0..rows {
+                    let row = &m.blocks[r * row_bytes..][..row_bytes];
+                    let got = dot(format, row, &x[..cols], &sums);
+                    close(
+                        &[got],
+                        &want[r..r + 1],
+                        &format!("{format:?} {name} row {r}"),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dequantize_follows_the_gguf_layout() {
+        // Q4_1, d = 0.5, m = -1: byte j holds element j (low nibble) and j + 16 (high).
+        let mut block = vec![0u8; 20];
+        block[..2].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
+        block[2..4].copy_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+        block[4] = 0x3A;
+        let m = QuantMatrix::new(BlockFormat::Q4_1, block, 1, 32).unwrap();
+        let w = m.dequantize();
+        assert_eq!(w[0], 0xA as f32 * 0.5 - 1.0);
+        assert_eq!(w[16], 0x3 as f32 * 0.5 - 1.0);
+        assert_eq!(w[1], -1.0);
+    }
+
+    #[test]
+    fn dequantize_agrees_with_the_gguf_reader() {
+        use crate::loader::gguf::{dequantize, GgmlType};
+        let (rows, cols) = (5, 96);
+        for (format, ggml) in [
+            (BlockFormat::Q4_0, GgmlType::Q4_0),
+            (BlockFormat::Q4_1, GgmlType::Q4_1),
+            (BlockFormat::Q8_0, GgmlType::Q8_0),
+        ] {
+            let blocks = random_blocks(format, rows, cols, 11);
+            let mut want = vec![0.0f32; rows * cols];
+            dequantize(ggml, &blocks, rows * cols, &mut want).unwrap();
+            let m = QuantMatrix::new(format, blocks, rows, cols).unwrap();
+            assert_eq!(m.dequantize(), want, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_shapes_are_errors() {
+        assert_eq!(
+            QuantMatrix::new(BlockFormat::Q8_0, vec![0; 34], 1, 30).unwrap_err(),
+            QuantMatrixError::PartialBlock { cols: 30 }
+        );
+        assert!(matches!(
+            QuantMatrix::new(BlockFormat::Q4_0, vec![0; 35], 2, 32),
+            Err(QuantMatrixError::Length { expected: 36, .. })
+        ));
+        assert!(QuantMatrix::new(BlockFormat::Q4_0, vec![], usize::MAX, 64).is_err());
+    }
+}
