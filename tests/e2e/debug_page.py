@@ -182,7 +182,9 @@ def main():
         long_one = threading.Thread(target=send, args=("long", 64))
         long_one.start()
         wait_for("the long request on the page", lambda: any(r["state"] == "running" for r in browser.run(ROWS)))
-        waiting_one = threading.Thread(target=send, args=("waiting", 6))
+        # Long enough (tens of decode steps) that some polls land while it decodes: a request
+        # that starts and ends between two polls is only ever seen queued.
+        waiting_one = threading.Thread(target=send, args=("waiting", 40))
         waiting_one.start()
         waiting = wait_for("a waiting request on the page", lambda: next(
             (r for r in browser.run(ROWS) if r["state"] == "waiting"), None))
