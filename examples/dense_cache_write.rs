@@ -104,6 +104,7 @@ fn measure<B: ModelBackend>(max_rows: usize) {
         &mut TinyWeights::new(config.clone()),
         &Default::default(),
         burn::tensor::FloatDType::F32,
+        waypoint::model::WeightPolicy::F32,
         &mut |_, _| {},
     )
     .expect("tiny model loads");

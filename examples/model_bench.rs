@@ -2,7 +2,8 @@
 //! to read the weights once, 32-stream decode, 512-token prefill, resident memory.
 //!
 //! `cargo run --release --example model_bench -- [--device cpu|cuda|cuda:N]
-//! [--dtype auto|f32|f16|bf16] [MODEL]` (default: cpu, `--dtype auto` as in `serve`, and SmolLM2
+//! [--dtype auto|f32|f16|bf16] [--weights auto|f32|native] [MODEL]` (defaults as in `serve`:
+//! cpu, `--dtype auto`, `--weights auto`; and SmolLM2
 //! from the cache, fetched with `scripts/fetch-smollm2.sh`). On cuda (built with
 //! `--features cuda`), the weight read is timed as a sum over the weights' size in GPU memory.
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use burn::backend::Flex;
 use burn::tensor::Tensor;
-use waypoint::cli::{Device, Dtype};
+use waypoint::cli::{Device, Dtype, Weights};
 use waypoint::model::{
     ForwardBatch, KvCacheConfig, Llama, ModelBackend, PagedKvCache, SequenceSlice,
     DEFAULT_BLOCK_SIZE,
@@ -174,6 +175,16 @@ fn main() -> anyhow::Result<()> {
         }
         None => Dtype::Auto,
     };
+    let weights = match args.iter().position(|a| a == "--weights") {
+        Some(i) => {
+            let value = args.get(i + 1).map(String::as_str).unwrap_or_default();
+            let weights = clap::ValueEnum::from_str(value, false)
+                .map_err(|_| anyhow::anyhow!("--weights takes auto, f32 or native"))?;
+            args.drain(i..i + 2);
+            weights
+        }
+        None => Weights::Auto,
+    };
     let model_path = match args.first().cloned() {
         Some(path) => path,
         None => {
@@ -188,12 +199,13 @@ fn main() -> anyhow::Result<()> {
         }
     };
     match device {
-        Device::Cpu => run::<Flex>(&model_path, &Default::default(), dtype, device),
+        Device::Cpu => run::<Flex>(&model_path, &Default::default(), dtype, weights, device),
         #[cfg(feature = "cuda")]
         Device::Cuda(index) => run::<burn::backend::Cuda>(
             &model_path,
             &burn::backend::cuda::CudaDevice::new(index),
             dtype,
+            weights,
             device,
         ),
         #[cfg(not(feature = "cuda"))]
@@ -206,16 +218,18 @@ fn run<B: ModelBackend>(
     model_path: &str,
     device: &B::Device,
     dtype: Dtype,
+    weights: Weights,
     which: Device,
 ) -> anyhow::Result<()> {
     let on_cpu = which == Device::Cpu;
     let rss_before = rss_bytes();
-    let files = waypoint::loader::open(model_path)?;
+    let mut files = waypoint::loader::open(model_path)?;
+    files.weight_policy = weights.into();
     let dtype = waypoint::cli::model_dtype::<B>(dtype, which, device);
     let (model, _tokenizer, name) = files.load::<B>(device, dtype)?;
     let config = model.config().clone();
-    let weight_bytes = config.num_parameters() * burn::tensor::DType::from(dtype).size();
-    println!("dtype: {dtype:?}");
+    let weight_bytes = model.weight_bytes();
+    println!("dtype: {dtype:?}, weights: {weights:?}");
 
     // Resident memory with the weights and a KV pool of 32 x 256 tokens.
     let pool = KvCacheConfig::with_blocks(DEFAULT_BLOCK_SIZE, 32 * 256 / DEFAULT_BLOCK_SIZE)
@@ -252,7 +266,7 @@ fn run<B: ModelBackend>(
     let single_tps = 1.0 / single.as_secs_f64();
     let batched_tps = 32.0 / batched.as_secs_f64();
     println!(
-        "model: {name} ({} parameters, f32 weights {:.0} MB)",
+        "model: {name} ({} parameters, weights as held {:.0} MB)",
         config.num_parameters(),
         weight_bytes as f64 / 1e6
     );

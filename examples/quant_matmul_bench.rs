@@ -1,6 +1,7 @@
-//! One-row `x @ W^T` for SmolLM2's shapes: Q4_1 and Q8_0 blocks read in place
+//! `x @ W^T` for SmolLM2's shapes and 1 to 16 rows of `x`: Q4_1 and Q8_0 blocks read in place
 //! (`model::cpu::quant`) against the packed f32 expansion (`PackedMatrix`), both on rayon's
-//! threads. Issue 16's first step; the model does not use the quantized kernel yet.
+//! threads. Each matrix is timed alone, so it stays in cache where the model's 30 layers do not:
+//! this favours f32, which makes the row count where blocks stop winning a safe threshold.
 //!
 //! `cargo run --release --example quant_matmul_bench`
 
@@ -30,11 +31,17 @@ fn blocks(format: BlockFormat, rows: usize, cols: usize) -> Vec<u8> {
 }
 
 fn main() {
-    println!("| shape (out x in) | format | quantized | f32 packed | f32 / quantized |");
-    println!("|---|---|---|---|---|");
-    for (rows, cols) in [(1536, 576), (576, 1536), (49152, 576)] {
-        let x: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 / 13.0).collect();
-        for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
+    println!(
+        "| shape (out x in) | rows of x | format | quantized | f32 packed | f32 / quantized |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for ((rows, cols), n, format) in [(1536, 576), (576, 1536), (49152, 576)]
+        .into_iter()
+        .flat_map(|shape| [1, 2, 4, 8, 16].map(move |n| (shape, n)))
+        .flat_map(|(shape, n)| [BlockFormat::Q4_1, BlockFormat::Q8_0].map(move |f| (shape, n, f)))
+    {
+        let x: Vec<f32> = (0..n * cols).map(|i| (i % 13) as f32 / 13.0).collect();
+        {
             let quant = QuantMatrix::new(format, blocks(format, rows, cols), rows, cols).unwrap();
             let packed = PackedMatrix::pack(&quant.dequantize(), rows, cols);
             let q = best_of(50, || {
@@ -44,7 +51,7 @@ fn main() {
                 std::hint::black_box(packed.matmul(&x));
             });
             println!(
-                "| {rows} x {cols} | {format:?} | {:.1} us | {:.1} us | {:.2} |",
+                "| {rows} x {cols} | {n} | {format:?} | {:.1} us | {:.1} us | {:.2} |",
                 q.as_secs_f64() * 1e6,
                 f.as_secs_f64() * 1e6,
                 f.as_secs_f64() / q.as_secs_f64()

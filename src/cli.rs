@@ -68,6 +68,28 @@ impl Dtype {
     }
 }
 
+/// Which projections keep the GGUF file's quantized blocks in memory (`--weights`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Weights {
+    /// Blocks where our kernel beats f32 on this CPU kind (Q8_0), f32 elsewhere.
+    #[default]
+    Auto,
+    /// Every projection expanded to f32.
+    F32,
+    /// Every projection in a type the kernels read (Q4_0, Q4_1, Q8_0) keeps its blocks.
+    Native,
+}
+
+impl From<Weights> for crate::model::WeightPolicy {
+    fn from(weights: Weights) -> Self {
+        match weights {
+            Weights::Auto => Self::Auto,
+            Weights::F32 => Self::F32,
+            Weights::Native => Self::Native,
+        }
+    }
+}
+
 /// What backend `B` will store and compute in for `--dtype choice` on `device` (`which`, as
 /// the user named it), with one warning when that is not what was asked for: flex computes in
 /// f32 whatever is asked. `auto` falls back to f32 on a GPU without bf16 (before Ampere).

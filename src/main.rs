@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use waypoint::cli::{CacheArgs, Device, Dtype};
+use waypoint::cli::{CacheArgs, Device, Dtype, Weights};
 use waypoint::generate::generate;
 use waypoint::model::{ModelBackend, PagedKvCache};
 use waypoint::sampling::{SamplingParams, DEFAULT_MAX_TOKENS};
@@ -75,6 +75,10 @@ struct GenerateArgs {
     /// cuda), f32, f16 or bf16. The CPU computes in f32 whatever is asked, with a warning.
     #[arg(long, value_enum, default_value_t = Dtype::Auto)]
     dtype: Dtype,
+    /// Which projections of a GGUF file keep its quantized blocks (read in place by the CPU
+    /// kernels): auto (where that is faster: Q8_0), f32, or native (Q4_0, Q4_1 and Q8_0).
+    #[arg(long, value_enum, default_value_t = Weights::Auto)]
+    weights: Weights,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -122,6 +126,10 @@ struct ServeArgs {
     /// cuda), f32, f16 or bf16. The CPU computes in f32 whatever is asked, with a warning.
     #[arg(long, value_enum, default_value_t = Dtype::Auto)]
     dtype: Dtype,
+    /// Which projections of a GGUF file keep its quantized blocks (read in place by the CPU
+    /// kernels): auto (where that is faster: Q8_0), f32, or native (Q4_0, Q4_1 and Q8_0).
+    #[arg(long, value_enum, default_value_t = Weights::Auto)]
+    weights: Weights,
     #[command(flatten)]
     cache: CacheArgs,
     #[command(flatten)]
@@ -320,6 +328,7 @@ where
     // (and against the model's shape, which opening reads) runs here, once. The slow part
     // (reading and packing the weights) runs while the server answers 503 "loading".
     let mut files = waypoint::loader::open(&args.model)?;
+    files.weight_policy = args.weights.into();
     let dtype = waypoint::cli::model_dtype::<B>(args.dtype, args.device, &device);
     let pool = args.cache.pool(&files.config, dtype)?;
     // The RoPE table covers what will be served, not what the checkpoint claims.
@@ -497,6 +506,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 fn generate_on<B: ModelBackend>(args: &GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
     let mut files = waypoint::loader::open(&args.model)?;
+    files.weight_policy = args.weights.into();
     let dtype = waypoint::cli::model_dtype::<B>(args.dtype, args.device, device);
     let pool = args.cache.pool(&files.config, dtype)?;
     // The RoPE table covers what the cache can hold, not what the checkpoint claims.

@@ -22,6 +22,7 @@ fn tiny_model_on<Backend: ModelBackend>() -> (Llama<Backend>, LlamaConfig) {
         &mut TinyWeights::new(config.clone()),
         &Default::default(),
         burn::tensor::FloatDType::F32,
+        waypoint::model::WeightPolicy::F32,
         &mut |_, _| {},
     )
     .expect("tiny model loads");

@@ -10,7 +10,7 @@ use burn::tensor::FloatDType;
 use waypoint::generate::generate;
 use waypoint::model::{
     dense_half_cpu_device, DenseCpu, DenseHalfCpu, ForwardBatch, KvCacheConfig, Llama,
-    LogitsWanted, ModelBackend, PagedKvCache, SequenceSlice,
+    LogitsWanted, ModelBackend, PagedKvCache, SequenceSlice, WeightPolicy,
 };
 use waypoint::sampling::SamplingParams;
 use waypoint::tokenizer::{ChatMessage, Tokenizer};
@@ -63,8 +63,18 @@ struct Loaded<B: ModelBackend> {
 }
 
 fn load<B: ModelBackend>(device: &B::Device, dtype: FloatDType) -> Option<Loaded<B>> {
+    load_keeping::<B>(device, dtype, WeightPolicy::default())
+}
+
+/// [`load`], with the projections `weights` says kept as the file's quantized blocks.
+fn load_keeping<B: ModelBackend>(
+    device: &B::Device,
+    dtype: FloatDType,
+    weights: WeightPolicy,
+) -> Option<Loaded<B>> {
     let path = smollm2_path()?;
-    let files = waypoint::loader::open(path.to_str()?).expect("SmolLM2 opens");
+    let mut files = waypoint::loader::open(path.to_str()?).expect("SmolLM2 opens");
+    files.weight_policy = weights;
     let (model, tokenizer, _) = files.load::<B>(device, dtype).expect("SmolLM2 loads");
     assert_eq!(
         model.dtype(),
@@ -81,6 +91,15 @@ fn smollm2() -> Option<&'static Loaded<Flex>> {
     static MODEL: OnceLock<Option<Loaded<Flex>>> = OnceLock::new();
     MODEL
         .get_or_init(|| load(&Default::default(), FloatDType::F32))
+        .as_ref()
+}
+
+/// SmolLM2 on flex with every projection read from the file's blocks (Q4_1, and the Q8_0
+/// tied head) by the quantized kernels.
+fn native_smollm2() -> Option<&'static Loaded<Flex>> {
+    static MODEL: OnceLock<Option<Loaded<Flex>>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| load_keeping(&Default::default(), FloatDType::F32, WeightPolicy::Native))
         .as_ref()
 }
 
@@ -212,6 +231,24 @@ fn teacher_forced_logits_match_the_reference() {
         return;
     };
     check_teacher_forced_logits(loaded, &cases, F32);
+}
+
+/// The quantized kernels compute what the f32 expansion gives, up to summation order, so
+/// they are held to the f32 tolerance, on every prompt.
+#[test]
+fn native_weights_teacher_forced_logits_match_the_reference() {
+    let (Some(loaded), Some(cases)) = (native_smollm2(), greedy_cases()) else {
+        return;
+    };
+    check_teacher_forced_logits(loaded, &cases, F32);
+}
+
+#[test]
+fn native_weights_greedy_generation_reproduces_the_reference() {
+    let (Some(loaded), Some(cases)) = (native_smollm2(), greedy_cases()) else {
+        return;
+    };
+    check_greedy_generation(loaded, &cases, F32);
 }
 
 #[test]

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::gguf::{GgufError, GgufFile, MetaValue};
+use super::gguf::{GgmlType, GgufError, GgufFile, MetaValue};
 use super::LoadError;
+use crate::model::cpu::quant::{BlockFormat, QuantMatrix};
 use crate::model::{HostTensor, LlamaConfig, RopeStyle, WeightError, WeightSource};
 use crate::tokenizer::GgufTokenizerSpec;
 
@@ -159,5 +160,31 @@ impl WeightSource for GgufWeights {
                 source: Box::new(e),
             })?;
         Ok(Some(HostTensor { shape, data }))
+    }
+
+    fn blocks(&mut self, name: &str) -> Result<Option<QuantMatrix>, WeightError> {
+        let Some(info) = self.file.tensor_info(name) else {
+            return Ok(None);
+        };
+        let format = match info.ggml_type {
+            GgmlType::Q4_0 => BlockFormat::Q4_0,
+            GgmlType::Q4_1 => BlockFormat::Q4_1,
+            GgmlType::Q8_0 => BlockFormat::Q8_0,
+            _ => return Ok(None),
+        };
+        let &[cols, rows] = info.dims.as_slice() else {
+            return Ok(None);
+        };
+        let source = |e: Box<dyn std::error::Error + Send + Sync>| WeightError::Source {
+            name: format!("{name} in {}", self.path.display()),
+            source: e,
+        };
+        let bytes = self
+            .file
+            .tensor_data(name)
+            .map_err(|e| source(Box::new(e)))?;
+        QuantMatrix::new(format, bytes.to_vec(), rows as usize, cols as usize)
+            .map(Some)
+            .map_err(|e| source(Box::new(e)))
     }
 }

@@ -11,9 +11,9 @@ pub mod tiny;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, FloatDType};
+use burn::tensor::FloatDType;
 
-use crate::model::{Llama, LlamaConfig, ModelBackend, WeightError, WeightSource};
+use crate::model::{Llama, LlamaConfig, ModelBackend, WeightError, WeightPolicy, WeightSource};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 pub use gguf_model::GgufWeights;
@@ -86,6 +86,8 @@ pub struct ModelFiles {
     pub config: LlamaConfig,
     /// Its tokenizer and chat template.
     pub tokenizer: Tokenizer,
+    /// Which projections keep the checkpoint's quantized blocks (`--weights`).
+    pub weight_policy: WeightPolicy,
     weights: Box<dyn WeightSource + Send>,
 }
 
@@ -107,6 +109,7 @@ pub fn open(spec: &str) -> Result<ModelFiles, LoadError> {
         return Ok(ModelFiles {
             name: TINY_MODEL.to_string(),
             path: PathBuf::from(TINY_MODEL),
+            weight_policy: WeightPolicy::default(),
             weights: Box::new(tiny::TinyWeights::new(config.clone())),
             config,
             tokenizer,
@@ -142,6 +145,7 @@ fn open_gguf(path: &Path) -> Result<ModelFiles, LoadError> {
         path: path.to_path_buf(),
         config,
         tokenizer,
+        weight_policy: WeightPolicy::default(),
         weights: Box::new(GgufWeights::new(file, path.to_path_buf())),
     })
 }
@@ -157,6 +161,7 @@ fn open_hf_dir(dir: &Path) -> Result<ModelFiles, LoadError> {
         path: dir.to_path_buf(),
         config,
         tokenizer,
+        weight_policy: WeightPolicy::default(),
         weights: Box::new(SafetensorsWeights::open(dir)?),
     })
 }
@@ -186,6 +191,7 @@ impl ModelFiles {
             self.weights.as_mut(),
             device,
             dtype,
+            self.weight_policy,
             &mut |done, total| {
                 if let Some(bar) = &bar {
                     bar.set_length(total as u64);
@@ -212,7 +218,8 @@ impl ModelFiles {
             context = c.max_position_embeddings,
             parameters = c.num_parameters(),
             dtype = ?model.dtype(),
-            weight_bytes = c.num_parameters() * DType::from(model.dtype()).size(),
+            weights = ?self.weight_policy,
+            weight_bytes = model.weight_bytes(),
             load_seconds = started.elapsed().as_secs_f64(),
             "model loaded"
         );

@@ -6,11 +6,12 @@ use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive};
 
 use super::attention::AttentionPlan;
 use super::cpu::{
-    rms_norm, rotate_heads, swiglu, write_keys_transposed, KeyLayout, PackedMatrix, PagedAttention,
+    rms_norm, rotate_heads, swiglu, write_keys_transposed, CpuProjection, KeyLayout, PackedMatrix,
+    PagedAttention,
 };
 use super::kv_cache::LayerPools;
 use super::rope::{RotaryRows, RotaryTable};
-use super::weights::HostTensor;
+use super::weights::ProjectionWeight;
 
 /// A run of consecutive cache slots written from consecutive rows of the new keys/values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,9 +43,10 @@ pub trait ModelBackend: Backend {
     }
 
     /// Lays out a row-major `[out_features, in_features]` weight (PyTorch's `Linear.weight`),
-    /// stored as `dtype` (one [`Self::compute_dtype`] returned).
+    /// stored as `dtype` (one [`Self::compute_dtype`] returned). Quantized blocks are kept by
+    /// backends that multiply them (flex) and expanded to f32 by the others.
     fn pack_projection(
-        weight: HostTensor,
+        weight: ProjectionWeight,
         device: &Self::Device,
         dtype: FloatDType,
     ) -> Self::Projection;
@@ -136,7 +138,7 @@ pub trait ModelBackend: Backend {
 }
 
 impl ModelBackend for burn::backend::Flex {
-    type Projection = PackedMatrix;
+    type Projection = CpuProjection;
 
     /// The CPU kernels compute in f32: half precision would only add conversions here, since
     /// the projections are bound by reading f32 panels and the CPUs we target have no fast
@@ -146,14 +148,27 @@ impl ModelBackend for burn::backend::Flex {
     }
 
     fn pack_projection(
-        weight: HostTensor,
+        weight: ProjectionWeight,
         _device: &Self::Device,
         _dtype: FloatDType,
-    ) -> PackedMatrix {
-        PackedMatrix::pack(&weight.data, weight.shape[0], weight.shape[1])
+    ) -> CpuProjection {
+        match weight {
+            ProjectionWeight::F32(w) => {
+                CpuProjection::Packed(PackedMatrix::pack(&w.data, w.shape[0], w.shape[1]))
+            }
+            ProjectionWeight::Blocks {
+                matrix: blocks,
+                keep_f32,
+            } => {
+                let packed = keep_f32.then(|| {
+                    PackedMatrix::pack(&blocks.dequantize(), blocks.rows(), blocks.cols())
+                });
+                CpuProjection::Blocks { blocks, packed }
+            }
+        }
     }
 
-    fn project(x: Tensor<Self, 2>, weight: &PackedMatrix) -> Tensor<Self, 2> {
+    fn project(x: Tensor<Self, 2>, weight: &CpuProjection) -> Tensor<Self, 2> {
         let [rows, _] = x.dims();
         let x = x.into_primitive().tensor().to_contiguous();
         let out = weight.matmul(x.storage::<f32>());
@@ -323,7 +338,12 @@ impl<B: DenseBackend> ModelBackend for B {
     /// `[in_features, out_features]`, contiguous.
     type Projection = Tensor<B, 2>;
 
-    fn pack_projection(weight: HostTensor, device: &B::Device, dtype: FloatDType) -> Tensor<B, 2> {
+    fn pack_projection(
+        weight: ProjectionWeight,
+        device: &B::Device,
+        dtype: FloatDType,
+    ) -> Tensor<B, 2> {
+        let weight = weight.into_f32();
         let shape = [weight.shape[1], weight.shape[0]];
         let data = TensorData::new(weight.transposed().data, shape);
         Tensor::from_data(data, (device, dtype.into()))

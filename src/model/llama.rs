@@ -10,7 +10,7 @@ use super::config::LlamaConfig;
 use super::cpu::KeyLayout;
 use super::kv_cache::{LayerPools, PagedKvCache};
 use super::rope::{RotaryRows, RotaryTable};
-use super::weights::{HostTensor, WeightError, WeightSource};
+use super::weights::{HostTensor, ProjectionWeight, WeightError, WeightPolicy, WeightSource};
 
 /// Logits copied back to the host, one row per requested position.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +111,8 @@ pub struct Llama<B: ModelBackend> {
     device: B::Device,
     /// What weights, activations and the KV cache are stored and computed in.
     dtype: FloatDType,
+    /// What the weights take in memory (quantized blocks at their size).
+    weight_bytes: usize,
 }
 
 fn to_device<B: ModelBackend, const D: usize>(
@@ -137,13 +139,15 @@ fn concat_rows(parts: Vec<HostTensor>) -> HostTensor {
 
 impl<B: ModelBackend> Llama<B> {
     /// Loads every weight from `source` as `dtype`, or as what the backend computes in
-    /// instead ([`ModelBackend::compute_dtype`]; see [`Self::dtype`]), reporting
-    /// `(tensors done, total)` to `progress`.
+    /// instead ([`ModelBackend::compute_dtype`]; see [`Self::dtype`]), keeping projections in
+    /// the checkpoint's blocks where `weights` says so, and reporting `(tensors done, total)`
+    /// to `progress`.
     pub fn load(
         config: LlamaConfig,
         source: &mut dyn WeightSource,
         device: &B::Device,
         dtype: FloatDType,
+        weights: WeightPolicy,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, WeightError> {
         let dtype = B::compute_dtype(dtype);
@@ -164,6 +168,13 @@ impl<B: ModelBackend> Llama<B> {
             eps: c.rms_norm_eps,
         };
 
+        let element_bytes = burn::tensor::DType::from(dtype).size();
+        let mut projection_bytes = 0;
+        let mut pack = |weight: ProjectionWeight| {
+            projection_bytes += weight.stored_bytes(element_bytes);
+            B::pack_projection(weight, device, dtype)
+        };
+
         let embedding = source.require("token_embd.weight", &[c.vocab_size, hidden])?;
         let embedding = to_device(embedding, [c.vocab_size, hidden], device, dtype);
         progress(1, total);
@@ -171,10 +182,15 @@ impl<B: ModelBackend> Llama<B> {
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let name = |part: &str| format!("blk.{i}.{part}");
-            let q = source.require(&name("attn_q.weight"), &[q_dim, hidden])?;
-            let k = source.require(&name("attn_k.weight"), &[kv_dim, hidden])?;
-            let v = source.require(&name("attn_v.weight"), &[kv_dim, hidden])?;
-            let qk = concat_rows(vec![q, k]);
+            let mut projection = |part: &str, shape| source.projection(&name(part), shape, weights);
+            let q = projection("attn_q.weight", [q_dim, hidden])?;
+            let k = projection("attn_k.weight", [kv_dim, hidden])?;
+            let v = projection("attn_v.weight", [kv_dim, hidden])?;
+            let output = projection("attn_output.weight", [hidden, q_dim])?;
+            let gate = projection("ffn_gate.weight", [inter, hidden])?;
+            let up = projection("ffn_up.weight", [inter, hidden])?;
+            let down = projection("ffn_down.weight", [hidden, inter])?;
+            let qk = ProjectionWeight::concat_rows(vec![q, k]);
             let (qk_bias, v_bias) = if c.attention_bias {
                 let q = source.require(&name("attn_q.bias"), &[q_dim])?;
                 let k = source.require(&name("attn_k.bias"), &[kv_dim])?;
@@ -191,44 +207,35 @@ impl<B: ModelBackend> Llama<B> {
             } else {
                 (None, None)
             };
-            let output = source.require(&name("attn_output.weight"), &[hidden, q_dim])?;
-            let gate = source.require(&name("ffn_gate.weight"), &[inter, hidden])?;
-            let up = source.require(&name("ffn_up.weight"), &[inter, hidden])?;
-            let down = source.require(&name("ffn_down.weight"), &[hidden, inter])?;
             layers.push(DecoderLayer {
                 attn_norm: norm(source.require(&name("attn_norm.weight"), &[hidden])?),
-                qk: B::pack_projection(qk, device, dtype),
+                qk: pack(qk),
                 qk_bias,
-                v: B::pack_projection(v, device, dtype),
+                v: pack(v),
                 v_bias,
-                output: B::pack_projection(output, device, dtype),
+                output: pack(output),
                 ffn_norm: norm(source.require(&name("ffn_norm.weight"), &[hidden])?),
-                gate_up: B::pack_projection(concat_rows(vec![gate, up]), device, dtype),
-                down: B::pack_projection(down, device, dtype),
+                gate_up: pack(ProjectionWeight::concat_rows(vec![gate, up])),
+                down: pack(down),
             });
             progress(i + 2, total);
         }
 
         let final_norm = norm(source.require("output_norm.weight", &[hidden])?);
-        let head = if c.tie_word_embeddings {
-            let data = embedding
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .map_err(|e| WeightError::Source {
-                    name: "token_embd.weight".into(),
-                    source: format!("{e:?}").into(),
-                })?;
-            HostTensor {
-                shape: vec![c.vocab_size, hidden],
-                data,
-            }
+        // A tied head reads the embedding's tensor again: as blocks where the policy keeps
+        // them, which the embedding lookup (a tensor on the device) cannot use.
+        let head_name = if c.tie_word_embeddings {
+            "token_embd.weight"
         } else {
-            source.require("output.weight", &[c.vocab_size, hidden])?
+            "output.weight"
         };
-        let head = B::pack_projection(head, device, dtype);
+        let head = source.projection(head_name, [c.vocab_size, hidden], weights)?;
+        let head = pack(head);
         progress(total, total);
+        let bias_elements = if c.attention_bias { qk_dim + kv_dim } else { 0 };
+        let other_elements =
+            c.vocab_size * hidden + (2 * c.num_layers + 1) * hidden + c.num_layers * bias_elements;
+        let weight_bytes = projection_bytes + other_elements * element_bytes;
 
         let rope = RotaryTable::new(
             hd,
@@ -247,6 +254,7 @@ impl<B: ModelBackend> Llama<B> {
             rope,
             device: device.clone(),
             dtype,
+            weight_bytes,
         })
     }
 
@@ -263,6 +271,12 @@ impl<B: ModelBackend> Llama<B> {
     /// What the weights are stored and the model computes in; the KV cache should match.
     pub fn dtype(&self) -> FloatDType {
         self.dtype
+    }
+
+    /// What the weights take in memory: f32 or half tensors at their element size, quantized
+    /// blocks at theirs.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
     }
 
     fn heads(&self) -> HeadLayout {

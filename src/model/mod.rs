@@ -15,4 +15,4 @@ pub use batch::{BatchError, ForwardBatch, LogitsWanted, SequenceSlice};
 pub use config::{InvalidConfig, LlamaConfig, RopeStyle};
 pub use kv_cache::{KvCacheConfig, PagedKvCache, DEFAULT_BLOCK_SIZE};
 pub use llama::{ForwardError, Llama, Logits};
-pub use weights::{HostTensor, WeightError, WeightSource};
+pub use weights::{HostTensor, ProjectionWeight, WeightError, WeightPolicy, WeightSource};

@@ -18,6 +18,8 @@
 //! | `output_norm.weight`         | `model.norm.weight`                                | `[hidden]`        |
 //! | `output.weight` (optional)   | `lm_head.weight` (optional: tied when absent)      | `[vocab, hidden]` |
 
+use super::cpu::quant::QuantMatrix;
+
 /// A tensor in host memory, row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
@@ -25,6 +27,121 @@ pub struct HostTensor {
     pub shape: Vec<usize>,
     /// `shape.iter().product()` values.
     pub data: Vec<f32>,
+}
+
+/// A projection's weight as it is kept: the f32 expansion, the checkpoint's quantized blocks,
+/// or both (see [`WeightPolicy`]).
+#[derive(Clone, Debug)]
+pub enum ProjectionWeight {
+    /// Row-major f32 `[out_features, in_features]`.
+    F32(HostTensor),
+    /// The checkpoint's blocks.
+    Blocks {
+        /// Rows of `in_features / 32` blocks.
+        matrix: QuantMatrix,
+        /// Whether their f32 expansion is kept beside them, for steps of many rows.
+        keep_f32: bool,
+    },
+}
+
+impl ProjectionWeight {
+    /// `[out_features, in_features]`.
+    pub fn shape(&self) -> [usize; 2] {
+        match self {
+            ProjectionWeight::F32(t) => [t.shape[0], t.shape[1]],
+            ProjectionWeight::Blocks { matrix, .. } => [matrix.rows(), matrix.cols()],
+        }
+    }
+
+    /// What it takes in memory once packed, with `element_bytes` per float element.
+    pub fn stored_bytes(&self, element_bytes: usize) -> usize {
+        let [rows, cols] = self.shape();
+        match self {
+            ProjectionWeight::F32(_) => rows * cols * element_bytes,
+            ProjectionWeight::Blocks { matrix, keep_f32 } => {
+                matrix.num_bytes() + usize::from(*keep_f32) * rows * cols * element_bytes
+            }
+        }
+    }
+
+    /// The f32 expansion (the same values the checkpoint's f32 reader gives).
+    pub fn into_f32(self) -> HostTensor {
+        match self {
+            ProjectionWeight::F32(t) => t,
+            ProjectionWeight::Blocks { matrix, .. } => HostTensor {
+                shape: vec![matrix.rows(), matrix.cols()],
+                data: matrix.dequantize(),
+            },
+        }
+    }
+
+    /// The parts stacked by rows (q and k, gate and up): still blocks when every part is blocks
+    /// of one format kept alike, f32 otherwise.
+    pub fn concat_rows(parts: Vec<ProjectionWeight>) -> ProjectionWeight {
+        let keep_f32 = match &parts[0] {
+            ProjectionWeight::Blocks { keep_f32, .. } => *keep_f32,
+            ProjectionWeight::F32(_) => true,
+        };
+        let blocks: Option<Vec<QuantMatrix>> = parts
+            .iter()
+            .map(|p| match p {
+                ProjectionWeight::Blocks {
+                    matrix,
+                    keep_f32: k,
+                } if *k == keep_f32 => Some(matrix.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(matrix) = blocks.and_then(QuantMatrix::concat_rows) {
+            return ProjectionWeight::Blocks { matrix, keep_f32 };
+        }
+        let parts: Vec<HostTensor> = parts.into_iter().map(Self::into_f32).collect();
+        let cols = parts[0].shape[1];
+        let rows = parts.iter().map(|p| p.shape[0]).sum();
+        ProjectionWeight::F32(HostTensor {
+            shape: vec![rows, cols],
+            data: parts.into_iter().flat_map(|p| p.data).collect(),
+        })
+    }
+}
+
+/// How projections stored in quantized blocks are kept (`--weights`). Measured in
+/// `docs/BENCHMARKS.md`: the block kernels beat f32 on one-row steps (one-stream decode,
+/// where reading the weights is the cost) and lose on many rows (batches, prefill), where
+/// f32's register-blocked kernel wins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightPolicy {
+    /// Every projection in f32.
+    F32,
+    /// The blocks only: the least memory; one-row steps fastest, batches and prefill slow.
+    Native,
+    /// The blocks for one-row steps and their f32 expansion for the rest: the fastest at
+    /// every batch size, for the blocks' memory on top of f32's.
+    #[default]
+    Auto,
+}
+
+impl WeightPolicy {
+    /// How a projection the checkpoint stores as blocks is kept.
+    fn keep(self, matrix: QuantMatrix) -> ProjectionWeight {
+        match self {
+            WeightPolicy::F32 => ProjectionWeight::F32(
+                ProjectionWeight::Blocks {
+                    matrix,
+                    keep_f32: false,
+                }
+                .into_f32(),
+            ),
+            WeightPolicy::Native => ProjectionWeight::Blocks {
+                matrix,
+                keep_f32: false,
+            },
+            WeightPolicy::Auto => ProjectionWeight::Blocks {
+                matrix,
+                keep_f32: true,
+            },
+        }
+    }
 }
 
 /// Why a weight could not be had.
@@ -76,6 +193,35 @@ pub trait WeightSource {
         })?;
         check_shape(name, &tensor, expected)?;
         Ok(tensor)
+    }
+
+    /// The tensor called `name` as quantized blocks, when the checkpoint stores it in a type
+    /// [`QuantMatrix`] reads; `Ok(None)` otherwise (and by default).
+    fn blocks(&mut self, _name: &str) -> Result<Option<QuantMatrix>, WeightError> {
+        Ok(None)
+    }
+
+    /// The projection called `name`, kept as `policy` says where the checkpoint has blocks, else
+    /// f32; checked against `expected`.
+    fn projection(
+        &mut self,
+        name: &str,
+        expected: [usize; 2],
+        policy: WeightPolicy,
+    ) -> Result<ProjectionWeight, WeightError> {
+        if policy != WeightPolicy::F32 {
+            if let Some(blocks) = self.blocks(name)? {
+                if [blocks.rows(), blocks.cols()] != expected {
+                    return Err(WeightError::Shape {
+                        name: name.to_string(),
+                        expected: expected.to_vec(),
+                        found: vec![blocks.rows(), blocks.cols()],
+                    });
+                }
+                return Ok(policy.keep(blocks));
+            }
+        }
+        self.require(name, &expected).map(ProjectionWeight::F32)
     }
 
     /// Like [`Self::require`] but absence is fine.

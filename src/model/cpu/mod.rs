@@ -15,6 +15,45 @@ pub use attention::{write_keys_transposed, KeyLayout, PagedAttention};
 pub use elementwise::{rms_norm, rotate_heads};
 pub use packed::PackedMatrix;
 
+/// A projection's weight as flex multiplies it: f32 packed into panels, or the checkpoint's
+/// quantized blocks read in place, optionally with the packed f32 beside them.
+#[derive(Debug)]
+pub enum CpuProjection {
+    /// The f32 expansion, packed once.
+    Packed(PackedMatrix),
+    /// GGUF blocks, for one-row steps; `packed`, when kept, for the others.
+    Blocks {
+        /// The checkpoint's blocks.
+        blocks: quant::QuantMatrix,
+        /// Their f32 expansion.
+        packed: Option<PackedMatrix>,
+    },
+}
+
+impl CpuProjection {
+    /// `x @ W^T` for `x` row-major `[n, in_features]`; returns `[n, out_features]`. Blocks
+    /// serve one row (where reading the weights is the cost) and packed f32 more rows (where
+    /// its register-blocked kernel wins): `docs/BENCHMARKS.md`, "Quantized projections".
+    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
+        match self {
+            CpuProjection::Packed(p) => p.matmul(x),
+            CpuProjection::Blocks {
+                blocks,
+                packed: Some(packed),
+            } if x.len() > blocks.cols() => packed.matmul(x),
+            CpuProjection::Blocks { blocks, .. } => blocks.matmul(x),
+        }
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        match self {
+            CpuProjection::Packed(p) => p.out_features(),
+            CpuProjection::Blocks { blocks, .. } => blocks.rows(),
+        }
+    }
+}
+
 /// Whether this CPU runs the AVX-512 builds of the kernels (checked once per call site; the
 /// standard library caches the answer).
 fn has_avx512() -> bool {

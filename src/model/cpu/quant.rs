@@ -100,6 +100,33 @@ impl QuantMatrix {
         })
     }
 
+    /// The block type.
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+
+    /// Bytes the blocks take.
+    pub fn num_bytes(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// `parts` stacked by rows, when they share a format and a width; `None` otherwise.
+    pub fn concat_rows(parts: Vec<QuantMatrix>) -> Option<QuantMatrix> {
+        let first = parts.first()?;
+        let (format, cols) = (first.format, first.cols);
+        if parts.iter().any(|p| p.format != format || p.cols != cols) {
+            return None;
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let blocks = parts.into_iter().flat_map(|p| p.blocks).collect();
+        Some(QuantMatrix {
+            format,
+            blocks,
+            rows,
+            cols,
+        })
+    }
+
     /// Output features.
     pub fn rows(&self) -> usize {
         self.rows
@@ -136,7 +163,7 @@ impl QuantMatrix {
         // Enough rows per task to amortize rayon's cost, few enough to balance two cores.
         let rows_per_task = (self.rows / 64).clamp(16, 256);
         let dot = kernel();
-        let sums: Vec<Vec<f32>> = x.chunks_exact(self.cols).map(block_sums).collect();
+        let sums = block_sums(x);
         // Computed as [rows, n] (each task owns whole weight rows), transposed at the end.
         let mut by_row = vec![0.0f32; self.rows * n];
         by_row
@@ -146,10 +173,7 @@ impl QuantMatrix {
                 let first = task * rows_per_task;
                 for (r, out) in out.chunks_exact_mut(n).enumerate() {
                     let row = &self.blocks[(first + r) * row_bytes..][..row_bytes];
-                    for (i, out) in out.iter_mut().enumerate() {
-                        let x = &x[i * self.cols..][..self.cols];
-                        *out = dot(self.format, row, x, &sums[i]);
-                    }
+                    dot(self.format, row, x, &sums, out);
                 }
             });
         if n == 1 {
@@ -165,17 +189,17 @@ impl QuantMatrix {
     }
 }
 
-/// A dot product of one row of blocks with `x` (`cols` floats, whose [`block_sums`] are
-/// `sums`).
-type DotFn = fn(BlockFormat, &[u8], &[f32], &[f32]) -> f32;
+/// The dot products of one row of blocks with every row of `x` (rows of `cols` floats, whose
+/// [`block_sums`] are `sums`), into `out` (one per row of `x`).
+type DotFn = fn(BlockFormat, &[u8], &[f32], &[f32], &mut [f32]);
 
 /// The fastest dot product this CPU runs.
 fn kernel() -> DotFn {
     #[cfg(target_arch = "x86_64")]
-    if super::has_avx2() {
-        return avx2::dot_row;
+    if super::has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
+        return avx2::dot_rows;
     }
-    dot_row_portable
+    dot_rows_portable
 }
 
 fn scale(block: &[u8], at: usize) -> f32 {
@@ -227,10 +251,18 @@ fn offset(format: BlockFormat, block: &[u8]) -> f32 {
     }
 }
 
-/// Each block's sum of `x` (`cols / 32` of them), which the offsets multiply: computed once
-/// per input row, not once per weight row.
+/// Each block's sum of `x` (`cols / 32` of them per row of `x`), which the offsets multiply:
+/// computed once per input row, not once per weight row.
 fn block_sums(x: &[f32]) -> Vec<f32> {
     x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect()
+}
+
+fn dot_rows_portable(format: BlockFormat, row: &[u8], x: &[f32], sums: &[f32], out: &mut [f32]) {
+    let (cols, blocks) = (x.len() / out.len(), sums.len() / out.len());
+    for (i, out) in out.iter_mut().enumerate() {
+        let x = &x[i * cols..][..cols];
+        *out = dot_row_portable(format, row, x, &sums[i * blocks..][..blocks]);
+    }
 }
 
 /// `sum(d * q * x + m * x)` per block: `d * (q . x) + m * sum(x)`.
@@ -252,11 +284,37 @@ fn dot_row_portable(format: BlockFormat, row: &[u8], x: &[f32], sums: &[f32]) ->
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{offset, scale, BlockFormat, BLOCK};
+    use super::{BlockFormat, BLOCK};
 
-    pub(super) fn dot_row(format: BlockFormat, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
-        // SAFETY: chosen by `kernel` only when the CPU has AVX2 and FMA.
-        unsafe { dot_row_avx2(format, row, x, sums) }
+    /// Rows of `x` taken together: each block is unpacked once for all of them.
+    const ROWS: usize = 4;
+
+    pub(super) fn dot_rows(
+        format: BlockFormat,
+        row: &[u8],
+        x: &[f32],
+        sums: &[f32],
+        out: &mut [f32],
+    ) {
+        let n = out.len();
+        let (cols, blocks) = (x.len() / n, sums.len() / n);
+        let mut i = 0;
+        while i < n {
+            let take = if n - i >= ROWS { ROWS } else { 1 };
+            let x = &x[i * cols..][..take * cols];
+            let sums = &sums[i * blocks..][..take * blocks];
+            let out = &mut out[i..i + take];
+            // SAFETY: chosen by `kernel` only when the CPU has AVX2, FMA and F16C; the slices
+            // hold `take` rows of `cols` floats and `blocks` sums, `row` `blocks` blocks.
+            unsafe {
+                if take == ROWS {
+                    dot_avx2::<ROWS>(format, row, x, sums, out)
+                } else {
+                    dot_avx2::<1>(format, row, x, sums, out)
+                }
+            }
+            i += take;
+        }
     }
 
     /// Eight quants starting at byte 0 of `bytes`, widened to f32: unsigned nibbles or signed
@@ -279,56 +337,77 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// The f16 at `at` in `block`, in hardware (the `half` crate's conversion is a call).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half_at(block: &[u8], at: usize) -> f32 {
+        let bits = u16::from_le_bytes([block[at], block[at + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// A block's 32 quants as four vectors of f32, before scale and offset.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_row_avx2(format: BlockFormat, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
-        let mut total = _mm256_setzero_ps();
-        let mut offsets = 0.0f32;
-        let low_nibbles = _mm_set1_epi8(0x0F);
-        for ((block, x), sum_x) in row
-            .chunks_exact(format.block_bytes())
-            .zip(x.chunks_exact(BLOCK))
-            .zip(sums)
-        {
-            let xp = x.as_ptr();
-            let xs = [
-                _mm256_loadu_ps(xp),
-                _mm256_loadu_ps(xp.add(8)),
-                _mm256_loadu_ps(xp.add(16)),
-                _mm256_loadu_ps(xp.add(24)),
-            ];
-            // q[0..8], q[8..16], q[16..24], q[24..32] as f32.
-            let q = match format {
-                BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                    let start = if format == BlockFormat::Q4_0 { 2 } else { 4 };
-                    let qs = _mm_loadu_si128(block.as_ptr().add(start) as *const __m128i);
-                    let lo = _mm_and_si128(qs, low_nibbles);
-                    let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low_nibbles);
-                    [
-                        widen_u8(lo),
-                        widen_u8(_mm_srli_si128(lo, 8)),
-                        widen_u8(hi),
-                        widen_u8(_mm_srli_si128(hi, 8)),
-                    ]
-                }
-                BlockFormat::Q8_0 => {
-                    let a = _mm_loadu_si128(block.as_ptr().add(2) as *const __m128i);
-                    let b = _mm_loadu_si128(block.as_ptr().add(18) as *const __m128i);
-                    [
-                        widen_i8(a),
-                        widen_i8(_mm_srli_si128(a, 8)),
-                        widen_i8(b),
-                        widen_i8(_mm_srli_si128(b, 8)),
-                    ]
-                }
-            };
-            let mut qx = _mm256_mul_ps(q[0], xs[0]);
-            qx = _mm256_fmadd_ps(q[1], xs[1], qx);
-            qx = _mm256_fmadd_ps(q[2], xs[2], qx);
-            qx = _mm256_fmadd_ps(q[3], xs[3], qx);
-            total = _mm256_fmadd_ps(_mm256_set1_ps(scale(block, 0)), qx, total);
-            offsets += offset(format, block) * sum_x;
+    unsafe fn unpack(format: BlockFormat, block: &[u8]) -> [__m256; 4] {
+        match format {
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                let start = if format == BlockFormat::Q4_0 { 2 } else { 4 };
+                let qs = _mm_loadu_si128(block.as_ptr().add(start) as *const __m128i);
+                let low_nibbles = _mm_set1_epi8(0x0F);
+                let lo = _mm_and_si128(qs, low_nibbles);
+                let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low_nibbles);
+                [
+                    widen_u8(lo),
+                    widen_u8(_mm_srli_si128(lo, 8)),
+                    widen_u8(hi),
+                    widen_u8(_mm_srli_si128(hi, 8)),
+                ]
+            }
+            BlockFormat::Q8_0 => {
+                let a = _mm_loadu_si128(block.as_ptr().add(2) as *const __m128i);
+                let b = _mm_loadu_si128(block.as_ptr().add(18) as *const __m128i);
+                [
+                    widen_i8(a),
+                    widen_i8(_mm_srli_si128(a, 8)),
+                    widen_i8(b),
+                    widen_i8(_mm_srli_si128(b, 8)),
+                ]
+            }
         }
-        hsum(total) + offsets
+    }
+
+    /// `R` rows of `x` against one row of blocks: per block `d * (q . x) + offset * sum(x)`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_avx2<const R: usize>(
+        format: BlockFormat,
+        row: &[u8],
+        x: &[f32],
+        sums: &[f32],
+        out: &mut [f32],
+    ) {
+        let (cols, blocks) = (x.len() / R, sums.len() / R);
+        let mut totals = [_mm256_setzero_ps(); R];
+        let mut offsets = [0.0f32; R];
+        for (b, block) in row.chunks_exact(format.block_bytes()).enumerate() {
+            let q = unpack(format, block);
+            let d = half_at(block, 0);
+            let offset = match format {
+                BlockFormat::Q4_0 => -8.0 * d,
+                BlockFormat::Q4_1 => half_at(block, 2),
+                BlockFormat::Q8_0 => 0.0,
+            };
+            let d = _mm256_set1_ps(d);
+            for r in 0..R {
+                let xp = x.as_ptr().add(r * cols + b * BLOCK);
+                let mut qx = _mm256_mul_ps(q[0], _mm256_loadu_ps(xp));
+                qx = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xp.add(8)), qx);
+                qx = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xp.add(16)), qx);
+                qx = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xp.add(24)), qx);
+                totals[r] = _mm256_fmadd_ps(d, qx, totals[r]);
+                offsets[r] += offset * sums[r * blocks + b];
+            }
+        }
+        for r in 0..R {
+            out[r] = hsum(totals[r]) + offsets[r];
+        }
     }
 }
 
@@ -386,8 +465,9 @@ mod tests {
 
     #[test]
     fn every_build_matches_dequantize_then_f32_matmul() {
-        let (rows, cols) = (37, 576);
-        let x: Vec<f32> = (0..3 * cols)
+        // 7 rows of x: one group of four and three taken singly.
+        let (rows, cols, n) = (37, 576, 7);
+        let x: Vec<f32> = (0..n * cols)
             .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
             .collect();
         for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
@@ -401,26 +481,55 @@ mod tests {
                 &format!("{format:?} one row"),
             );
             let row_bytes = m.row_bytes();
-            let mut builds: Vec<(&str, DotFn)> = vec![("portable", dot_row_portable)];
+            let mut builds: Vec<(&str, DotFn)> = vec![("portable", dot_rows_portable)];
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
             {
-                builds.push(("avx2", avx2::dot_row));
+                builds.push(("avx2", avx2::dot_rows));
             }
-            let sums = block_sums(&x[..cols]);
+            let sums = block_sums(&x);
             for (name, dot) in builds {
                 for r in 0..rows {
                     let row = &m.blocks[r * row_bytes..][..row_bytes];
-                    let got = dot(format, row, &x[..cols], &sums);
-                    close(
-                        &[got],
-                        &want[r..r + 1],
-                        &format!("{format:?} {name} row {r}"),
-                    );
+                    let mut got = vec![0.0; n];
+                    dot(format, row, &x, &sums, &mut got);
+                    let want: Vec<f32> = (0..n).map(|i| want[i * rows + r]).collect();
+                    close(&got, &want, &format!("{format:?} {name} row {r}"));
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_projection_with_both_serves_one_row_from_blocks_and_more_from_f32() {
+        use crate::model::cpu::{CpuProjection, PackedMatrix};
+        let (rows, cols) = (40, 64);
+        let format = BlockFormat::Q4_1;
+        let blocks =
+            QuantMatrix::new(format, random_blocks(format, rows, cols, 3), rows, cols).unwrap();
+        let packed = PackedMatrix::pack(&blocks.dequantize(), rows, cols);
+        let x: Vec<f32> = (0..3 * cols).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
+        let (one_row, three_rows) = (blocks.matmul(&x[..cols]), packed.matmul(&x));
+        let both = CpuProjection::Blocks {
+            blocks: blocks.clone(),
+            packed: Some(packed),
+        };
+        assert_eq!(
+            both.matmul(&x[..cols]),
+            one_row,
+            "one row: the blocks' kernel"
+        );
+        assert_eq!(both.matmul(&x), three_rows, "three rows: packed f32");
+        let only_blocks = CpuProjection::Blocks {
+            blocks: blocks.clone(),
+            packed: None,
+        };
+        assert_eq!(only_blocks.matmul(&x), blocks.matmul(&x));
+        let want = reference(&blocks.dequantize(), &x, rows, cols);
+        close(&three_rows, &want, "packed f32");
+        close(&only_blocks.matmul(&x), &want, "blocks");
     }
 
     #[test]
