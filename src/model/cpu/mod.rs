@@ -85,6 +85,22 @@ unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}
 
+/// `x @ W^T` in f64, rounded once: what every matmul kernel is checked against. `x` is
+/// `[n, k]`, `w` `[out_features, k]`; returns `[n, out_features]`.
+#[cfg(test)]
+fn naive_matmul(x: &[f32], w: &[f32], out_features: usize, k: usize) -> Vec<f32> {
+    let n = x.len() / k;
+    let mut out = vec![0.0; n * out_features];
+    for r in 0..n {
+        for j in 0..out_features {
+            out[r * out_features + j] = (0..k)
+                .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
+                .sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
 /// Deterministic test values in [-1, 1) (xorshift), without a random-number dependency.
 #[cfg(test)]
 fn test_values(len: usize, seed: u64) -> Vec<f32> {

@@ -1,24 +1,12 @@
 use super::*;
-use crate::model::cpu::test_values;
-
-fn naive(x: &[f32], w: &[f32], rows: usize, out_features: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0.0; rows * out_features];
-    for r in 0..rows {
-        for j in 0..out_features {
-            out[r * out_features + j] = (0..k)
-                .map(|i| x[r * k + i] as f64 * w[j * k + i] as f64)
-                .sum::<f64>() as f32;
-        }
-    }
-    out
-}
+use crate::model::cpu::{naive_matmul, test_values};
 
 fn check(rows: usize, out_features: usize, k: usize) {
     let w = test_values(out_features * k, 1 + rows as u64);
     let x = test_values(rows * k, 7 + k as u64);
     let packed = PackedMatrix::pack(&w, out_features, k);
     let got = packed.matmul(&x);
-    let want = naive(&x, &w, rows, out_features, k);
+    let want = naive_matmul(&x, &w, out_features, k);
     assert_eq!(got.len(), want.len());
     let tolerance = 1e-5 * (k as f32).sqrt() * 4.0;
     for (i, (g, e)) in got.iter().zip(&want).enumerate() {

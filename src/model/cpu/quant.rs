@@ -414,6 +414,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cpu::naive_matmul;
 
     /// Random blocks with finite scales in a realistic range.
     fn random_blocks(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
@@ -440,19 +441,6 @@ mod tests {
         out
     }
 
-    fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-        let n = x.len() / cols;
-        let mut out = vec![0.0f32; n * rows];
-        for i in 0..n {
-            for r in 0..rows {
-                out[i * rows + r] = (0..cols)
-                    .map(|c| x[i * cols + c] as f64 * w[r * cols + c] as f64)
-                    .sum::<f64>() as f32;
-            }
-        }
-        out
-    }
-
     fn close(got: &[f32], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -473,7 +461,7 @@ mod tests {
         for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
             let m =
                 QuantMatrix::new(format, random_blocks(format, rows, cols, 7), rows, cols).unwrap();
-            let want = reference(&m.dequantize(), &x, rows, cols);
+            let want = naive_matmul(&x, &m.dequantize(), rows, cols);
             close(&m.matmul(&x), &want, &format!("{format:?} dispatched"));
             close(
                 &m.matmul(&x[..cols]),
@@ -527,7 +515,7 @@ mod tests {
             packed: None,
         };
         assert_eq!(only_blocks.matmul(&x), blocks.matmul(&x));
-        let want = reference(&blocks.dequantize(), &x, rows, cols);
+        let want = naive_matmul(&x, &blocks.dequantize(), rows, cols);
         close(&three_rows, &want, "packed f32");
         close(&only_blocks.matmul(&x), &want, "blocks");
     }
