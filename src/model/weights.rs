@@ -106,14 +106,15 @@ impl ProjectionWeight {
 }
 
 /// How projections stored in quantized blocks are kept (`--weights`). Measured in
-/// `docs/BENCHMARKS.md`: the block kernels beat f32 on one-row steps (one-stream decode,
-/// where reading the weights is the cost) and lose on many rows (batches, prefill), where
-/// f32's register-blocked kernel wins.
+/// `docs/BENCHMARKS.md`: the blocks beat f32 on one-row steps (one-stream decode, where
+/// reading the weights is the cost) and lose on many rows (batches, prefill), where f32
+/// skips the blocks' expansion.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightPolicy {
     /// Every projection in f32.
     F32,
-    /// The blocks only: the least memory; one-row steps fastest, batches and prefill slow.
+    /// The blocks only: the least memory and the fastest one-row steps; batches and prefill
+    /// slower.
     Native,
     /// The blocks for one-row steps and their f32 expansion for the rest: the fastest at
     /// every batch size, for the blocks' memory on top of f32's.

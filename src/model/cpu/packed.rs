@@ -144,33 +144,110 @@ impl PackedMatrix {
         for row0 in (0..rows).step_by(row_block) {
             let row_end = (row0 + row_block).min(rows);
             for p in panel_range.clone() {
-                let cols = PANEL_WIDTH.min(n - p * PANEL_WIDTH);
-                // The output tiles of this panel stay in L1/L2 across the k blocks.
-                for k0 in (0..k).step_by(K_BLOCK) {
-                    let depth = K_BLOCK.min(k - k0);
-                    let panel = &panels[p * panel_len + k0 * PANEL_WIDTH..][..depth * PANEL_WIDTH];
-                    let mut r = row0;
-                    while r < row_end {
-                        let block = microkernel::MAX_ROWS.min(row_end - r);
-                        let tile = microkernel::Tile {
-                            x: &x[r * k + k0..],
-                            x_stride: k,
-                            panel,
-                            depth,
-                            // SAFETY: in bounds (row r, column p * PANEL_WIDTH); this task
-                            // owns those columns.
-                            out: unsafe { out.0.add(r * n + p * PANEL_WIDTH) },
-                            out_stride: n,
-                            rows: block,
-                            cols,
-                            accumulate: k0 > 0,
-                        };
-                        // SAFETY: `tile` describes memory inside `x`, `panel` and `out`.
-                        unsafe { microkernel::run(&tile) };
-                        r += block;
-                    }
-                }
+                let panel = &panels[p * panel_len..][..panel_len];
+                // SAFETY: as this function's contract.
+                unsafe { run_panel(x, row0..row_end, panel, p, n, out) };
             }
+        }
+    }
+}
+
+/// Rows `rows` of `x` (`[_, k]`, `k = panel.len() / PANEL_WIDTH`) against panel `p` of a
+/// matrix with `n` output features, into those rows and the panel's columns of `out`.
+///
+/// # Safety
+/// No other thread may write those cells of `out` meanwhile; `out` holds `rows.end * n`
+/// floats.
+unsafe fn run_panel(
+    x: &[f32],
+    rows: std::ops::Range<usize>,
+    panel: &[f32],
+    p: usize,
+    n: usize,
+    out: SharedOut,
+) {
+    let k = panel.len() / PANEL_WIDTH;
+    let cols = PANEL_WIDTH.min(n - p * PANEL_WIDTH);
+    // The output tiles of this panel stay in L1/L2 across the k blocks.
+    for k0 in (0..k).step_by(K_BLOCK) {
+        let depth = K_BLOCK.min(k - k0);
+        let panel = &panel[k0 * PANEL_WIDTH..][..depth * PANEL_WIDTH];
+        let mut r = rows.start;
+        while r < rows.end {
+            let block = microkernel::MAX_ROWS.min(rows.end - r);
+            let tile = microkernel::Tile {
+                x: &x[r * k + k0..],
+                x_stride: k,
+                panel,
+                depth,
+                // SAFETY: in bounds (row r, column p * PANEL_WIDTH); the caller owns those
+                // cells.
+                out: unsafe { out.0.add(r * n + p * PANEL_WIDTH) },
+                out_stride: n,
+                rows: block,
+                cols,
+                accumulate: k0 > 0,
+            };
+            // SAFETY: `tile` describes memory inside `x`, `panel` and `out`.
+            unsafe { microkernel::run(&tile) };
+            r += block;
+        }
+    }
+}
+
+/// One panel of a matrix filled on the fly (from quantized blocks), multiplied like a panel of
+/// a [`PackedMatrix`]: the same kernel and summation order.
+pub(super) struct ScratchPanel {
+    in_features: usize,
+    lanes: Vec<Lanes>,
+}
+
+impl ScratchPanel {
+    /// An empty panel for rows of `in_features`.
+    pub(super) fn new(in_features: usize) -> Self {
+        Self {
+            in_features,
+            lanes: vec![Lanes([0.0; 16]); in_features * PANEL_WIDTH / 16],
+        }
+    }
+
+    /// Fills the panel one tile of [`PANEL_WIDTH`] inputs at a time, front to back:
+    /// `tile(t, dst)` writes inputs `t * PANEL_WIDTH..` of every column into `dst`, input-major
+    /// (`dst[i * PANEL_WIDTH + j]` is input `t * PANEL_WIDTH + i` of column `j`).
+    ///
+    /// # Panics
+    /// If `in_features` is not a multiple of [`PANEL_WIDTH`].
+    pub(super) fn fill(&mut self, mut tile: impl FnMut(usize, &mut [f32])) {
+        assert!(self.in_features.is_multiple_of(PANEL_WIDTH), "partial tile");
+        let panel = lanes_as_floats_mut(&mut self.lanes);
+        for (t, dst) in panel
+            .chunks_exact_mut(PANEL_WIDTH * PANEL_WIDTH)
+            .enumerate()
+        {
+            tile(t, dst);
+        }
+    }
+
+    /// Every row of `x` (`[rows, in_features]`) against this panel, as panel `p` of a matrix
+    /// with `n` output features, into `out` (`[rows, n]`). Columns not set since `new` hold
+    /// stale weights; their outputs are not written.
+    ///
+    /// # Safety
+    /// No other thread may write this panel's columns of `out` meanwhile; `out` holds
+    /// `rows * n` floats.
+    pub(super) unsafe fn multiply(
+        &self,
+        x: &[f32],
+        rows: usize,
+        p: usize,
+        n: usize,
+        out: SharedOut,
+    ) {
+        let panel = lanes_as_floats(&self.lanes);
+        let row_block = row_block(self.in_features);
+        for row0 in (0..rows).step_by(row_block) {
+            // SAFETY: as this function's contract.
+            unsafe { run_panel(x, row0..(row0 + row_block).min(rows), panel, p, n, out) };
         }
     }
 }

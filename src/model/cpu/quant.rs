@@ -3,11 +3,14 @@
 //! the f32 expansion of `W` gives up to summation order (issue 16). Decode is bound by reading
 //! the weights, and the blocks are 4 to 7 times smaller than their f32 expansion.
 //!
-//! Not yet used by the model: the projections still take the f32 expansion
-//! ([`super::PackedMatrix`]). The 32-element block types are here; the K-quants are not.
+//! The model keeps projections this way under `--weights native|auto` (`CpuProjection`). The
+//! 32-element block types are here; the K-quants are not.
 
 use half::f16;
 use rayon::prelude::*;
+
+use super::packed::{ScratchPanel, PANEL_WIDTH};
+use super::SharedOut;
 
 /// Elements per block of the 32-element types.
 pub const BLOCK: usize = 32;
@@ -154,10 +157,21 @@ impl QuantMatrix {
         out
     }
 
-    /// `x @ W^T` for `x` row-major `[n, cols]`; returns `[n, rows]`. Output rows are split
-    /// across rayon's threads; each weight row is read once and used for every row of `x`.
+    /// `x @ W^T` for `x` row-major `[n, cols]`; returns `[n, rows]`. One row of `x` is dotted
+    /// with each weight row as its blocks are read; more rows run the packed f32 kernel on
+    /// panels of weight rows expanded on the fly, where reusing each weight for several rows
+    /// of `x` pays for the expansion (`docs/BENCHMARKS.md`, "Quantized projections").
     pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
         assert_eq!(x.len() % self.cols, 0, "x is not [n, {}]", self.cols);
+        if x.len() / self.cols >= EXPAND_FROM_ROWS {
+            return self.matmul_expanded(x);
+        }
+        self.matmul_dots(x)
+    }
+
+    /// Output rows split across rayon's threads; each weight row is read once and dotted with
+    /// every row of `x`.
+    fn matmul_dots(&self, x: &[f32]) -> Vec<f32> {
         let n = x.len() / self.cols;
         let row_bytes = self.row_bytes();
         // Enough rows per task to amortize rayon's cost, few enough to balance two cores.
@@ -186,6 +200,79 @@ impl QuantMatrix {
             }
         }
         out
+    }
+
+    /// Panels of [`PANEL_WIDTH`] weight rows expanded to f32 and run through the packed
+    /// kernel, panels split across rayon's threads.
+    fn matmul_expanded(&self, x: &[f32]) -> Vec<f32> {
+        let rows_x = x.len() / self.cols;
+        let mut out = vec![0.0f32; rows_x * self.rows];
+        let out_ptr = SharedOut(out.as_mut_ptr());
+        let row_bytes = self.row_bytes();
+        let num_panels = self.rows.div_ceil(PANEL_WIDTH);
+        let per_task = num_panels.div_ceil(rayon::current_num_threads() * 4);
+        (0..num_panels.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|task| {
+                let mut panel = ScratchPanel::new(self.cols);
+                let block_bytes = self.format.block_bytes();
+                let (dequantize, transpose) = (block_dequantizer(), tile_transposer());
+                // One tile's blocks by weight row; rows past a last panel's end keep stale
+                // values, whose outputs are never written.
+                let mut by_row = [0.0f32; BLOCK * BLOCK];
+                for p in task * per_task..((task + 1) * per_task).min(num_panels) {
+                    let first = p * PANEL_WIDTH;
+                    let columns = PANEL_WIDTH.min(self.rows - first);
+                    panel.fill(|t, dst| {
+                        for (j, values) in by_row.chunks_exact_mut(BLOCK).take(columns).enumerate()
+                        {
+                            let row = &self.blocks[(first + j) * row_bytes..];
+                            dequantize(self.format, &row[t * block_bytes..][..block_bytes], values);
+                        }
+                        transpose(&by_row, dst);
+                    });
+                    // SAFETY: this task alone writes panel p's columns; `out` is
+                    // `[rows_x, self.rows]` and outlives the parallel section.
+                    unsafe { panel.multiply(x, rows_x, p, self.rows, out_ptr) };
+                }
+            });
+        out
+    }
+}
+
+/// From this many rows of `x` on, [`QuantMatrix::matmul`] expands panels to f32.
+const EXPAND_FROM_ROWS: usize = 3;
+const _: () = assert!(PANEL_WIDTH == BLOCK, "a panel tile is one block");
+
+/// Writes one block's 32 values into `out`.
+type DequantizeFn = fn(BlockFormat, &[u8], &mut [f32]);
+
+/// The fastest block dequantizer this CPU runs.
+fn block_dequantizer() -> DequantizeFn {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
+        return avx2::dequantize_block;
+    }
+    dequantize_row
+}
+
+/// Transposes a `BLOCK x BLOCK` tile: `dst[i * BLOCK + j] = src[j * BLOCK + i]`.
+type TransposeFn = fn(&[f32], &mut [f32]);
+
+/// The fastest tile transpose this CPU runs.
+fn tile_transposer() -> TransposeFn {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        return avx2::transpose_tile;
+    }
+    transpose_tile_portable
+}
+
+fn transpose_tile_portable(src: &[f32], dst: &mut [f32]) {
+    for (i, dst) in dst[..BLOCK * BLOCK].chunks_exact_mut(BLOCK).enumerate() {
+        for (j, dst) in dst.iter_mut().enumerate() {
+            *dst = src[j * BLOCK + i];
+        }
     }
 }
 
@@ -374,6 +461,79 @@ mod avx2 {
         }
     }
 
+    pub(super) fn dequantize_block(format: BlockFormat, block: &[u8], out: &mut [f32]) {
+        // SAFETY: chosen by `block_dequantizer` only when the CPU has AVX2, FMA and F16C;
+        // `block` is one block and `out` holds its 32 values.
+        unsafe { dequantize_block_avx2(format, &block[..format.block_bytes()], &mut out[..BLOCK]) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dequantize_block_avx2(format: BlockFormat, block: &[u8], out: &mut [f32]) {
+        let q = unpack(format, block);
+        let d = half_at(block, 0);
+        let offset = match format {
+            BlockFormat::Q4_0 => -8.0 * d,
+            BlockFormat::Q4_1 => half_at(block, 2),
+            BlockFormat::Q8_0 => 0.0,
+        };
+        let (d, offset) = (_mm256_set1_ps(d), _mm256_set1_ps(offset));
+        for (i, q) in q.into_iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), _mm256_fmadd_ps(q, d, offset));
+        }
+    }
+
+    pub(super) fn transpose_tile(src: &[f32], dst: &mut [f32]) {
+        let (src, dst) = (&src[..BLOCK * BLOCK], &mut dst[..BLOCK * BLOCK]);
+        for jb in (0..BLOCK).step_by(8) {
+            for ib in (0..BLOCK).step_by(8) {
+                // SAFETY: chosen by `tile_transposer` only when the CPU has AVX2; the 8x8
+                // squares at (jb, ib) and (ib, jb) lie inside the 32x32 tiles.
+                unsafe {
+                    transpose8(
+                        src.as_ptr().add(jb * BLOCK + ib),
+                        dst.as_mut_ptr().add(ib * BLOCK + jb),
+                    )
+                }
+            }
+        }
+    }
+
+    /// An 8x8 square of floats, rows `BLOCK` apart in both.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transpose8(src: *const f32, dst: *mut f32) {
+        let r: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(src.add(k * BLOCK)));
+        let t = [
+            _mm256_unpacklo_ps(r[0], r[1]),
+            _mm256_unpackhi_ps(r[0], r[1]),
+            _mm256_unpacklo_ps(r[2], r[3]),
+            _mm256_unpackhi_ps(r[2], r[3]),
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+            _mm256_unpacklo_ps(r[6], r[7]),
+            _mm256_unpackhi_ps(r[6], r[7]),
+        ];
+        let u = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        for k in 0..4 {
+            _mm256_storeu_ps(
+                dst.add(k * BLOCK),
+                _mm256_permute2f128_ps::<0x20>(u[k], u[k + 4]),
+            );
+            _mm256_storeu_ps(
+                dst.add((k + 4) * BLOCK),
+                _mm256_permute2f128_ps::<0x31>(u[k], u[k + 4]),
+            );
+        }
+    }
+
     /// `R` rows of `x` against one row of blocks: per block `d * (q . x) + offset * sum(x)`.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_avx2<const R: usize>(
@@ -518,6 +678,26 @@ mod tests {
         let want = naive_matmul(&x, &blocks.dequantize(), rows, cols);
         close(&three_rows, &want, "packed f32");
         close(&only_blocks.matmul(&x), &want, "blocks");
+    }
+
+    #[test]
+    fn every_build_of_the_expansion_helpers_matches_the_portable_one() {
+        let src: Vec<f32> = (0..BLOCK * BLOCK).map(|i| i as f32).collect();
+        let mut want = vec![0.0; BLOCK * BLOCK];
+        transpose_tile_portable(&src, &mut want);
+        assert_eq!(want[BLOCK + 2], src[2 * BLOCK + 1]);
+        let mut got = vec![0.0; BLOCK * BLOCK];
+        tile_transposer()(&src, &mut got);
+        assert_eq!(got, want, "the dispatched transpose");
+        for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+            let blocks = random_blocks(format, 1, 4 * BLOCK, 11);
+            for block in blocks.chunks_exact(format.block_bytes()) {
+                let (mut want, mut got) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+                dequantize_row(format, block, &mut want);
+                block_dequantizer()(format, block, &mut got);
+                close(&got, &want, &format!("{format:?} dispatched dequantizer"));
+            }
+        }
     }
 
     #[test]
