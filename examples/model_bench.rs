@@ -153,38 +153,18 @@ fn prefill<B: ModelBackend>(model: &Llama<B>, len: usize) -> Duration {
 
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let device = match args.iter().position(|a| a == "--device") {
-        Some(i) => {
-            anyhow::ensure!(
-                i + 1 < args.len(),
-                "--device needs a value: cpu, cuda or cuda:N"
-            );
-            let device = args[i + 1].parse::<Device>().map_err(anyhow::Error::msg)?;
-            args.drain(i..i + 2);
-            device
-        }
-        None => Device::Cpu,
-    };
-    let dtype = match args.iter().position(|a| a == "--dtype") {
-        Some(i) => {
-            let value = args.get(i + 1).map(String::as_str).unwrap_or_default();
-            let dtype = clap::ValueEnum::from_str(value, false)
-                .map_err(|_| anyhow::anyhow!("--dtype takes auto, f32, f16 or bf16"))?;
-            args.drain(i..i + 2);
-            dtype
-        }
-        None => Dtype::Auto,
-    };
-    let weights = match args.iter().position(|a| a == "--weights") {
-        Some(i) => {
-            let value = args.get(i + 1).map(String::as_str).unwrap_or_default();
-            let weights = clap::ValueEnum::from_str(value, false)
-                .map_err(|_| anyhow::anyhow!("--weights takes auto, f32 or native"))?;
-            args.drain(i..i + 2);
-            weights
-        }
-        None => Weights::Auto,
-    };
+    let device = take_flag(&mut args, "--device", "cpu, cuda or cuda:N", |v| {
+        v.parse().ok()
+    })?
+    .unwrap_or(Device::Cpu);
+    let dtype = take_flag(&mut args, "--dtype", "auto, f32, f16 or bf16", |v| {
+        clap::ValueEnum::from_str(v, false).ok()
+    })?
+    .unwrap_or(Dtype::Auto);
+    let weights = take_flag(&mut args, "--weights", "auto, f32 or native", |v| {
+        clap::ValueEnum::from_str(v, false).ok()
+    })?
+    .unwrap_or(Weights::Auto);
     let model_path = match args.first().cloned() {
         Some(path) => path,
         None => {
@@ -211,6 +191,22 @@ fn main() -> anyhow::Result<()> {
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => anyhow::bail!("built without CUDA support; add `--features cuda`"),
     }
+}
+
+/// Removes `flag` and its value from `args` and parses the value; `None` when `flag` is absent.
+fn take_flag<T>(
+    args: &mut Vec<String>,
+    flag: &str,
+    values: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> anyhow::Result<Option<T>> {
+    let Some(i) = args.iter().position(|a| a == flag) else {
+        return Ok(None);
+    };
+    let value = args.get(i + 1).and_then(|v| parse(v));
+    let value = value.ok_or_else(|| anyhow::anyhow!("{flag} takes {values}"))?;
+    args.drain(i..i + 2);
+    Ok(Some(value))
 }
 
 /// On the CPU the weight read is timed with every core over host memory, not on the device.

@@ -71,7 +71,7 @@ impl Dtype {
 /// Which projections keep the GGUF file's quantized blocks in memory (`--weights`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Weights {
-    /// Blocks where our kernel beats f32 on this CPU kind (Q8_0), f32 elsewhere.
+    /// The blocks for one-token steps, and their f32 expansion beside them for the rest.
     #[default]
     Auto,
     /// Every projection expanded to f32.

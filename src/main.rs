@@ -75,8 +75,8 @@ struct GenerateArgs {
     /// cuda), f32, f16 or bf16. The CPU computes in f32 whatever is asked, with a warning.
     #[arg(long, value_enum, default_value_t = Dtype::Auto)]
     dtype: Dtype,
-    /// Which projections of a GGUF file keep its quantized blocks (read in place by the CPU
-    /// kernels): auto (where that is faster: Q8_0), f32, or native (Q4_0, Q4_1 and Q8_0).
+    /// How a GGUF file's Q4_0, Q4_1 and Q8_0 projections are held on the CPU: auto (the blocks
+    /// for one-token steps plus their f32 expansion for the rest), f32, or native (blocks only).
     #[arg(long, value_enum, default_value_t = Weights::Auto)]
     weights: Weights,
     #[command(flatten)]
@@ -126,8 +126,8 @@ struct ServeArgs {
     /// cuda), f32, f16 or bf16. The CPU computes in f32 whatever is asked, with a warning.
     #[arg(long, value_enum, default_value_t = Dtype::Auto)]
     dtype: Dtype,
-    /// Which projections of a GGUF file keep its quantized blocks (read in place by the CPU
-    /// kernels): auto (where that is faster: Q8_0), f32, or native (Q4_0, Q4_1 and Q8_0).
+    /// How a GGUF file's Q4_0, Q4_1 and Q8_0 projections are held on the CPU: auto (the blocks
+    /// for one-token steps plus their f32 expansion for the rest), f32, or native (blocks only).
     #[arg(long, value_enum, default_value_t = Weights::Auto)]
     weights: Weights,
     #[command(flatten)]

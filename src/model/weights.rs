@@ -68,10 +68,7 @@ impl ProjectionWeight {
     pub fn into_f32(self) -> HostTensor {
         match self {
             ProjectionWeight::F32(t) => t,
-            ProjectionWeight::Blocks { matrix, .. } => HostTensor {
-                shape: vec![matrix.rows(), matrix.cols()],
-                data: matrix.dequantize(),
-            },
+            ProjectionWeight::Blocks { matrix, .. } => expand(&matrix),
         }
     }
 
@@ -105,6 +102,14 @@ impl ProjectionWeight {
     }
 }
 
+/// The f32 expansion of `matrix`, row-major.
+fn expand(matrix: &QuantMatrix) -> HostTensor {
+    HostTensor {
+        shape: vec![matrix.rows(), matrix.cols()],
+        data: matrix.dequantize(),
+    }
+}
+
 /// How projections stored in quantized blocks are kept (`--weights`). Measured in
 /// `docs/BENCHMARKS.md`: the blocks beat f32 on one-row steps (one-stream decode, where
 /// reading the weights is the cost) and lose on many rows (batches, prefill), where f32
@@ -126,13 +131,7 @@ impl WeightPolicy {
     /// How a projection the checkpoint stores as blocks is kept.
     fn keep(self, matrix: QuantMatrix) -> ProjectionWeight {
         match self {
-            WeightPolicy::F32 => ProjectionWeight::F32(
-                ProjectionWeight::Blocks {
-                    matrix,
-                    keep_f32: false,
-                }
-                .into_f32(),
-            ),
+            WeightPolicy::F32 => ProjectionWeight::F32(expand(&matrix)),
             WeightPolicy::Native => ProjectionWeight::Blocks {
                 matrix,
                 keep_f32: false,
@@ -210,19 +209,17 @@ pub trait WeightSource {
         expected: [usize; 2],
         policy: WeightPolicy,
     ) -> Result<ProjectionWeight, WeightError> {
-        if policy != WeightPolicy::F32 {
-            if let Some(blocks) = self.blocks(name)? {
-                if [blocks.rows(), blocks.cols()] != expected {
-                    return Err(WeightError::Shape {
-                        name: name.to_string(),
-                        expected: expected.to_vec(),
-                        found: vec![blocks.rows(), blocks.cols()],
-                    });
-                }
-                return Ok(policy.keep(blocks));
-            }
+        let Some(blocks) = self.blocks(name)? else {
+            return self.require(name, &expected).map(ProjectionWeight::F32);
+        };
+        if [blocks.rows(), blocks.cols()] != expected {
+            return Err(WeightError::Shape {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: vec![blocks.rows(), blocks.cols()],
+            });
         }
-        self.require(name, &expected).map(ProjectionWeight::F32)
+        Ok(policy.keep(blocks))
     }
 
     /// Like [`Self::require`] but absence is fine.

@@ -229,8 +229,8 @@ impl ScratchPanel {
     }
 
     /// Every row of `x` (`[rows, in_features]`) against this panel, as panel `p` of a matrix
-    /// with `n` output features, into `out` (`[rows, n]`). Columns not set since `new` hold
-    /// stale weights; their outputs are not written.
+    /// with `n` output features, into `out` (`[rows, n]`). Columns past the matrix's last
+    /// output feature may hold stale weights; their outputs are not written.
     ///
     /// # Safety
     /// No other thread may write this panel's columns of `out` meanwhile; `out` holds

@@ -431,6 +431,19 @@ mod avx2 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 
+    /// A block's `d` and what every element adds beside `d * q` (as the portable `offset`),
+    /// converted in hardware.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scale_and_offset(format: BlockFormat, block: &[u8]) -> (f32, f32) {
+        let d = half_at(block, 0);
+        let offset = match format {
+            BlockFormat::Q4_0 => -8.0 * d,
+            BlockFormat::Q4_1 => half_at(block, 2),
+            BlockFormat::Q8_0 => 0.0,
+        };
+        (d, offset)
+    }
+
     /// A block's 32 quants as four vectors of f32, before scale and offset.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn unpack(format: BlockFormat, block: &[u8]) -> [__m256; 4] {
@@ -470,12 +483,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dequantize_block_avx2(format: BlockFormat, block: &[u8], out: &mut [f32]) {
         let q = unpack(format, block);
-        let d = half_at(block, 0);
-        let offset = match format {
-            BlockFormat::Q4_0 => -8.0 * d,
-            BlockFormat::Q4_1 => half_at(block, 2),
-            BlockFormat::Q8_0 => 0.0,
-        };
+        let (d, offset) = scale_and_offset(format, block);
         let (d, offset) = (_mm256_set1_ps(d), _mm256_set1_ps(offset));
         for (i, q) in q.into_iter().enumerate() {
             _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), _mm256_fmadd_ps(q, d, offset));
@@ -548,12 +556,7 @@ mod avx2 {
         let mut offsets = [0.0f32; R];
         for (b, block) in row.chunks_exact(format.block_bytes()).enumerate() {
             let q = unpack(format, block);
-            let d = half_at(block, 0);
-            let offset = match format {
-                BlockFormat::Q4_0 => -8.0 * d,
-                BlockFormat::Q4_1 => half_at(block, 2),
-                BlockFormat::Q8_0 => 0.0,
-            };
+            let (d, offset) = scale_and_offset(format, block);
             let d = _mm256_set1_ps(d);
             for r in 0..R {
                 let xp = x.as_ptr().add(r * cols + b * BLOCK);
