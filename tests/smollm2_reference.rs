@@ -243,6 +243,16 @@ fn native_weights_teacher_forced_logits_match_the_reference() {
     check_teacher_forced_logits(loaded, &cases, F32);
 }
 
+/// The same, one token per step: decode steps are one row per projection, which the blocks'
+/// integer kernel serves (activations split into `i8` planes), not the expansion to f32.
+#[test]
+fn native_weights_decode_step_logits_match_the_reference() {
+    let (Some(loaded), Some(cases)) = (native_smollm2(), greedy_cases()) else {
+        return;
+    };
+    check_teacher_forced_logits_in(loaded, &cases, F32, Steps::OneTokenEach);
+}
+
 #[test]
 fn native_weights_greedy_generation_reproduces_the_reference() {
     let (Some(loaded), Some(cases)) = (native_smollm2(), greedy_cases()) else {
@@ -288,26 +298,65 @@ fn cuda_reference_teacher_forced_logits() {
 
 /// Top-5 logits within `tolerance` at every position of prompt + reference completion, and
 /// the same top-1 wherever the reference's margin is clear.
+/// How a teacher-forced sequence goes through the model.
+#[derive(Clone, Copy)]
+enum Steps {
+    /// One forward over every token (a prefill: many rows per projection).
+    Prefill,
+    /// One token per forward (decode steps: one row per projection).
+    OneTokenEach,
+}
+
+/// The logits after each of `tokens`, fed as `steps` says.
+fn logits_by_position<B: ModelBackend>(
+    model: &Llama<B>,
+    tokens: &[u32],
+    steps: Steps,
+) -> Vec<Vec<f32>> {
+    let mut cache = cache(model, tokens.len());
+    let block_table: Vec<u32> = (0..cache.config().num_blocks as u32).collect();
+    let mut forward = |start: usize, count: usize, logits| {
+        let batch = ForwardBatch {
+            token_ids: tokens[start..start + count].to_vec(),
+            sequences: vec![SequenceSlice {
+                num_cached_tokens: start,
+                num_new_tokens: count,
+                block_table: block_table.clone(),
+            }],
+            logits,
+        };
+        let logits = model.forward(&batch, &mut cache).expect("forward");
+        (0..logits.data.len() / logits.vocab_size)
+            .map(|r| logits.row(r).to_vec())
+            .collect::<Vec<_>>()
+    };
+    match steps {
+        Steps::Prefill => forward(0, tokens.len(), LogitsWanted::EveryPosition),
+        Steps::OneTokenEach => (0..tokens.len())
+            .flat_map(|i| forward(i, 1, LogitsWanted::LastPerSequence))
+            .collect(),
+    }
+}
+
 fn check_teacher_forced_logits<B: ModelBackend>(
     loaded: &Loaded<B>,
     cases: &[serde_json::Value],
     tolerance: Tolerance,
 ) {
+    check_teacher_forced_logits_in(loaded, cases, tolerance, Steps::Prefill)
+}
+
+fn check_teacher_forced_logits_in<B: ModelBackend>(
+    loaded: &Loaded<B>,
+    cases: &[serde_json::Value],
+    tolerance: Tolerance,
+    steps: Steps,
+) {
     for case in cases {
         let prompt = ids(&case["prompt_ids"]);
         let greedy = ids(&case["greedy_ids"]);
         let tokens = [prompt.clone(), greedy].concat();
-        let mut cache = cache(&loaded.model, tokens.len());
-        let batch = ForwardBatch {
-            token_ids: tokens.clone(),
-            sequences: vec![SequenceSlice {
-                num_cached_tokens: 0,
-                num_new_tokens: tokens.len(),
-                block_table: (0..cache.config().num_blocks as u32).collect(),
-            }],
-            logits: LogitsWanted::EveryPosition,
-        };
-        let logits = loaded.model.forward(&batch, &mut cache).expect("forward");
+        let rows = logits_by_position(&loaded.model, &tokens, steps);
         let mut checked = 0;
         for step in case["steps"].as_array().unwrap() {
             let pos = step["pos"].as_u64().unwrap() as usize;
@@ -318,7 +367,7 @@ fn check_teacher_forced_logits<B: ModelBackend>(
                 .iter()
                 .map(|v| v.as_f64().unwrap() as f32)
                 .collect();
-            let row = logits.row(pos);
+            let row = &rows[pos];
             for (&id, &want) in top_ids.iter().zip(&top_logits) {
                 let got = row[id as usize];
                 assert!(

@@ -42,6 +42,15 @@ pub trait ModelBackend: Backend {
         requested
     }
 
+    /// Runs one forward step: by default on the calling thread. Flex runs it on one of
+    /// rayon's threads, so that each kernel's parallel loop starts inside the pool (its tasks
+    /// pushed where the other threads steal them) instead of handing the pool a job and putting
+    /// the calling thread to sleep until it is done, a sleep and a wake per kernel that cost
+    /// about a sixth of a one-stream decode step (`docs/BENCHMARKS.md`, "Quantized projections").
+    fn run_step<R: Send>(step: impl FnOnce() -> R + Send) -> R {
+        step()
+    }
+
     /// Lays out a row-major `[out_features, in_features]` weight (PyTorch's `Linear.weight`),
     /// stored as `dtype` (one [`Self::compute_dtype`] returned). Quantized blocks are kept by
     /// backends that multiply them (flex) and expanded to f32 by the others.
@@ -145,6 +154,10 @@ impl ModelBackend for burn::backend::Flex {
     /// half-precision arithmetic.
     fn compute_dtype(_requested: FloatDType) -> FloatDType {
         FloatDType::F32
+    }
+
+    fn run_step<R: Send>(step: impl FnOnce() -> R + Send) -> R {
+        rayon::scope(|_| step())
     }
 
     fn pack_projection(

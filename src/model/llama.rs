@@ -298,6 +298,14 @@ impl<B: ModelBackend> Llama<B> {
         batch: &ForwardBatch,
         cache: &mut PagedKvCache<B>,
     ) -> Result<Logits, ForwardError> {
+        B::run_step(|| self.forward_step(batch, cache))
+    }
+
+    fn forward_step(
+        &self,
+        batch: &ForwardBatch,
+        cache: &mut PagedKvCache<B>,
+    ) -> Result<Logits, ForwardError> {
         let c = &self.config;
         let pool = cache.config();
         if pool.dtype != self.dtype {

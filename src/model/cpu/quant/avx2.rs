@@ -1,0 +1,339 @@
+//! The x86 builds: AVX2 (with FMA and F16C) for every kernel here, and AVX-512 VNNI (on
+//! 256-bit vectors) for the integer dot products with [`Planes`].
+
+use std::arch::x86_64::*;
+
+use super::planes::{Planes, PLANES};
+use super::{BlockFormat, BLOCK};
+
+/// Eight quants starting at byte 0 of `bytes`, widened to f32: unsigned nibbles or signed
+/// bytes, already unpacked to one per byte.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn widen_u8(bytes: __m128i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes))
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn widen_i8(bytes: __m128i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// A block's `d` and what every element adds beside `d * q` (as the portable `offset`),
+/// converted in hardware from the f16s at its start. The four bytes are loaded whole (a
+/// zeroing `vmovd`): building the vector from one `u16` let the compiler merge it into a live
+/// register, which chained every block to the one before.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_and_offset(format: BlockFormat, block: &[u8]) -> (f32, f32) {
+    assert!(block.len() >= 4, "a block starts with two f16s");
+    let halves = _mm_cvtph_ps(_mm_loadu_si32(block.as_ptr()));
+    let d = _mm_cvtss_f32(halves);
+    let offset = match format {
+        BlockFormat::Q4_0 => -8.0 * d,
+        BlockFormat::Q4_1 => _mm_cvtss_f32(_mm_movehdup_ps(halves)),
+        BlockFormat::Q8_0 => 0.0,
+    };
+    (d, offset)
+}
+
+/// A block's 32 quants as four vectors of f32, before scale and offset.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unpack(format: BlockFormat, block: &[u8]) -> [__m256; 4] {
+    match format {
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+            let start = if format == BlockFormat::Q4_0 { 2 } else { 4 };
+            let qs = _mm_loadu_si128(block.as_ptr().add(start) as *const __m128i);
+            let low_nibbles = _mm_set1_epi8(0x0F);
+            let lo = _mm_and_si128(qs, low_nibbles);
+            let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low_nibbles);
+            [
+                widen_u8(lo),
+                widen_u8(_mm_srli_si128(lo, 8)),
+                widen_u8(hi),
+                widen_u8(_mm_srli_si128(hi, 8)),
+            ]
+        }
+        BlockFormat::Q8_0 => {
+            let a = _mm_loadu_si128(block.as_ptr().add(2) as *const __m128i);
+            let b = _mm_loadu_si128(block.as_ptr().add(18) as *const __m128i);
+            [
+                widen_i8(a),
+                widen_i8(_mm_srli_si128(a, 8)),
+                widen_i8(b),
+                widen_i8(_mm_srli_si128(b, 8)),
+            ]
+        }
+    }
+}
+
+pub(super) fn dequantize_block(format: BlockFormat, block: &[u8], out: &mut [f32]) {
+    // SAFETY: chosen by `block_dequantizer` only when the CPU has AVX2, FMA and F16C;
+    // `block` is one block and `out` holds its 32 values.
+    unsafe { dequantize_block_avx2(format, &block[..format.block_bytes()], &mut out[..BLOCK]) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantize_block_avx2(format: BlockFormat, block: &[u8], out: &mut [f32]) {
+    let q = unpack(format, block);
+    let (d, offset) = scale_and_offset(format, block);
+    let (d, offset) = (_mm256_set1_ps(d), _mm256_set1_ps(offset));
+    for (i, q) in q.into_iter().enumerate() {
+        _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), _mm256_fmadd_ps(q, d, offset));
+    }
+}
+
+pub(super) fn transpose_tile(src: &[f32], dst: &mut [f32]) {
+    let (src, dst) = (&src[..BLOCK * BLOCK], &mut dst[..BLOCK * BLOCK]);
+    for jb in (0..BLOCK).step_by(8) {
+        for ib in (0..BLOCK).step_by(8) {
+            // SAFETY: chosen by `tile_transposer` only when the CPU has AVX2; the 8x8
+            // squares at (jb, ib) and (ib, jb) lie inside the 32x32 tiles.
+            unsafe {
+                transpose8(
+                    src.as_ptr().add(jb * BLOCK + ib),
+                    dst.as_mut_ptr().add(ib * BLOCK + jb),
+                )
+            }
+        }
+    }
+}
+
+/// An 8x8 square of floats, rows `BLOCK` apart in both.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose8(src: *const f32, dst: *mut f32) {
+    let r: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(src.add(k * BLOCK)));
+    let t = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    ];
+    let u = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    for k in 0..4 {
+        _mm256_storeu_ps(
+            dst.add(k * BLOCK),
+            _mm256_permute2f128_ps::<0x20>(u[k], u[k + 4]),
+        );
+        _mm256_storeu_ps(
+            dst.add((k + 4) * BLOCK),
+            _mm256_permute2f128_ps::<0x31>(u[k], u[k + 4]),
+        );
+    }
+}
+
+/// Rows of `x` taken together: each block is unpacked once for all of them.
+const ROWS: usize = 4;
+
+/// [`BlockFormat`] as a const parameter (`F`), so each kernel is compiled per format.
+const FORMATS: [BlockFormat; 3] = [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0];
+const Q8_0: u8 = 2;
+
+/// Which integer dot product the kernels use.
+#[derive(Clone, Copy)]
+pub(super) enum IntegerDot {
+    /// `vpmaddubsw` + `vpmaddwd` (AVX2).
+    Avx2,
+    /// `vpdpbusd` (AVX-512 VNNI with VL, on 256-bit vectors).
+    Vnni,
+}
+
+impl IntegerDot {
+    /// The best this CPU runs, if any (F16C is needed for the scales either way).
+    pub(super) fn detect() -> Option<Self> {
+        use std::arch::is_x86_feature_detected as has;
+        if !(has!("avx2") && has!("fma") && has!("f16c")) {
+            return None;
+        }
+        if has!("avx512vnni") && has!("avx512vl") {
+            return Some(IntegerDot::Vnni);
+        }
+        Some(IntegerDot::Avx2)
+    }
+}
+
+/// Dots one row of blocks with every row of `x`, into `out` (one per row of `x`): four rows
+/// of `x` per pass over the blocks while four are left, then one.
+pub(super) fn dot_rows_with(
+    with: IntegerDot,
+    format: BlockFormat,
+    row: &[u8],
+    x: &Planes,
+    out: &mut [f32],
+) {
+    assert_eq!(out.len(), x.rows(), "one output per row of x");
+    assert_eq!(
+        row.len(),
+        x.blocks_per_row() * format.block_bytes(),
+        "a row of blocks as long as x's rows"
+    );
+    let mut first = 0;
+    while first < out.len() {
+        let take = if out.len() - first >= ROWS { ROWS } else { 1 };
+        let out = &mut out[first..first + take];
+        // SAFETY: `IntegerDot::detect` chose `with` for this CPU; the asserts above make `row`
+        // one block per block of `x`'s rows, and `first + take <= x.rows()`.
+        unsafe {
+            macro_rules! run {
+                ($kernel:ident) => {
+                    match (format, take) {
+                        (BlockFormat::Q4_0, ROWS) => $kernel::<ROWS, 0>(row, x, first, out),
+                        (BlockFormat::Q4_1, ROWS) => $kernel::<ROWS, 1>(row, x, first, out),
+                        (BlockFormat::Q8_0, ROWS) => $kernel::<ROWS, 2>(row, x, first, out),
+                        (BlockFormat::Q4_0, _) => $kernel::<1, 0>(row, x, first, out),
+                        (BlockFormat::Q4_1, _) => $kernel::<1, 1>(row, x, first, out),
+                        (BlockFormat::Q8_0, _) => $kernel::<1, 2>(row, x, first, out),
+                    }
+                };
+            }
+            match with {
+                IntegerDot::Avx2 => run!(planes_avx2),
+                IntegerDot::Vnni => run!(planes_vnni),
+            }
+        }
+        first += take;
+    }
+}
+
+/// A 4-bit block's 32 quants, one per byte, in element order (low nibbles are elements 0-15).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(qs: *const u8) -> __m256i {
+    let qs = _mm_loadu_si128(qs as *const __m128i);
+    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(qs), qs);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// Block `F`'s quants as the integer dot takes them, its `d` and what every element adds
+/// beside `d * u`. Q8_0 stays signed for the AVX2 dot, which moves the signs onto `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weights_avx2<const F: u8>(block: &[u8]) -> (__m256i, f32, f32) {
+    let (d, offset) = scale_and_offset(FORMATS[F as usize], block);
+    let u = match F {
+        0 => nibbles(block.as_ptr().add(2)),
+        1 => nibbles(block.as_ptr().add(4)),
+        _ => _mm256_loadu_si256(block.as_ptr().add(2) as *const __m256i),
+    };
+    (u, d, offset)
+}
+
+/// As [`weights_avx2`], but Q8_0's quants are made unsigned (`+ 128`, one xor), which its
+/// offset takes back out: `vpdpbusd` multiplies unsigned by signed bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weights_vnni<const F: u8>(block: &[u8]) -> (__m256i, f32, f32) {
+    let (u, d, offset) = weights_avx2::<F>(block);
+    if F == Q8_0 {
+        return (_mm256_xor_si256(u, _mm256_set1_epi8(-128)), d, -128.0 * d);
+    }
+    (u, d, offset)
+}
+
+/// One of a block's planes, 32 signed bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn plane(quants: *const i8, k: usize) -> __m256i {
+    _mm256_loadu_si256(quants.add(k * BLOCK) as *const __m256i)
+}
+
+/// `u . (2^14 q1 + 2^7 q2 + q3)` in eight `i32` lanes of four products each. Every pair
+/// `maddubs` sums fits `i16`: at most 2 * 15 * 127 for nibbles, 2 * 128 * 127 for Q8_0's
+/// magnitudes (its signs moved onto the planes).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_avx2<const F: u8>(u: __m256i, quants: *const i8) -> __m256i {
+    let (u, signs) = if F == Q8_0 {
+        (_mm256_abs_epi8(u), Some(u))
+    } else {
+        (u, None)
+    };
+    let mut total = _mm256_setzero_si256();
+    for (k, weight) in [1i16 << 14, 1 << 7, 1].into_iter().enumerate() {
+        let mut q = plane(quants, k);
+        if let Some(signs) = signs {
+            q = _mm256_sign_epi8(q, signs);
+        }
+        let pairs = _mm256_maddubs_epi16(u, q);
+        total = _mm256_add_epi32(total, _mm256_madd_epi16(pairs, _mm256_set1_epi16(weight)));
+    }
+    total
+}
+
+/// As [`dot_avx2`] with `vpdpbusd`, by Horner's rule over the planes. A lane stays below
+/// 4 * 255 * (127 * 2^14 + 64 * 2^7 + 64) < 2^31.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn dot_vnni<const F: u8>(u: __m256i, quants: *const i8) -> __m256i {
+    let mut total = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, plane(quants, 0));
+    total = _mm256_slli_epi32::<7>(total);
+    total = _mm256_dpbusd_epi32(total, u, plane(quants, 1));
+    total = _mm256_slli_epi32::<7>(total);
+    _mm256_dpbusd_epi32(total, u, plane(quants, 2))
+}
+
+/// `R` rows of `x` (from `first`) against one row of blocks of format `F`: per block
+/// `d * step * (u . planes) + offset * sum`, summed in f32. Even and odd blocks go to separate
+/// sums, so that one block's additions need not wait for the last block's.
+macro_rules! planes_kernel {
+    ($name:ident, $features:literal, $weights:ident, $dot:ident) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const R: usize, const F: u8>(
+            row: &[u8],
+            x: &Planes,
+            first: usize,
+            out: &mut [f32],
+        ) {
+            let rows: [_; R] = std::array::from_fn(|r| x.row(first + r));
+            let mut even = [_mm256_setzero_ps(); R];
+            let mut odd = [_mm256_setzero_ps(); R];
+            let mut offsets = [[0.0f32; 2]; R];
+            let block_bytes = FORMATS[F as usize].block_bytes();
+            let blocks = row.len() / block_bytes;
+            let mut add = |b: usize, sums: &mut [__m256; R], parity: usize| {
+                let (u, d, offset) = $weights::<F>(&row[b * block_bytes..]);
+                for r in 0..R {
+                    let quants = rows[r].quants.as_ptr().add(b * PLANES * BLOCK);
+                    let (step, sum) = (
+                        *rows[r].steps.get_unchecked(b),
+                        *rows[r].sums.get_unchecked(b),
+                    );
+                    let products = _mm256_cvtepi32_ps($dot::<F>(u, quants));
+                    sums[r] = _mm256_fmadd_ps(products, _mm256_set1_ps(d * step), sums[r]);
+                    offsets[r][parity] += offset * sum;
+                }
+            };
+            for b in (0..blocks).step_by(2) {
+                add(b, &mut even, 0);
+                if b + 1 < blocks {
+                    add(b + 1, &mut odd, 1);
+                }
+            }
+            for r in 0..R {
+                let [a, b] = offsets[r];
+                out[r] = hsum(_mm256_add_ps(even[r], odd[r])) + (a + b);
+            }
+        }
+    };
+}
+
+planes_kernel!(planes_avx2, "avx2,fma,f16c", weights_avx2, dot_avx2);
+planes_kernel!(
+    planes_vnni,
+    "avx2,fma,f16c,avx512vnni,avx512vl",
+    weights_vnni,
+    dot_vnni
+);

@@ -1,0 +1,375 @@
+//! `x @ W^T` with `W` kept in GGUF's quantized blocks, never expanded as a whole (issue 16).
+//! Decode is bound by reading the weights, and the blocks are 4 to 7 times smaller than their
+//! f32 expansion. Two ways, both exact up to f32-sized rounding:
+//!
+//! - **dots**, for 1-2 rows of `x`: each row of `x` is split once into three `i8` planes per
+//!   block ([`planes`], about 22 bits of the block's largest value); each weight block's small
+//!   integers are multiplied by them exactly in `i32` (`vpdpbusd` on AVX-512 VNNI,
+//!   `vpmaddubsw` on AVX2) and scaled once per block. Unlike llama.cpp's single 8-bit plane,
+//!   this gives the f32 expansion's logits (the reference test holds it to f32's tolerance).
+//! - **expanded**, from 3 rows: panels of 32 weight rows are dequantized to f32 in cache and
+//!   run by the packed f32 microkernel, where reusing each weight pays for the expansion.
+//!
+//! The model keeps projections this way under `--weights native|auto` (`CpuProjection`). The
+//! 32-element block types are here; the K-quants are not.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::packed::{ScratchPanel, PANEL_WIDTH};
+use super::SharedOut;
+use planes::Planes;
+
+/// Elements per block of the 32-element types.
+pub const BLOCK: usize = 32;
+
+/// A GGUF block type this module multiplies by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// `d: f16, qs: [u8; 16]`, `x = d * (q - 8)`.
+    Q4_0,
+    /// `d, m: f16, qs: [u8; 16]`, `x = d * q + m`.
+    Q4_1,
+    /// `d: f16, qs: [i8; 32]`, `x = d * q`.
+    Q8_0,
+}
+
+impl BlockFormat {
+    /// Bytes of one block of [`BLOCK`] elements.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q4_0 => 18,
+            BlockFormat::Q4_1 => 20,
+            BlockFormat::Q8_0 => 34,
+        }
+    }
+}
+
+/// Why blocks could not form a matrix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantMatrixError {
+    /// Rows must be whole blocks.
+    #[error("{cols} columns is not a multiple of the {BLOCK}-element block")]
+    PartialBlock {
+        /// Columns asked for.
+        cols: usize,
+    },
+    /// The buffer is not `rows` rows of blocks.
+    #[error("{got} bytes of {format:?} blocks, expected {expected} for {rows}x{cols}")]
+    Length {
+        /// The block type.
+        format: BlockFormat,
+        /// Rows asked for.
+        rows: usize,
+        /// Columns asked for.
+        cols: usize,
+        /// Bytes given.
+        got: usize,
+        /// Bytes `rows x cols` takes.
+        expected: usize,
+    },
+}
+
+/// A row-major `[rows, cols]` weight (PyTorch's `Linear.weight`: `rows` outputs) held as
+/// quantized blocks, each row a run of `cols / 32` blocks.
+#[derive(Clone, Debug)]
+pub struct QuantMatrix {
+    format: BlockFormat,
+    blocks: Vec<u8>,
+    rows: usize,
+    cols: usize,
+}
+
+impl QuantMatrix {
+    /// Takes `rows` rows of `cols / 32` blocks each, as a GGUF file stores them.
+    pub fn new(
+        format: BlockFormat,
+        blocks: Vec<u8>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, QuantMatrixError> {
+        if !cols.is_multiple_of(BLOCK) {
+            return Err(QuantMatrixError::PartialBlock { cols });
+        }
+        let expected = rows
+            .checked_mul(cols / BLOCK)
+            .and_then(|b| b.checked_mul(format.block_bytes()));
+        if expected != Some(blocks.len()) {
+            return Err(QuantMatrixError::Length {
+                format,
+                rows,
+                cols,
+                got: blocks.len(),
+                expected: expected.unwrap_or(usize::MAX),
+            });
+        }
+        Ok(Self {
+            format,
+            blocks,
+            rows,
+            cols,
+        })
+    }
+
+    /// The block type.
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+
+    /// Bytes the blocks take.
+    pub fn num_bytes(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// `parts` stacked by rows, when they share a format and a width; `None` otherwise.
+    pub fn concat_rows(parts: Vec<QuantMatrix>) -> Option<QuantMatrix> {
+        let first = parts.first()?;
+        let (format, cols) = (first.format, first.cols);
+        if parts.iter().any(|p| p.format != format || p.cols != cols) {
+            return None;
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let blocks = parts.into_iter().flat_map(|p| p.blocks).collect();
+        Some(QuantMatrix {
+            format,
+            blocks,
+            rows,
+            cols,
+        })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / BLOCK * self.format.block_bytes()
+    }
+
+    /// The f32 expansion, row-major `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        for (row, dst) in self
+            .blocks
+            .chunks_exact(self.row_bytes())
+            .zip(out.chunks_exact_mut(self.cols))
+        {
+            dequantize_row(self.format, row, dst);
+        }
+        out
+    }
+
+    /// `x @ W^T` for `x` row-major `[n, cols]`; returns `[n, rows]`: dots for few rows of `x`,
+    /// the expansion for more (the module's doc; `docs/BENCHMARKS.md`, "Quantized
+    /// projections").
+    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
+        assert_eq!(x.len() % self.cols, 0, "x is not [n, {}]", self.cols);
+        if x.len() / self.cols >= EXPAND_FROM_ROWS {
+            return self.matmul_expanded(x);
+        }
+        self.matmul_dots(x)
+    }
+
+    /// Output rows split across rayon's threads; each weight row is read once and dotted with
+    /// every row of `x`, decomposed once into [`Planes`].
+    fn matmul_dots(&self, x: &[f32]) -> Vec<f32> {
+        let n = x.len() / self.cols;
+        let row_bytes = self.row_bytes();
+        // Enough rows per task to amortize rayon's cost, few enough to balance two cores.
+        let rows_per_task = (self.rows / 64).clamp(16, 256);
+        let dot = kernel();
+        let planes = Planes::new(x, self.cols);
+        // Computed as [rows, n] (each task owns whole weight rows), transposed at the end.
+        let mut by_row = vec![0.0f32; self.rows * n];
+        by_row
+            .par_chunks_mut(rows_per_task * n)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let first = task * rows_per_task;
+                for (r, out) in out.chunks_exact_mut(n).enumerate() {
+                    let row = &self.blocks[(first + r) * row_bytes..][..row_bytes];
+                    dot(self.format, row, &planes, out);
+                }
+            });
+        if n == 1 {
+            return by_row;
+        }
+        let mut out = vec![0.0f32; n * self.rows];
+        for (r, values) in by_row.chunks_exact(n).enumerate() {
+            for (i, &v) in values.iter().enumerate() {
+                out[i * self.rows + r] = v;
+            }
+        }
+        out
+    }
+
+    /// Panels of [`PANEL_WIDTH`] weight rows expanded to f32 and run through the packed
+    /// kernel, panels split across rayon's threads.
+    fn matmul_expanded(&self, x: &[f32]) -> Vec<f32> {
+        let rows_x = x.len() / self.cols;
+        let mut out = vec![0.0f32; rows_x * self.rows];
+        let out_ptr = SharedOut(out.as_mut_ptr());
+        let row_bytes = self.row_bytes();
+        let num_panels = self.rows.div_ceil(PANEL_WIDTH);
+        let per_task = num_panels.div_ceil(rayon::current_num_threads() * 4);
+        (0..num_panels.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|task| {
+                let mut panel = ScratchPanel::new(self.cols);
+                let block_bytes = self.format.block_bytes();
+                let (dequantize, transpose) = (block_dequantizer(), tile_transposer());
+                // One tile's blocks by weight row; rows past a last panel's end keep stale
+                // values, whose outputs are never written.
+                let mut by_row = [0.0f32; BLOCK * BLOCK];
+                for p in task * per_task..((task + 1) * per_task).min(num_panels) {
+                    let first = p * PANEL_WIDTH;
+                    let columns = PANEL_WIDTH.min(self.rows - first);
+                    panel.fill(|t, dst| {
+                        for (j, values) in by_row.chunks_exact_mut(BLOCK).take(columns).enumerate()
+                        {
+                            let row = &self.blocks[(first + j) * row_bytes..];
+                            dequantize(self.format, &row[t * block_bytes..][..block_bytes], values);
+                        }
+                        transpose(&by_row, dst);
+                    });
+                    // SAFETY: this task alone writes panel p's columns; `out` is
+                    // `[rows_x, self.rows]` and outlives the parallel section.
+                    unsafe { panel.multiply(x, rows_x, p, self.rows, out_ptr) };
+                }
+            });
+        out
+    }
+}
+
+/// From this many rows of `x` on, [`QuantMatrix::matmul`] expands panels to f32.
+const EXPAND_FROM_ROWS: usize = 3;
+const _: () = assert!(PANEL_WIDTH == BLOCK, "a panel tile is one block");
+
+/// Writes one block's 32 values into `out`.
+type DequantizeFn = fn(BlockFormat, &[u8], &mut [f32]);
+
+/// The fastest block dequantizer this CPU runs.
+fn block_dequantizer() -> DequantizeFn {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
+        return avx2::dequantize_block;
+    }
+    dequantize_row
+}
+
+/// Transposes a `BLOCK x BLOCK` tile: `dst[i * BLOCK + j] = src[j * BLOCK + i]`.
+type TransposeFn = fn(&[f32], &mut [f32]);
+
+/// The fastest tile transpose this CPU runs.
+fn tile_transposer() -> TransposeFn {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2() {
+        return avx2::transpose_tile;
+    }
+    transpose_tile_portable
+}
+
+fn transpose_tile_portable(src: &[f32], dst: &mut [f32]) {
+    for (i, dst) in dst[..BLOCK * BLOCK].chunks_exact_mut(BLOCK).enumerate() {
+        for (j, dst) in dst.iter_mut().enumerate() {
+            *dst = src[j * BLOCK + i];
+        }
+    }
+}
+
+/// The dot products of one row of blocks with every row of `x` (as [`Planes`]), into `out`
+/// (one per row of `x`).
+type DotFn = fn(BlockFormat, &[u8], &Planes, &mut [f32]);
+
+/// The fastest dot product this CPU runs.
+fn kernel() -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    match avx2::IntegerDot::detect() {
+        Some(avx2::IntegerDot::Vnni) => {
+            return |f, row, x, out| avx2::dot_rows_with(avx2::IntegerDot::Vnni, f, row, x, out)
+        }
+        Some(avx2::IntegerDot::Avx2) => {
+            return |f, row, x, out| avx2::dot_rows_with(avx2::IntegerDot::Avx2, f, row, x, out)
+        }
+        None => {}
+    }
+    dot_rows_portable
+}
+
+fn scale(block: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
+}
+
+/// The integers of one block that `d` multiplies: the raw nibbles for the 4-bit types (Q4_0's
+/// `- 8` is in its offset), the signed bytes for Q8_0.
+fn integers(format: BlockFormat, block: &[u8]) -> [i32; BLOCK] {
+    let mut q = [0i32; BLOCK];
+    match format {
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+            let qs = match format {
+                BlockFormat::Q4_0 => &block[2..18],
+                _ => &block[4..20],
+            };
+            for j in 0..16 {
+                q[j] = (qs[j] & 0x0F) as i32;
+                q[j + 16] = (qs[j] >> 4) as i32;
+            }
+        }
+        BlockFormat::Q8_0 => {
+            for (q, &b) in q.iter_mut().zip(&block[2..34]) {
+                *q = b as i8 as i32;
+            }
+        }
+    }
+    q
+}
+
+fn dequantize_row(format: BlockFormat, row: &[u8], dst: &mut [f32]) {
+    for (block, dst) in row
+        .chunks_exact(format.block_bytes())
+        .zip(dst.chunks_exact_mut(BLOCK))
+    {
+        let (d, m) = (scale(block, 0), offset(format, block));
+        for (y, q) in dst.iter_mut().zip(integers(format, block)) {
+            *y = q as f32 * d + m;
+        }
+    }
+}
+
+/// What every element of a block adds beside `d * q`: Q4_1's `m`, Q4_0's `-8 d`, Q8_0's 0.
+fn offset(format: BlockFormat, block: &[u8]) -> f32 {
+    match format {
+        BlockFormat::Q4_0 => -8.0 * scale(block, 0),
+        BlockFormat::Q4_1 => scale(block, 2),
+        BlockFormat::Q8_0 => 0.0,
+    }
+}
+
+fn dot_rows_portable(format: BlockFormat, row: &[u8], x: &Planes, out: &mut [f32]) {
+    for (i, out) in out.iter_mut().enumerate() {
+        *out = dot_row_portable(format, row, x, i);
+    }
+}
+
+/// Per block `d * step * (u . planes) + offset * sum`: what the vector builds compute.
+fn dot_row_portable(format: BlockFormat, row: &[u8], x: &Planes, i: usize) -> f32 {
+    let mut total = 0.0f32;
+    for (b, block) in row.chunks_exact(format.block_bytes()).enumerate() {
+        let x = x.block(i, b);
+        let products = planes::block_dot(&integers(format, block), &x) as f32;
+        total += scale(block, 0) * x.step * products + offset(format, block) * x.sum;
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod planes;
+#[cfg(test)]
+mod tests;

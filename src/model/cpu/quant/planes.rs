@@ -1,0 +1,210 @@
+//! Rows of `x` as the integer block kernels read them.
+//!
+//! Each 32-element block of `x` is written as `step * (2^14 q1 + 2^7 q2 + q3)` with three
+//! `i8` planes: `q1` is the block rounded to 127 steps of its largest magnitude, `q2` and `q3`
+//! the remainders of each rounding, 128 times finer each. What is left is at most
+//! `max|x| / (127 * 2^15)` per element, about four f32 ulps of the block's largest value, so a
+//! dot product with the planes is the f32 one up to rounding of the order f32 summation has
+//! (unlike llama.cpp's single 8-bit plane, which moves the logits). The kernels multiply the
+//! weights' small integers by the planes exactly in `i32` and convert once per block.
+
+/// Planes per block.
+pub const PLANES: usize = 3;
+/// How much finer each plane is than the one before.
+const PLANE_SHIFT: u32 = 7;
+/// Largest magnitude of the first plane; the others stay within `±64` by construction.
+const FIRST_PLANE_MAX: f32 = 127.0;
+/// Largest `|2^14 q1 + 2^7 q2 + q3|`: keeps `q1` within `±127` whatever the step's rounding.
+const LARGEST_COMBINED: i32 = 127 << (2 * PLANE_SHIFT);
+
+use super::BLOCK;
+
+/// `rows` rows of `x`, `blocks` blocks each, decomposed into planes.
+pub struct Planes {
+    blocks: usize,
+    /// `[row][block][plane][32]`.
+    quants: Vec<i8>,
+    /// `[row][block]`: what one unit of the combined integer is worth.
+    steps: Vec<f32>,
+    /// `[row][block]`: the sum of the block's values as the planes hold them.
+    sums: Vec<f32>,
+}
+
+/// One block of one row of [`Planes`].
+#[derive(Clone, Copy)]
+pub struct PlaneBlock<'a> {
+    /// `PLANES` runs of 32 quants, coarsest first.
+    pub quants: &'a [i8; PLANES * BLOCK],
+    /// What one unit of `2^14 q1 + 2^7 q2 + q3` is worth.
+    pub step: f32,
+    /// The sum of the block's values as the planes hold them.
+    pub sum: f32,
+}
+
+impl Planes {
+    /// Decomposes `x`, rows of `cols` floats (`cols` a multiple of 32).
+    pub fn new(x: &[f32], cols: usize) -> Self {
+        let blocks_total = x.len() / BLOCK;
+        let mut planes = Planes {
+            blocks: cols / BLOCK,
+            quants: vec![0; blocks_total * PLANES * BLOCK],
+            steps: vec![0.0; blocks_total],
+            sums: vec![0.0; blocks_total],
+        };
+        for (b, values) in x.chunks_exact(BLOCK).enumerate() {
+            let quants = &mut planes.quants[b * PLANES * BLOCK..][..PLANES * BLOCK];
+            let (step, sum) = decompose(values, quants);
+            planes.steps[b] = step;
+            planes.sums[b] = sum;
+        }
+        planes
+    }
+
+    /// Block `block` of row `row`.
+    pub fn block(&self, row: usize, block: usize) -> PlaneBlock<'_> {
+        let at = row * self.blocks + block;
+        PlaneBlock {
+            quants: self.quants[at * PLANES * BLOCK..][..PLANES * BLOCK]
+                .try_into()
+                .expect("a block's planes"),
+            step: self.steps[at],
+            sum: self.sums[at],
+        }
+    }
+
+    /// Blocks per row.
+    pub fn blocks_per_row(&self) -> usize {
+        self.blocks
+    }
+
+    /// Rows of `x`.
+    pub fn rows(&self) -> usize {
+        self.steps.len().checked_div(self.blocks).unwrap_or(0)
+    }
+
+    /// Row `row`'s planes, steps and sums.
+    #[inline]
+    pub fn row(&self, row: usize) -> PlaneRow<'_> {
+        let blocks = row * self.blocks..(row + 1) * self.blocks;
+        PlaneRow {
+            quants: &self.quants[blocks.start * PLANES * BLOCK..blocks.end * PLANES * BLOCK],
+            steps: &self.steps[blocks.clone()],
+            sums: &self.sums[blocks],
+        }
+    }
+}
+
+/// One row of [`Planes`], block by block.
+#[derive(Clone, Copy)]
+pub struct PlaneRow<'a> {
+    /// `[block][plane][32]`.
+    pub quants: &'a [i8],
+    /// Per block, as [`PlaneBlock::step`].
+    pub steps: &'a [f32],
+    /// Per block, as [`PlaneBlock::sum`].
+    pub sums: &'a [f32],
+}
+
+/// Writes the planes of one block into `quants`; returns its step and the sum of its values
+/// as the planes hold them. Each value becomes one integer `c` of at most `127 * 2^14` steps,
+/// split exactly into `2^14 q1 + 2^7 q2 + q3` with `q1` rounded and `q2`, `q3` in `±64`.
+fn decompose(values: &[f32], quants: &mut [i8]) -> (f32, f32) {
+    quants.fill(0);
+    if values.iter().any(|v| !v.is_finite()) {
+        // The sum, which every kernel adds, carries the NaN or infinity through, as f32 would.
+        return (0.0, values.iter().sum());
+    }
+    let largest = values.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+    let step = largest / FIRST_PLANE_MAX / (1u32 << (2 * PLANE_SHIFT)) as f32;
+    if step == 0.0 {
+        // All zeros, or too small for an f32 step (below about 1e-38 / 2^21): held as zeros.
+        return (0.0, 0.0);
+    }
+    let (coarse, fine) = (2 * PLANE_SHIFT, PLANE_SHIFT);
+    let mut combined_sum = 0i64;
+    for (j, &v) in values.iter().enumerate() {
+        // v / step rounded: the planes hold c exactly, so v to half a step.
+        let c = (round(v as f64 / step as f64) as i32).clamp(-LARGEST_COMBINED, LARGEST_COMBINED);
+        let q1 = (c + (1 << (coarse - 1))) >> coarse;
+        let rest = c - (q1 << coarse);
+        let q2 = (rest + (1 << (fine - 1))) >> fine;
+        let q3 = rest - (q2 << fine);
+        quants[j] = q1 as i8;
+        quants[BLOCK + j] = q2 as i8;
+        quants[2 * BLOCK + j] = q3 as i8;
+        combined_sum += c as i64;
+    }
+    (step, (combined_sum as f64 * step as f64) as f32)
+}
+
+/// `v` rounded to the nearest integer (ties to even), for `|v| < 2^51`: adding 1.5 * 2^52
+/// leaves no fraction bits. `f64::round` is a libm call on x86-64's baseline.
+fn round(v: f64) -> f64 {
+    const SHIFT: f64 = 6_755_399_441_055_744.0;
+    (v + SHIFT) - SHIFT
+}
+
+/// `sum(u_j * c_j)` for one block: `u` the weights' 32 small integers, `c_j` the planes
+/// combined (`2^14 q1 + 2^7 q2 + q3`). Exact: what every build's integer kernel computes.
+pub fn block_dot(u: &[i32; BLOCK], x: &PlaneBlock<'_>) -> i64 {
+    let q = x.quants;
+    (0..BLOCK)
+        .map(|j| {
+            let c = ((q[j] as i64) << (2 * PLANE_SHIFT))
+                + ((q[BLOCK + j] as i64) << PLANE_SHIFT)
+                + q[2 * BLOCK + j] as i64;
+            u[j] as i64 * c
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(x: &PlaneBlock<'_>) -> Vec<f64> {
+        let mut ones = [0i32; BLOCK];
+        (0..BLOCK)
+            .map(|j| {
+                ones.fill(0);
+                ones[j] = 1;
+                block_dot(&ones, x) as f64 * x.step as f64
+            })
+            .collect()
+    }
+
+    #[test]
+    fn planes_hold_each_value_to_a_few_ulps_of_the_block_maximum() {
+        let x: Vec<f32> = crate::model::cpu::test_values(4 * BLOCK, 5)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v * [1.0, 1e-3, 3e4, 1e-30][i / BLOCK])
+            .collect();
+        let planes = Planes::new(&x, 2 * BLOCK);
+        assert_eq!(planes.blocks_per_row(), 2);
+        for (b, values) in x.chunks_exact(BLOCK).enumerate() {
+            let block = planes.block(b / 2, b % 2);
+            let largest = values.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+            let got = held(&block);
+            for (g, &v) in got.iter().zip(values) {
+                assert!(
+                    (g - v as f64).abs() <= largest * 2.5e-7,
+                    "block {b}: {g} for {v} (max {largest})"
+                );
+            }
+            let sum: f64 = got.iter().sum();
+            assert!((block.sum as f64 - sum).abs() <= 1e-6 * sum.abs().max(largest));
+            assert!(block.quants[BLOCK..].iter().all(|q| q.abs() <= 64));
+        }
+    }
+
+    #[test]
+    fn zero_blocks_have_no_step_and_nan_carries_through() {
+        let mut x = vec![0.0f32; 2 * BLOCK];
+        x[BLOCK + 3] = f32::NAN;
+        let planes = Planes::new(&x, BLOCK);
+        assert_eq!(planes.block(0, 0).step, 0.0);
+        assert_eq!(planes.block(0, 0).sum, 0.0);
+        assert!(planes.block(1, 0).sum.is_nan());
+    }
+}

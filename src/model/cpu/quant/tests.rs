@@ -1,0 +1,219 @@
+use super::*;
+use crate::model::cpu::naive_matmul;
+
+/// Random blocks with finite scales in a realistic range.
+fn random_blocks(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let bytes = format.block_bytes();
+    let mut out = Vec::with_capacity(rows * cols / BLOCK * bytes);
+    for _ in 0..rows * cols / BLOCK {
+        let mut block = vec![0u8; bytes];
+        block.iter_mut().for_each(|b| *b = next() as u8);
+        let d = f16::from_f32((next() % 1000) as f32 / 1e5 + 1e-4).to_le_bytes();
+        block[..2].copy_from_slice(&d);
+        if format == BlockFormat::Q4_1 {
+            let m = f16::from_f32(-((next() % 1000) as f32) / 1e4).to_le_bytes();
+            block[2..4].copy_from_slice(&m);
+        }
+        out.extend(block);
+    }
+    out
+}
+
+fn close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+            "{what}: element {i}: {g} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn every_build_matches_dequantize_then_f32_matmul() {
+    // 7 rows of x: one group of four and three taken singly.
+    let (rows, cols, n) = (37, 576, 7);
+    let x: Vec<f32> = (0..n * cols)
+        .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
+        .collect();
+    for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+        let m = QuantMatrix::new(format, random_blocks(format, rows, cols, 7), rows, cols).unwrap();
+        let want = naive_matmul(&x, &m.dequantize(), rows, cols);
+        close(&m.matmul(&x), &want, &format!("{format:?} dispatched"));
+        close(
+            &m.matmul(&x[..cols]),
+            &want[..rows],
+            &format!("{format:?} one row"),
+        );
+        let row_bytes = m.row_bytes();
+        let planes = Planes::new(&x, cols);
+        for (name, dot) in builds() {
+            for r in 0..rows {
+                let row = &m.blocks[r * row_bytes..][..row_bytes];
+                let mut got = vec![0.0; n];
+                dot(format, row, &planes, &mut got);
+                let want: Vec<f32> = (0..n).map(|i| want[i * rows + r]).collect();
+                close(&got, &want, &format!("{format:?} {name} row {r}"));
+            }
+        }
+    }
+}
+
+/// Every build of the dot products this CPU runs, by name.
+fn builds() -> Vec<(&'static str, DotFn)> {
+    let mut builds: Vec<(&str, DotFn)> = vec![("portable", dot_rows_portable)];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use avx2::IntegerDot;
+        let detected = IntegerDot::detect();
+        if detected.is_some() {
+            builds.push(("avx2", |f, row, x, out| {
+                avx2::dot_rows_with(IntegerDot::Avx2, f, row, x, out)
+            }));
+        }
+        if let Some(IntegerDot::Vnni) = detected {
+            builds.push(("avx512-vnni", |f, row, x, out| {
+                avx2::dot_rows_with(IntegerDot::Vnni, f, row, x, out)
+            }));
+        }
+    }
+    builds
+}
+
+#[test]
+fn the_extremes_of_every_format_stay_exact_in_every_build() {
+    // Largest quants against an x whose planes are at their limits: the i16 pairs of the AVX2
+    // build and the i32 lanes of the VNNI one at their worst.
+    let cols = 2 * BLOCK;
+    let x: Vec<f32> = (0..cols)
+        .map(|j| if j % 2 == 0 { 1.0 } else { -0.999_996 })
+        .collect();
+    let planes = Planes::new(&x, cols);
+    for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+        for fill in [0x00u8, 0x7F, 0x80, 0xFF] {
+            let mut block = vec![fill; format.block_bytes()];
+            block[..2].copy_from_slice(&f16::from_f32(1.0).to_le_bytes());
+            if format == BlockFormat::Q4_1 {
+                block[2..4].copy_from_slice(&f16::from_f32(0.0).to_le_bytes());
+            }
+            let row = [block.clone(), block].concat();
+            let m = QuantMatrix::new(format, row.clone(), 1, cols).unwrap();
+            let w = m.dequantize();
+            let want = naive_matmul(&x, &w, 1, cols)[0];
+            // The sum cancels to almost nothing, so the planes' rounding is held against the
+            // size of the terms, as f32's own would be; a wrapped integer would be off by ~2^32
+            // steps.
+            let magnitude: f32 = w.iter().zip(&x).map(|(w, x)| (w * x).abs()).sum();
+            for (name, dot) in builds() {
+                let mut got = [0.0];
+                dot(format, &row, &planes, &mut got);
+                assert!(
+                    (got[0] - want).abs() <= 1e-6 * magnitude,
+                    "{format:?} {fill:#x} {name}: {} vs {want}",
+                    got[0]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_projection_with_both_serves_one_row_from_blocks_and_more_from_f32() {
+    use crate::model::cpu::{CpuProjection, PackedMatrix};
+    let (rows, cols) = (40, 64);
+    let format = BlockFormat::Q4_1;
+    let blocks =
+        QuantMatrix::new(format, random_blocks(format, rows, cols, 3), rows, cols).unwrap();
+    let packed = PackedMatrix::pack(&blocks.dequantize(), rows, cols);
+    let x: Vec<f32> = (0..3 * cols).map(|i| (i % 11) as f32 / 5.0 - 1.0).collect();
+    let (one_row, three_rows) = (blocks.matmul(&x[..cols]), packed.matmul(&x));
+    let both = CpuProjection::Blocks {
+        blocks: blocks.clone(),
+        packed: Some(packed),
+    };
+    assert_eq!(
+        both.matmul(&x[..cols]),
+        one_row,
+        "one row: the blocks' kernel"
+    );
+    assert_eq!(both.matmul(&x), three_rows, "three rows: packed f32");
+    let only_blocks = CpuProjection::Blocks {
+        blocks: blocks.clone(),
+        packed: None,
+    };
+    assert_eq!(only_blocks.matmul(&x), blocks.matmul(&x));
+    let want = naive_matmul(&x, &blocks.dequantize(), rows, cols);
+    close(&three_rows, &want, "packed f32");
+    close(&only_blocks.matmul(&x), &want, "blocks");
+}
+
+#[test]
+fn every_build_of_the_expansion_helpers_matches_the_portable_one() {
+    let src: Vec<f32> = (0..BLOCK * BLOCK).map(|i| i as f32).collect();
+    let mut want = vec![0.0; BLOCK * BLOCK];
+    transpose_tile_portable(&src, &mut want);
+    assert_eq!(want[BLOCK + 2], src[2 * BLOCK + 1]);
+    let mut got = vec![0.0; BLOCK * BLOCK];
+    tile_transposer()(&src, &mut got);
+    assert_eq!(got, want, "the dispatched transpose");
+    for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+        let blocks = random_blocks(format, 1, 4 * BLOCK, 11);
+        for block in blocks.chunks_exact(format.block_bytes()) {
+            let (mut want, mut got) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+            dequantize_row(format, block, &mut want);
+            block_dequantizer()(format, block, &mut got);
+            close(&got, &want, &format!("{format:?} dispatched dequantizer"));
+        }
+    }
+}
+
+#[test]
+fn dequantize_follows_the_gguf_layout() {
+    // Q4_1, d = 0.5, m = -1: byte j holds element j (low nibble) and j + 16 (high).
+    let mut block = vec![0u8; 20];
+    block[..2].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
+    block[2..4].copy_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+    block[4] = 0x3A;
+    let m = QuantMatrix::new(BlockFormat::Q4_1, block, 1, 32).unwrap();
+    let w = m.dequantize();
+    assert_eq!(w[0], 0xA as f32 * 0.5 - 1.0);
+    assert_eq!(w[16], 0x3 as f32 * 0.5 - 1.0);
+    assert_eq!(w[1], -1.0);
+}
+
+#[test]
+fn dequantize_agrees_with_the_gguf_reader() {
+    use crate::loader::gguf::{dequantize, GgmlType};
+    let (rows, cols) = (5, 96);
+    for (format, ggml) in [
+        (BlockFormat::Q4_0, GgmlType::Q4_0),
+        (BlockFormat::Q4_1, GgmlType::Q4_1),
+        (BlockFormat::Q8_0, GgmlType::Q8_0),
+    ] {
+        let blocks = random_blocks(format, rows, cols, 11);
+        let mut want = vec![0.0f32; rows * cols];
+        dequantize(ggml, &blocks, rows * cols, &mut want).unwrap();
+        let m = QuantMatrix::new(format, blocks, rows, cols).unwrap();
+        assert_eq!(m.dequantize(), want, "{format:?}");
+    }
+}
+
+#[test]
+fn malformed_shapes_are_errors() {
+    assert_eq!(
+        QuantMatrix::new(BlockFormat::Q8_0, vec![0; 34], 1, 30).unwrap_err(),
+        QuantMatrixError::PartialBlock { cols: 30 }
+    );
+    assert!(matches!(
+        QuantMatrix::new(BlockFormat::Q4_0, vec![0; 35], 2, 32),
+        Err(QuantMatrixError::Length { expected: 36, .. })
+    ));
+    assert!(QuantMatrix::new(BlockFormat::Q4_0, vec![], usize::MAX, 64).is_err());
+}
