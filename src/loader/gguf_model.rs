@@ -159,6 +159,7 @@ impl WeightSource for GgufWeights {
                 name: format!("{name} in {}", self.path.display()),
                 source: Box::new(e),
             })?;
+        self.file.release_tensor_pages(name);
         Ok(Some(HostTensor { shape, data }))
     }
 
@@ -183,8 +184,9 @@ impl WeightSource for GgufWeights {
             .file
             .tensor_data(name)
             .map_err(|e| source(Box::new(e)))?;
-        QuantMatrix::new(format, bytes.to_vec(), rows as usize, cols as usize)
-            .map(Some)
-            .map_err(|e| source(Box::new(e)))
+        let matrix = QuantMatrix::new(format, bytes.to_vec(), rows as usize, cols as usize)
+            .map_err(|e| source(Box::new(e)))?;
+        self.file.release_tensor_pages(name);
+        Ok(Some(matrix))
     }
 }

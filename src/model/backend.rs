@@ -2,12 +2,12 @@
 //! and projections against weights laid out once for the backend's fastest matmul.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData, TensorPrimitive};
 
 use super::attention::AttentionPlan;
 use super::cpu::{
-    rms_norm, rotate_heads, swiglu, write_keys_transposed, CpuProjection, KeyLayout, PackedMatrix,
-    PagedAttention,
+    rms_norm, rotate_heads, swiglu, write_keys_transposed, CpuEmbedding, CpuProjection, KeyLayout,
+    PackedMatrix, PagedAttention,
 };
 use super::kv_cache::LayerPools;
 use super::rope::{RotaryRows, RotaryTable};
@@ -50,6 +50,23 @@ pub trait ModelBackend: Backend {
     fn run_step<R: Send>(step: impl FnOnce() -> R + Send) -> R {
         step()
     }
+
+    /// The embedding table in the layout this backend looks rows up in.
+    type Embedding: std::fmt::Debug + Send + Sync;
+
+    /// Lays out the `[vocab, hidden]` embedding table, stored as `dtype`. Quantized blocks are
+    /// kept by backends that read them (flex) and expanded to f32 by the others.
+    fn pack_embedding(
+        table: ProjectionWeight,
+        device: &Self::Device,
+        dtype: FloatDType,
+    ) -> Self::Embedding;
+
+    /// The table's rows for `ids` (each below the vocabulary size).
+    ///
+    /// # Shapes
+    /// - returns `[ids.len(), hidden]`
+    fn embed(table: &Self::Embedding, ids: &[u32], device: &Self::Device) -> Tensor<Self, 2>;
 
     /// Lays out a row-major `[out_features, in_features]` weight (PyTorch's `Linear.weight`),
     /// stored as `dtype` (one [`Self::compute_dtype`] returned). Quantized blocks are kept by
@@ -148,6 +165,7 @@ pub trait ModelBackend: Backend {
 
 impl ModelBackend for burn::backend::Flex {
     type Projection = CpuProjection;
+    type Embedding = CpuEmbedding;
 
     /// The CPU kernels compute in f32: half precision would only add conversions here, since
     /// the projections are bound by reading f32 panels and the CPUs we target have no fast
@@ -179,6 +197,27 @@ impl ModelBackend for burn::backend::Flex {
                 CpuProjection::Blocks { blocks, packed }
             }
         }
+    }
+
+    fn pack_embedding(
+        table: ProjectionWeight,
+        _device: &Self::Device,
+        _dtype: FloatDType,
+    ) -> CpuEmbedding {
+        match table {
+            ProjectionWeight::F32(t) => CpuEmbedding::F32(t),
+            // A lookup expands one row per token: never worth an f32 copy of the table.
+            ProjectionWeight::Blocks { matrix, .. } => CpuEmbedding::Blocks(matrix),
+        }
+    }
+
+    fn embed(table: &CpuEmbedding, ids: &[u32], _device: &Self::Device) -> Tensor<Self, 2> {
+        let rows = table.lookup(ids);
+        let hidden = rows.len().checked_div(ids.len()).unwrap_or(0);
+        Tensor::from_data(
+            TensorData::new(rows, [ids.len(), hidden]),
+            &Default::default(),
+        )
     }
 
     fn project(x: Tensor<Self, 2>, weight: &CpuProjection) -> Tensor<Self, 2> {
@@ -350,6 +389,24 @@ impl DenseBackend for DenseHalfCpu {}
 impl<B: DenseBackend> ModelBackend for B {
     /// `[in_features, out_features]`, contiguous.
     type Projection = Tensor<B, 2>;
+    /// `[vocab, hidden]`.
+    type Embedding = Tensor<B, 2>;
+
+    fn pack_embedding(
+        table: ProjectionWeight,
+        device: &B::Device,
+        dtype: FloatDType,
+    ) -> Tensor<B, 2> {
+        let table = table.into_f32();
+        let shape = [table.shape[0], table.shape[1]];
+        Tensor::from_data(TensorData::new(table.data, shape), (device, dtype.into()))
+    }
+
+    fn embed(table: &Tensor<B, 2>, ids: &[u32], device: &B::Device) -> Tensor<B, 2> {
+        let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids.clone(), [ids.len()]), device);
+        table.clone().select(0, ids)
+    }
 
     fn pack_projection(
         weight: ProjectionWeight,

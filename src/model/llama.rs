@@ -1,7 +1,7 @@
 //! The Llama-family decoder: embedding, N x (RMSNorm, GQA attention with RoPE, RMSNorm,
 //! SwiGLU MLP), final RMSNorm, output head. Optional q/k/v bias covers Qwen2.
 
-use burn::tensor::{FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 
 use super::attention::{AttentionPlan, HeadLayout};
 use super::backend::ModelBackend;
@@ -102,7 +102,7 @@ struct DecoderLayer<B: ModelBackend> {
 pub struct Llama<B: ModelBackend> {
     config: LlamaConfig,
     /// `[vocab, hidden]`
-    embedding: Tensor<B, 2>,
+    embedding: B::Embedding,
     layers: Vec<DecoderLayer<B>>,
     final_norm: RmsNorm<B>,
     /// `[vocab, hidden]`. A tied head is a copy of the embedding in the linear layout.
@@ -175,8 +175,14 @@ impl<B: ModelBackend> Llama<B> {
             B::pack_projection(weight, device, dtype)
         };
 
-        let embedding = source.require("token_embd.weight", &[c.vocab_size, hidden])?;
-        let embedding = to_device(embedding, [c.vocab_size, hidden], device, dtype);
+        let table = source.projection("token_embd.weight", [c.vocab_size, hidden], weights)?;
+        // A tied head multiplies by the embedding's table: kept as blocks, one copy serves both.
+        let tied_head = c.tie_word_embeddings.then(|| table.clone());
+        let embedding_bytes = match &table {
+            ProjectionWeight::Blocks { matrix, .. } => matrix.num_bytes(),
+            ProjectionWeight::F32(_) => c.vocab_size * hidden * element_bytes,
+        };
+        let embedding = B::pack_embedding(table, device, dtype);
         progress(1, total);
 
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -222,20 +228,20 @@ impl<B: ModelBackend> Llama<B> {
         }
 
         let final_norm = norm(source.require("output_norm.weight", &[hidden])?);
-        // A tied head reads the embedding's tensor again: as blocks where the policy keeps
-        // them, which the embedding lookup (a tensor on the device) cannot use.
-        let head_name = if c.tie_word_embeddings {
-            "token_embd.weight"
-        } else {
-            "output.weight"
+        let shared_bytes = match &tied_head {
+            Some(ProjectionWeight::Blocks { matrix, .. }) => matrix.num_bytes(),
+            _ => 0,
         };
-        let head = source.projection(head_name, [c.vocab_size, hidden], weights)?;
+        let head = match tied_head {
+            Some(table) => table,
+            None => source.projection("output.weight", [c.vocab_size, hidden], weights)?,
+        };
         let head = pack(head);
         progress(total, total);
         let bias_elements = if c.attention_bias { qk_dim + kv_dim } else { 0 };
-        let other_elements =
-            c.vocab_size * hidden + (2 * c.num_layers + 1) * hidden + c.num_layers * bias_elements;
-        let weight_bytes = projection_bytes + other_elements * element_bytes;
+        let other_elements = (2 * c.num_layers + 1) * hidden + c.num_layers * bias_elements;
+        let weight_bytes =
+            projection_bytes - shared_bytes + embedding_bytes + other_elements * element_bytes;
 
         let rope = RotaryTable::new(
             hd,
@@ -328,12 +334,6 @@ impl<B: ModelBackend> Llama<B> {
             });
         }
         let device = &self.device;
-        let ids = batch
-            .token_ids
-            .iter()
-            .map(|&t| t as i64)
-            .collect::<Vec<_>>();
-        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
         let positions: Vec<usize> = batch
             .sequences
             .iter()
@@ -344,7 +344,7 @@ impl<B: ModelBackend> Llama<B> {
             .rows(&positions, c.num_heads + c.num_kv_heads, device);
         let plan = AttentionPlan::<B>::new(&batch.sequences, pool.block_size, self.heads(), device);
 
-        let mut x = self.embedding.clone().select(0, ids);
+        let mut x = B::embed(&self.embedding, &batch.token_ids, device);
         let mut pools = cache.take_layers();
         if pools.len() != self.layers.len() {
             cache.restore_layers(pools);

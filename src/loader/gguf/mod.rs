@@ -528,6 +528,26 @@ impl GgufFile {
             })
     }
 
+    /// Drops the mapped pages of tensor `name` from this process's resident memory, once its
+    /// data has been copied out: the loader copies every tensor, so without this the mapped
+    /// file would count a second time in the peak resident size. Advisory: a tensor read again
+    /// is paged back in from the file, and any failure leaves the pages where they are.
+    pub fn release_tensor_pages(&self, name: &str) {
+        let Storage::Mmap(map) = &self.storage else {
+            return;
+        };
+        let Ok(data) = self.tensor_data(name) else {
+            return;
+        };
+        let offset = data.as_ptr() as usize - map.as_ptr() as usize;
+        // SAFETY: the map is a read-only map of the file, so MADV_DONTNEED cannot change what
+        // any live reference reads: dropped pages are faulted back in with the same bytes
+        // (the file changing underneath is the caveat `open` already documents).
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, data.len())
+        };
+    }
+
     /// Dequantizes a tensor to f32, row-major with `dims[0]` fastest (a PyTorch `[out, in]`
     /// weight for a linear layer).
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>, GgufError> {

@@ -584,6 +584,19 @@ fn gguf_file_can_be_shared_across_threads() {
 }
 
 #[test]
+fn released_tensor_pages_read_back_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    std::fs::write(&path, two_tensor_writer(3).build()).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let before = file.tensor_data("b").unwrap().to_vec();
+    file.release_tensor_pages("b");
+    file.release_tensor_pages("no such tensor");
+    assert_eq!(file.tensor_data("b").unwrap(), before);
+    assert_eq!(file.dequantize("b").unwrap(), [1.0, -1.0]);
+}
+
+#[test]
 fn open_maps_a_real_file_and_reports_a_missing_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");

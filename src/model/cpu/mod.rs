@@ -15,6 +15,8 @@ pub use attention::{write_keys_transposed, KeyLayout, PagedAttention};
 pub use elementwise::{rms_norm, rotate_heads};
 pub use packed::PackedMatrix;
 
+use crate::model::HostTensor;
+
 /// A projection's weight as flex multiplies it: f32 packed into panels, or the checkpoint's
 /// quantized blocks read in place, optionally with the packed f32 beside them.
 #[derive(Debug)]
@@ -50,6 +52,33 @@ impl CpuProjection {
         match self {
             CpuProjection::Packed(p) => p.out_features(),
             CpuProjection::Blocks { blocks, .. } => blocks.rows(),
+        }
+    }
+}
+
+/// The embedding table as flex looks rows up in it: f32, or the checkpoint's blocks with each
+/// looked-up row expanded (the table is the largest weight, and a step reads one row per token).
+#[derive(Debug)]
+pub enum CpuEmbedding {
+    /// Row-major `[vocab, hidden]`.
+    F32(HostTensor),
+    /// `[vocab, hidden]` in blocks.
+    Blocks(quant::QuantMatrix),
+}
+
+impl CpuEmbedding {
+    /// The rows of `ids`, end to end. Ids are below the vocabulary size (batches are validated
+    /// before the model runs).
+    pub fn lookup(&self, ids: &[u32]) -> Vec<f32> {
+        match self {
+            CpuEmbedding::F32(table) => {
+                let hidden = table.shape[1];
+                ids.iter()
+                    .flat_map(|&id| &table.data[id as usize * hidden..][..hidden])
+                    .copied()
+                    .collect()
+            }
+            CpuEmbedding::Blocks(table) => table.dequantize_rows(ids),
         }
     }
 }

@@ -13,6 +13,8 @@
 //! The model keeps projections this way under `--weights native|auto` (`CpuProjection`). The
 //! 32-element block types are here; the K-quants are not.
 
+use std::sync::Arc;
+
 use half::f16;
 use rayon::prelude::*;
 
@@ -71,11 +73,12 @@ pub enum QuantMatrixError {
 }
 
 /// A row-major `[rows, cols]` weight (PyTorch's `Linear.weight`: `rows` outputs) held as
-/// quantized blocks, each row a run of `cols / 32` blocks.
+/// quantized blocks, each row a run of `cols / 32` blocks. Clones share the bytes (a tied
+/// output head and the embedding are one matrix).
 #[derive(Clone, Debug)]
 pub struct QuantMatrix {
     format: BlockFormat,
-    blocks: Vec<u8>,
+    blocks: Arc<[u8]>,
     rows: usize,
     cols: usize,
 }
@@ -105,7 +108,7 @@ impl QuantMatrix {
         }
         Ok(Self {
             format,
-            blocks,
+            blocks: blocks.into(),
             rows,
             cols,
         })
@@ -129,7 +132,10 @@ impl QuantMatrix {
             return None;
         }
         let rows = parts.iter().map(|p| p.rows).sum();
-        let blocks = parts.into_iter().flat_map(|p| p.blocks).collect();
+        let blocks = parts
+            .iter()
+            .flat_map(|p| p.blocks.iter().copied())
+            .collect();
         Some(QuantMatrix {
             format,
             blocks,
@@ -160,6 +166,19 @@ impl QuantMatrix {
             .chunks_exact(self.row_bytes())
             .zip(out.chunks_exact_mut(self.cols))
         {
+            dequantize_row(self.format, row, dst);
+        }
+        out
+    }
+
+    /// Rows `ids`, expanded to f32 and laid end to end (an embedding lookup).
+    ///
+    /// # Panics
+    /// When an id is not below [`Self::rows`] (callers validate token ids first).
+    pub fn dequantize_rows(&self, ids: &[u32]) -> Vec<f32> {
+        let mut out = vec![0.0; ids.len() * self.cols];
+        for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(self.cols)) {
+            let row = &self.blocks[id as usize * self.row_bytes()..][..self.row_bytes()];
             dequantize_row(self.format, row, dst);
         }
         out

@@ -175,6 +175,29 @@ fn every_build_of_the_expansion_helpers_matches_the_portable_one() {
 }
 
 #[test]
+fn an_embedding_lookup_expands_just_the_rows_asked_for() {
+    use crate::model::cpu::CpuEmbedding;
+    use crate::model::HostTensor;
+    let (rows, cols) = (9, 64);
+    let format = BlockFormat::Q8_0;
+    let m = QuantMatrix::new(format, random_blocks(format, rows, cols, 5), rows, cols).unwrap();
+    let table = m.dequantize();
+    let ids = [8, 0, 3, 3];
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| table[i as usize * cols..][..cols].to_vec())
+        .collect();
+    assert_eq!(m.dequantize_rows(&ids), want);
+    assert_eq!(CpuEmbedding::Blocks(m.clone()).lookup(&ids), want);
+    let f32_table = CpuEmbedding::F32(HostTensor {
+        shape: vec![rows, cols],
+        data: table,
+    });
+    assert_eq!(f32_table.lookup(&ids), want);
+    assert!(m.dequantize_rows(&[]).is_empty());
+}
+
+#[test]
 fn dequantize_follows_the_gguf_layout() {
     // Q4_1, d = 0.5, m = -1: byte j holds element j (low nibble) and j + 16 (high).
     let mut block = vec![0u8; 20];
