@@ -170,7 +170,12 @@ impl WeightSource for GgufWeights {
         let format = match info.ggml_type {
             GgmlType::Q4_0 => BlockFormat::Q4_0,
             GgmlType::Q4_1 => BlockFormat::Q4_1,
+            GgmlType::Q5_0 => BlockFormat::Q5_0,
+            GgmlType::Q5_1 => BlockFormat::Q5_1,
             GgmlType::Q8_0 => BlockFormat::Q8_0,
+            GgmlType::Q4_K => BlockFormat::Q4_K,
+            GgmlType::Q5_K => BlockFormat::Q5_K,
+            GgmlType::Q6_K => BlockFormat::Q6_K,
             _ => return Ok(None),
         };
         let &[cols, rows] = info.dims.as_slice() else {

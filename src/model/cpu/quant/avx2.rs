@@ -39,6 +39,7 @@ unsafe fn scale_and_offset(format: BlockFormat, block: &[u8]) -> (f32, f32) {
         BlockFormat::Q4_0 => -8.0 * d,
         BlockFormat::Q4_1 => _mm_cvtss_f32(_mm_movehdup_ps(halves)),
         BlockFormat::Q8_0 => 0.0,
+        _ => unreachable!("only Q4_0, Q4_1 and Q8_0 come here (group_avx2, dequantize_block)"),
     };
     (d, offset)
 }
@@ -70,11 +71,16 @@ unsafe fn unpack(format: BlockFormat, block: &[u8]) -> [__m256; 4] {
                 widen_i8(_mm_srli_si128(b, 8)),
             ]
         }
+        _ => unreachable!("only Q4_0, Q4_1 and Q8_0 come here (group_avx2, dequantize_block)"),
     }
 }
 
 pub(super) fn dequantize_block(format: BlockFormat, block: &[u8], out: &mut [f32]) {
-    // SAFETY: chosen by `block_dequantizer` only when the CPU has AVX2, FMA and F16C;
+    if !format.has_vector_dequantizer() {
+        // Callers pass 32-element blocks, one group each.
+        return super::groups::dequantize_group(format, block, 0, out);
+    }
+    // SAFETY: chosen by `group_dequantizer` only when the CPU has AVX2, FMA and F16C;
     // `block` is one block and `out` holds its 32 values.
     unsafe { dequantize_block_avx2(format, &block[..format.block_bytes()], &mut out[..BLOCK]) }
 }
@@ -145,8 +151,18 @@ unsafe fn transpose8(src: *const f32, dst: *mut f32) {
 const ROWS: usize = 4;
 
 /// [`BlockFormat`] as a const parameter (`F`), so each kernel is compiled per format.
-const FORMATS: [BlockFormat; 3] = [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0];
+const FORMATS: [BlockFormat; 8] = [
+    BlockFormat::Q4_0,
+    BlockFormat::Q4_1,
+    BlockFormat::Q8_0,
+    BlockFormat::Q5_0,
+    BlockFormat::Q5_1,
+    BlockFormat::Q4_K,
+    BlockFormat::Q5_K,
+    BlockFormat::Q6_K,
+];
 const Q8_0: u8 = 2;
+const Q6_K: u8 = 7;
 
 /// Which integer dot product the kernels use.
 #[derive(Clone, Copy)]
@@ -182,32 +198,37 @@ pub(super) fn dot_rows_with(
 ) {
     assert_eq!(out.len(), x.rows(), "one output per row of x");
     assert_eq!(
-        row.len(),
-        x.blocks_per_row() * format.block_bytes(),
+        row.len() / format.block_bytes() * format.block_elements(),
+        x.blocks_per_row() * BLOCK,
         "a row of blocks as long as x's rows"
     );
+    assert!(
+        row.len().is_multiple_of(format.block_bytes()),
+        "whole blocks"
+    );
+    let f = FORMATS
+        .iter()
+        .position(|&f| f == format)
+        .expect("every format") as u8;
     let mut first = 0;
     while first < out.len() {
         let take = if out.len() - first >= ROWS { ROWS } else { 1 };
         let out = &mut out[first..first + take];
         // SAFETY: `IntegerDot::detect` chose `with` for this CPU; the asserts above make `row`
-        // one block per block of `x`'s rows, and `first + take <= x.rows()`.
+        // one group per group of `x`'s rows, and `first + take <= x.rows()`.
         unsafe {
             macro_rules! run {
-                ($kernel:ident) => {
-                    match (format, take) {
-                        (BlockFormat::Q4_0, ROWS) => $kernel::<ROWS, 0>(row, x, first, out),
-                        (BlockFormat::Q4_1, ROWS) => $kernel::<ROWS, 1>(row, x, first, out),
-                        (BlockFormat::Q8_0, ROWS) => $kernel::<ROWS, 2>(row, x, first, out),
-                        (BlockFormat::Q4_0, _) => $kernel::<1, 0>(row, x, first, out),
-                        (BlockFormat::Q4_1, _) => $kernel::<1, 1>(row, x, first, out),
-                        (BlockFormat::Q8_0, _) => $kernel::<1, 2>(row, x, first, out),
+                ($kernel:ident, $($f:literal)*) => {
+                    match (f, take) {
+                        $(($f, ROWS) => $kernel::<ROWS, $f>(row, x, first, out),)*
+                        $(($f, _) => $kernel::<1, $f>(row, x, first, out),)*
+                        _ => unreachable!("FORMATS has eight formats"),
                     }
                 };
             }
             match with {
-                IntegerDot::Avx2 => run!(planes_avx2),
-                IntegerDot::Vnni => run!(planes_vnni),
+                IntegerDot::Avx2 => run!(planes_avx2, 0 1 2 3 4 5 6 7),
+                IntegerDot::Vnni => run!(planes_vnni, 0 1 2 3 4 5 6 7),
             }
         }
         first += take;
@@ -222,28 +243,122 @@ unsafe fn nibbles(qs: *const u8) -> __m256i {
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
 }
 
-/// Block `F`'s quants as the integer dot takes them, its `d` and what every element adds
-/// beside `d * u`. Q8_0 stays signed for the AVX2 dot, which moves the signs onto `x`.
+/// Bit `j` of the little-endian `u32` at `bits` as byte `j`: 16 where set, 0 where not (the
+/// fifth bits of Q5_0 and Q5_1).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn weights_avx2<const F: u8>(block: &[u8]) -> (__m256i, f32, f32) {
-    let (d, offset) = scale_and_offset(FORMATS[F as usize], block);
-    let u = match F {
-        0 => nibbles(block.as_ptr().add(2)),
-        1 => nibbles(block.as_ptr().add(4)),
-        _ => _mm256_loadu_si256(block.as_ptr().add(2) as *const __m256i),
-    };
-    (u, d, offset)
+unsafe fn fifth_bits(bits: *const u8) -> __m256i {
+    let word = _mm256_set1_epi32(i32::from_le_bytes(*(bits as *const [u8; 4])));
+    // Byte j takes byte j / 8 of the word, then keeps only bit j % 8.
+    let spread = _mm256_shuffle_epi8(
+        word,
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(16))
 }
 
-/// As [`weights_avx2`], but Q8_0's quants are made unsigned (`+ 128`, one xor), which its
+/// 32 bytes at `at`, each shifted right by `shift` and masked to `mask` (bits never cross
+/// bytes: the mask keeps only what came from the byte itself).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bytes_bits(at: *const u8, shift: i32, mask: i8) -> __m256i {
+    let v = _mm256_loadu_si256(at as *const __m256i);
+    let shifted = _mm256_srl_epi16(v, _mm_cvtsi32_si128(shift));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(mask))
+}
+
+/// The f16 at `at`, in hardware, loading just its two bytes (a block's last field).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_at(at: *const u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_loadu_si16(at)))
+}
+
+/// One 32-element group, as the kernels take it: its small integers and, per 16-element half,
+/// the scale and what every element adds (equal halves except in Q6_K).
+struct Group {
+    u: __m256i,
+    scales: [f32; 2],
+    offsets: [f32; 2],
+}
+
+/// Group `g` of `row` in format `F` (group `g % groups` of block `g / groups`), the layouts of
+/// `groups.rs` decoded in registers. Q8_0 stays signed for the AVX2 dot, which moves the signs
+/// onto `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn group_avx2<const F: u8>(row: &[u8], g: usize) -> Group {
+    let format = FORMATS[F as usize];
+    let groups = format.block_elements() / BLOCK;
+    let block = &row[g / groups * format.block_bytes()..][..format.block_bytes()];
+    let (sub, at) = (g % groups, block.as_ptr());
+    let same = |scale: f32, offset: f32, u| Group {
+        u,
+        scales: [scale; 2],
+        offsets: [offset; 2],
+    };
+    match format {
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => {
+            let (d, offset) = scale_and_offset(format, block);
+            let u = match format {
+                BlockFormat::Q4_0 => nibbles(at.add(2)),
+                BlockFormat::Q4_1 => nibbles(at.add(4)),
+                _ => _mm256_loadu_si256(at.add(2) as *const __m256i),
+            };
+            same(d, offset, u)
+        }
+        BlockFormat::Q5_0 => {
+            let d = half_at(at);
+            let u = _mm256_or_si256(nibbles(at.add(6)), fifth_bits(at.add(2)));
+            same(d, -16.0 * d, u)
+        }
+        BlockFormat::Q5_1 => {
+            let u = _mm256_or_si256(nibbles(at.add(8)), fifth_bits(at.add(4)));
+            same(half_at(at), half_at(at.add(2)), u)
+        }
+        BlockFormat::Q4_K | BlockFormat::Q5_K => {
+            let qs = if format == BlockFormat::Q4_K { 16 } else { 48 };
+            let mut u = bytes_bits(at.add(qs + 32 * (sub / 2)), 4 * (sub % 2) as i32, 0x0F);
+            if format == BlockFormat::Q5_K {
+                let high = bytes_bits(at.add(16), sub as i32, 0x01);
+                u = _mm256_or_si256(u, _mm256_slli_epi16::<4>(high));
+            }
+            let (sc, m) = super::groups::scale_min_k4(sub, &block[4..16]);
+            same(half_at(at) * sc, -half_at(at.add(2)) * m, u)
+        }
+        BlockFormat::Q6_K => {
+            let (n, k) = (sub / 4, sub % 4);
+            let low = bytes_bits(at.add(64 * n + 32 * (k % 2)), 4 * (k / 2) as i32, 0x0F);
+            let high = bytes_bits(at.add(128 + 32 * n), 2 * k as i32, 0x03);
+            let u = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
+            let d = half_at(at.add(208));
+            let scales = [0, 1].map(|h| d * block[192 + 8 * n + 2 * k + h] as i8 as f32);
+            Group {
+                u,
+                scales,
+                offsets: scales.map(|s| -32.0 * s),
+            }
+        }
+    }
+}
+
+/// As [`group_avx2`], but Q8_0's quants are made unsigned (`+ 128`, one xor), which its
 /// offset takes back out: `vpdpbusd` multiplies unsigned by signed bytes.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn weights_vnni<const F: u8>(block: &[u8]) -> (__m256i, f32, f32) {
-    let (u, d, offset) = weights_avx2::<F>(block);
+unsafe fn group_vnni<const F: u8>(row: &[u8], g: usize) -> Group {
+    let group = group_avx2::<F>(row, g);
     if F == Q8_0 {
-        return (_mm256_xor_si256(u, _mm256_set1_epi8(-128)), d, -128.0 * d);
+        let d = group.scales[0];
+        return Group {
+            u: _mm256_xor_si256(group.u, _mm256_set1_epi8(-128)),
+            scales: [d; 2],
+            offsets: [-128.0 * d; 2],
+        };
     }
-    (u, d, offset)
+    group
 }
 
 /// One of a block's planes, 32 signed bytes.
@@ -253,8 +368,8 @@ unsafe fn plane(quants: *const i8, k: usize) -> __m256i {
 }
 
 /// `u . (2^14 q1 + 2^7 q2 + q3)` in eight `i32` lanes of four products each. Every pair
-/// `maddubs` sums fits `i16`: at most 2 * 15 * 127 for nibbles, 2 * 128 * 127 for Q8_0's
-/// magnitudes (its signs moved onto the planes).
+/// `maddubs` sums fits `i16`: at most 2 * 63 * 127 for the unsigned formats (Q6_K's 6 bits),
+/// 2 * 128 * 127 for Q8_0's magnitudes (its signs moved onto the planes).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2<const F: u8>(u: __m256i, quants: *const i8) -> __m256i {
     let (u, signs) = if F == Q8_0 {
@@ -275,7 +390,7 @@ unsafe fn dot_avx2<const F: u8>(u: __m256i, quants: *const i8) -> __m256i {
 }
 
 /// As [`dot_avx2`] with `vpdpbusd`, by Horner's rule over the planes. A lane stays below
-/// 4 * 255 * (127 * 2^14 + 64 * 2^7 + 64) < 2^31.
+/// 4 * 255 * (127 * 2^14 + 64 * 2^7 + 64) < 2^31 (255: Q8_0 made unsigned).
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 unsafe fn dot_vnni<const F: u8>(u: __m256i, quants: *const i8) -> __m256i {
     let mut total = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, plane(quants, 0));
@@ -285,11 +400,12 @@ unsafe fn dot_vnni<const F: u8>(u: __m256i, quants: *const i8) -> __m256i {
     _mm256_dpbusd_epi32(total, u, plane(quants, 2))
 }
 
-/// `R` rows of `x` (from `first`) against one row of blocks of format `F`: per block
-/// `d * step * (u . planes) + offset * sum`, summed in f32. Even and odd blocks go to separate
-/// sums, so that one block's additions need not wait for the last block's.
+/// `R` rows of `x` (from `first`) against one row of blocks of format `F`: per 32-element
+/// group `scale * step * (u . planes) + offset * sum`, summed in f32 (Q6_K: per half). Even
+/// and odd groups go to separate sums, so that one group's additions need not wait for the
+/// last one's.
 macro_rules! planes_kernel {
-    ($name:ident, $features:literal, $weights:ident, $dot:ident) => {
+    ($name:ident, $features:literal, $group:ident, $dot:ident) => {
         #[target_feature(enable = $features)]
         unsafe fn $name<const R: usize, const F: u8>(
             row: &[u8],
@@ -301,25 +417,31 @@ macro_rules! planes_kernel {
             let mut even = [_mm256_setzero_ps(); R];
             let mut odd = [_mm256_setzero_ps(); R];
             let mut offsets = [[0.0f32; 2]; R];
-            let block_bytes = FORMATS[F as usize].block_bytes();
-            let blocks = row.len() / block_bytes;
-            let mut add = |b: usize, sums: &mut [__m256; R], parity: usize| {
-                let (u, d, offset) = $weights::<F>(&row[b * block_bytes..]);
+            let groups = x.blocks_per_row();
+            let mut add = |g: usize, sums: &mut [__m256; R], parity: usize| {
+                let group = $group::<F>(row, g);
                 for r in 0..R {
-                    let quants = rows[r].quants.as_ptr().add(b * PLANES * BLOCK);
-                    let (step, sum) = (
-                        *rows[r].steps.get_unchecked(b),
-                        *rows[r].sums.get_unchecked(b),
-                    );
-                    let products = _mm256_cvtepi32_ps($dot::<F>(u, quants));
-                    sums[r] = _mm256_fmadd_ps(products, _mm256_set1_ps(d * step), sums[r]);
-                    offsets[r][parity] += offset * sum;
+                    let quants = rows[r].quants.as_ptr().add(g * PLANES * BLOCK);
+                    let step = *rows[r].steps.get_unchecked(g);
+                    let products = _mm256_cvtepi32_ps($dot::<F>(group.u, quants));
+                    let [h0, h1] = *rows[r].half_sums.get_unchecked(g);
+                    let scale = if F == Q6_K {
+                        // Lanes 0-3 hold elements 0-15.
+                        _mm256_set_m128(
+                            _mm_set1_ps(group.scales[1] * step),
+                            _mm_set1_ps(group.scales[0] * step),
+                        )
+                    } else {
+                        _mm256_set1_ps(group.scales[0] * step)
+                    };
+                    sums[r] = _mm256_fmadd_ps(products, scale, sums[r]);
+                    offsets[r][parity] += group.offsets[0] * h0 + group.offsets[1] * h1;
                 }
             };
-            for b in (0..blocks).step_by(2) {
-                add(b, &mut even, 0);
-                if b + 1 < blocks {
-                    add(b + 1, &mut odd, 1);
+            for g in (0..groups).step_by(2) {
+                add(g, &mut even, 0);
+                if g + 1 < groups {
+                    add(g + 1, &mut odd, 1);
                 }
             }
             for r in 0..R {
@@ -330,10 +452,10 @@ macro_rules! planes_kernel {
     };
 }
 
-planes_kernel!(planes_avx2, "avx2,fma,f16c", weights_avx2, dot_avx2);
+planes_kernel!(planes_avx2, "avx2,fma,f16c", group_avx2, dot_avx2);
 planes_kernel!(
     planes_vnni,
     "avx2,fma,f16c,avx512vnni,avx512vl",
-    weights_vnni,
+    group_vnni,
     dot_vnni
 );

@@ -15,35 +15,77 @@
 
 use std::sync::Arc;
 
-use half::f16;
 use rayon::prelude::*;
 
 use super::packed::{ScratchPanel, PANEL_WIDTH};
 use super::SharedOut;
 use planes::Planes;
 
-/// Elements per block of the 32-element types.
+/// Elements per block of the 32-element types, and per group of every type (a K-quant
+/// super-block is eight).
 pub const BLOCK: usize = 32;
 
-/// A GGUF block type this module multiplies by.
+/// A GGUF block type this module multiplies by (named as ggml names them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
 pub enum BlockFormat {
     /// `d: f16, qs: [u8; 16]`, `x = d * (q - 8)`.
     Q4_0,
     /// `d, m: f16, qs: [u8; 16]`, `x = d * q + m`.
     Q4_1,
+    /// `d: f16, qh: u32, qs: [u8; 16]`, `x = d * (q - 16)` with 5-bit `q`.
+    Q5_0,
+    /// `d, m: f16, qh: u32, qs: [u8; 16]`, `x = d * q + m` with 5-bit `q`.
+    Q5_1,
     /// `d: f16, qs: [i8; 32]`, `x = d * q`.
     Q8_0,
+    /// 256 elements: `d, dmin: f16`, 6-bit scale and min per 32, 4-bit quants.
+    Q4_K,
+    /// As Q4_K with a fifth bit per quant.
+    Q5_K,
+    /// 256 elements: 6-bit quants offset by 32, an 8-bit scale per 16, `d: f16`.
+    Q6_K,
 }
 
 impl BlockFormat {
-    /// Bytes of one block of [`BLOCK`] elements.
+    /// Bytes of one block.
     pub fn block_bytes(self) -> usize {
         match self {
             BlockFormat::Q4_0 => 18,
             BlockFormat::Q4_1 => 20,
+            BlockFormat::Q5_0 => 22,
+            BlockFormat::Q5_1 => 24,
             BlockFormat::Q8_0 => 34,
+            BlockFormat::Q4_K => 144,
+            BlockFormat::Q5_K => 176,
+            BlockFormat::Q6_K => 210,
         }
+    }
+
+    /// Elements of one block: 32, or 256 for the K-quants' super-blocks.
+    pub fn block_elements(self) -> usize {
+        match self {
+            BlockFormat::Q4_0
+            | BlockFormat::Q4_1
+            | BlockFormat::Q5_0
+            | BlockFormat::Q5_1
+            | BlockFormat::Q8_0 => BLOCK,
+            BlockFormat::Q4_K | BlockFormat::Q5_K | BlockFormat::Q6_K => 256,
+        }
+    }
+
+    /// Whether the x86 builds dequantize this format to f32 in registers for the expansion
+    /// (the others take the portable decoding in `groups.rs`; every format has vector dots).
+    fn has_vector_dequantizer(self) -> bool {
+        matches!(
+            self,
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0
+        )
+    }
+
+    /// 32-element groups per block.
+    fn groups(self) -> usize {
+        self.block_elements() / BLOCK
     }
 }
 
@@ -51,10 +93,12 @@ impl BlockFormat {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantMatrixError {
     /// Rows must be whole blocks.
-    #[error("{cols} columns is not a multiple of the {BLOCK}-element block")]
+    #[error("{cols} columns is not a multiple of the {elements}-element block")]
     PartialBlock {
         /// Columns asked for.
         cols: usize,
+        /// Elements per block of the format.
+        elements: usize,
     },
     /// The buffer is not `rows` rows of blocks.
     #[error("{got} bytes of {format:?} blocks, expected {expected} for {rows}x{cols}")]
@@ -91,11 +135,12 @@ impl QuantMatrix {
         rows: usize,
         cols: usize,
     ) -> Result<Self, QuantMatrixError> {
-        if !cols.is_multiple_of(BLOCK) {
-            return Err(QuantMatrixError::PartialBlock { cols });
+        let elements = format.block_elements();
+        if !cols.is_multiple_of(elements) {
+            return Err(QuantMatrixError::PartialBlock { cols, elements });
         }
         let expected = rows
-            .checked_mul(cols / BLOCK)
+            .checked_mul(cols / elements)
             .and_then(|b| b.checked_mul(format.block_bytes()));
         if expected != Some(blocks.len()) {
             return Err(QuantMatrixError::Length {
@@ -155,7 +200,7 @@ impl QuantMatrix {
     }
 
     fn row_bytes(&self) -> usize {
-        self.cols / BLOCK * self.format.block_bytes()
+        self.cols / self.format.block_elements() * self.format.block_bytes()
     }
 
     /// The f32 expansion, row-major `[rows, cols]`.
@@ -241,8 +286,8 @@ impl QuantMatrix {
             .into_par_iter()
             .for_each(|task| {
                 let mut panel = ScratchPanel::new(self.cols);
-                let block_bytes = self.format.block_bytes();
-                let (dequantize, transpose) = (block_dequantizer(), tile_transposer());
+                let (block_bytes, groups) = (self.format.block_bytes(), self.format.groups());
+                let (dequantize, transpose) = (group_dequantizer(self.format), tile_transposer());
                 // One tile's blocks by weight row; rows past a last panel's end keep stale
                 // values, whose outputs are never written.
                 let mut by_row = [0.0f32; BLOCK * BLOCK];
@@ -253,7 +298,8 @@ impl QuantMatrix {
                         for (j, values) in by_row.chunks_exact_mut(BLOCK).take(columns).enumerate()
                         {
                             let row = &self.blocks[(first + j) * row_bytes..];
-                            dequantize(self.format, &row[t * block_bytes..][..block_bytes], values);
+                            let block = &row[t / groups * block_bytes..][..block_bytes];
+                            dequantize(self.format, block, t % groups, values);
                         }
                         transpose(&by_row, dst);
                     });
@@ -270,16 +316,19 @@ impl QuantMatrix {
 const EXPAND_FROM_ROWS: usize = 3;
 const _: () = assert!(PANEL_WIDTH == BLOCK, "a panel tile is one block");
 
-/// Writes one block's 32 values into `out`.
-type DequantizeFn = fn(BlockFormat, &[u8], &mut [f32]);
+/// Writes group `g` of one block (32 values) into `out`.
+type DequantizeFn = fn(BlockFormat, &[u8], usize, &mut [f32]);
 
-/// The fastest block dequantizer this CPU runs.
-fn block_dequantizer() -> DequantizeFn {
+/// The fastest dequantizer this CPU runs for `format`.
+fn group_dequantizer(format: BlockFormat) -> DequantizeFn {
     #[cfg(target_arch = "x86_64")]
-    if super::has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
-        return avx2::dequantize_block;
+    if format.has_vector_dequantizer()
+        && super::has_avx2()
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
+        return |format, block, _, out| avx2::dequantize_block(format, block, out);
     }
-    dequantize_row
+    groups::dequantize_group
 }
 
 /// Transposes a `BLOCK x BLOCK` tile: `dst[i * BLOCK + j] = src[j * BLOCK + i]`.
@@ -321,52 +370,10 @@ fn kernel() -> DotFn {
     dot_rows_portable
 }
 
-fn scale(block: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
-}
-
-/// The integers of one block that `d` multiplies: the raw nibbles for the 4-bit types (Q4_0's
-/// `- 8` is in its offset), the signed bytes for Q8_0.
-fn integers(format: BlockFormat, block: &[u8]) -> [i32; BLOCK] {
-    let mut q = [0i32; BLOCK];
-    match format {
-        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-            let qs = match format {
-                BlockFormat::Q4_0 => &block[2..18],
-                _ => &block[4..20],
-            };
-            for j in 0..16 {
-                q[j] = (qs[j] & 0x0F) as i32;
-                q[j + 16] = (qs[j] >> 4) as i32;
-            }
-        }
-        BlockFormat::Q8_0 => {
-            for (q, &b) in q.iter_mut().zip(&block[2..34]) {
-                *q = b as i8 as i32;
-            }
-        }
-    }
-    q
-}
-
 fn dequantize_row(format: BlockFormat, row: &[u8], dst: &mut [f32]) {
-    for (block, dst) in row
-        .chunks_exact(format.block_bytes())
-        .zip(dst.chunks_exact_mut(BLOCK))
-    {
-        let (d, m) = (scale(block, 0), offset(format, block));
-        for (y, q) in dst.iter_mut().zip(integers(format, block)) {
-            *y = q as f32 * d + m;
-        }
-    }
-}
-
-/// What every element of a block adds beside `d * q`: Q4_1's `m`, Q4_0's `-8 d`, Q8_0's 0.
-fn offset(format: BlockFormat, block: &[u8]) -> f32 {
-    match format {
-        BlockFormat::Q4_0 => -8.0 * scale(block, 0),
-        BlockFormat::Q4_1 => scale(block, 2),
-        BlockFormat::Q8_0 => 0.0,
+    for (t, dst) in dst.chunks_exact_mut(BLOCK).enumerate() {
+        let block = &row[t / format.groups() * format.block_bytes()..][..format.block_bytes()];
+        groups::dequantize_group(format, block, t % format.groups(), dst);
     }
 }
 
@@ -376,19 +383,27 @@ fn dot_rows_portable(format: BlockFormat, row: &[u8], x: &Planes, out: &mut [f32
     }
 }
 
-/// Per block `d * step * (u . planes) + offset * sum`: what the vector builds compute.
+/// Per group and half `scale * step * (u . planes) + offset * sum`: what the vector builds
+/// compute.
 fn dot_row_portable(format: BlockFormat, row: &[u8], x: &Planes, i: usize) -> f32 {
     let mut total = 0.0f32;
     for (b, block) in row.chunks_exact(format.block_bytes()).enumerate() {
-        let x = x.block(i, b);
-        let products = planes::block_dot(&integers(format, block), &x) as f32;
-        total += scale(block, 0) * x.step * products + offset(format, block) * x.sum;
+        for g in 0..format.groups() {
+            let x = x.block(i, b * format.groups() + g);
+            let group = groups::group(format, block, g);
+            let halves = planes::half_dots(&group.u, &x);
+            let terms = group.scales.iter().zip(group.offsets);
+            for ((scale, offset), (dot, sum)) in terms.zip(halves.iter().zip(x.half_sums)) {
+                total += scale * x.step * *dot as f32 + offset * sum;
+            }
+        }
     }
     total
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod groups;
 mod planes;
 #[cfg(test)]
 mod tests;

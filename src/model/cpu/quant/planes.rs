@@ -26,8 +26,9 @@ pub struct Planes {
     quants: Vec<i8>,
     /// `[row][block]`: what one unit of the combined integer is worth.
     steps: Vec<f32>,
-    /// `[row][block]`: the sum of the block's values as the planes hold them.
-    sums: Vec<f32>,
+    /// `[row][block]`: the sums of each 16-element half of the block's values as the planes
+    /// hold them.
+    half_sums: Vec<[f32; 2]>,
 }
 
 /// One block of one row of [`Planes`].
@@ -37,8 +38,8 @@ pub struct PlaneBlock<'a> {
     pub quants: &'a [i8; PLANES * BLOCK],
     /// What one unit of `2^14 q1 + 2^7 q2 + q3` is worth.
     pub step: f32,
-    /// The sum of the block's values as the planes hold them.
-    pub sum: f32,
+    /// The sums of the block's two 16-element halves as the planes hold them.
+    pub half_sums: [f32; 2],
 }
 
 impl Planes {
@@ -49,13 +50,13 @@ impl Planes {
             blocks: cols / BLOCK,
             quants: vec![0; blocks_total * PLANES * BLOCK],
             steps: vec![0.0; blocks_total],
-            sums: vec![0.0; blocks_total],
+            half_sums: vec![[0.0; 2]; blocks_total],
         };
         for (b, values) in x.chunks_exact(BLOCK).enumerate() {
             let quants = &mut planes.quants[b * PLANES * BLOCK..][..PLANES * BLOCK];
-            let (step, sum) = decompose(values, quants);
+            let (step, half_sums) = decompose(values, quants);
             planes.steps[b] = step;
-            planes.sums[b] = sum;
+            planes.half_sums[b] = half_sums;
         }
         planes
     }
@@ -68,7 +69,7 @@ impl Planes {
                 .try_into()
                 .expect("a block's planes"),
             step: self.steps[at],
-            sum: self.sums[at],
+            half_sums: self.half_sums[at],
         }
     }
 
@@ -89,7 +90,7 @@ impl Planes {
         PlaneRow {
             quants: &self.quants[blocks.start * PLANES * BLOCK..blocks.end * PLANES * BLOCK],
             steps: &self.steps[blocks.clone()],
-            sums: &self.sums[blocks],
+            half_sums: &self.half_sums[blocks],
         }
     }
 }
@@ -101,27 +102,29 @@ pub struct PlaneRow<'a> {
     pub quants: &'a [i8],
     /// Per block, as [`PlaneBlock::step`].
     pub steps: &'a [f32],
-    /// Per block, as [`PlaneBlock::sum`].
-    pub sums: &'a [f32],
+    /// Per block, as [`PlaneBlock::half_sums`].
+    pub half_sums: &'a [[f32; 2]],
 }
 
-/// Writes the planes of one block into `quants`; returns its step and the sum of its values
-/// as the planes hold them. Each value becomes one integer `c` of at most `127 * 2^14` steps,
-/// split exactly into `2^14 q1 + 2^7 q2 + q3` with `q1` rounded and `q2`, `q3` in `±64`.
-fn decompose(values: &[f32], quants: &mut [i8]) -> (f32, f32) {
+/// Writes the planes of one block into `quants`; returns its step and the sums of its two
+/// 16-element halves as the planes hold them. Each value becomes one integer `c` of at most
+/// `127 * 2^14` steps, split exactly into `2^14 q1 + 2^7 q2 + q3` with `q1` rounded and `q2`,
+/// `q3` in `±64`.
+fn decompose(values: &[f32], quants: &mut [i8]) -> (f32, [f32; 2]) {
     quants.fill(0);
     if values.iter().any(|v| !v.is_finite()) {
-        // The sum, which every kernel adds, carries the NaN or infinity through, as f32 would.
-        return (0.0, values.iter().sum());
+        // The sums, which every kernel adds, carry the NaN or infinity through, as f32 would.
+        let half = |h: usize| values[16 * h..16 * (h + 1)].iter().sum();
+        return (0.0, [half(0), half(1)]);
     }
     let largest = values.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
     let step = largest / FIRST_PLANE_MAX / (1u32 << (2 * PLANE_SHIFT)) as f32;
     if step == 0.0 {
         // All zeros, or too small for an f32 step (below about 1e-38 / 2^21): held as zeros.
-        return (0.0, 0.0);
+        return (0.0, [0.0; 2]);
     }
     let (coarse, fine) = (2 * PLANE_SHIFT, PLANE_SHIFT);
-    let mut combined_sum = 0i64;
+    let mut combined_sums = [0i64; 2];
     for (j, &v) in values.iter().enumerate() {
         // v / step rounded: the planes hold c exactly, so v to half a step.
         let c = (round(v as f64 / step as f64) as i32).clamp(-LARGEST_COMBINED, LARGEST_COMBINED);
@@ -132,9 +135,9 @@ fn decompose(values: &[f32], quants: &mut [i8]) -> (f32, f32) {
         quants[j] = q1 as i8;
         quants[BLOCK + j] = q2 as i8;
         quants[2 * BLOCK + j] = q3 as i8;
-        combined_sum += c as i64;
+        combined_sums[j / 16] += c as i64;
     }
-    (step, (combined_sum as f64 * step as f64) as f32)
+    (step, combined_sums.map(|c| (c as f64 * step as f64) as f32))
 }
 
 /// `v` rounded to the nearest integer (ties to even), for `|v| < 2^51`: adding 1.5 * 2^52
@@ -144,18 +147,19 @@ fn round(v: f64) -> f64 {
     (v + SHIFT) - SHIFT
 }
 
-/// `sum(u_j * c_j)` for one block: `u` the weights' 32 small integers, `c_j` the planes
-/// combined (`2^14 q1 + 2^7 q2 + q3`). Exact: what every build's integer kernel computes.
-pub fn block_dot(u: &[i32; BLOCK], x: &PlaneBlock<'_>) -> i64 {
+/// `sum(u_j * c_j)` over each 16-element half of one block: `u` the weights' 32 small
+/// integers, `c_j` the planes combined (`2^14 q1 + 2^7 q2 + q3`). Exact: what every build's
+/// integer kernel computes.
+pub fn half_dots(u: &[i32; BLOCK], x: &PlaneBlock<'_>) -> [i64; 2] {
     let q = x.quants;
-    (0..BLOCK)
-        .map(|j| {
-            let c = ((q[j] as i64) << (2 * PLANE_SHIFT))
-                + ((q[BLOCK + j] as i64) << PLANE_SHIFT)
-                + q[2 * BLOCK + j] as i64;
-            u[j] as i64 * c
-        })
-        .sum()
+    let mut halves = [0i64; 2];
+    for j in 0..BLOCK {
+        let c = ((q[j] as i64) << (2 * PLANE_SHIFT))
+            + ((q[BLOCK + j] as i64) << PLANE_SHIFT)
+            + q[2 * BLOCK + j] as i64;
+        halves[j / 16] += u[j] as i64 * c;
+    }
+    halves
 }
 
 #[cfg(test)]
@@ -168,7 +172,7 @@ mod tests {
             .map(|j| {
                 ones.fill(0);
                 ones[j] = 1;
-                block_dot(&ones, x) as f64 * x.step as f64
+                half_dots(&ones, x).iter().sum::<i64>() as f64 * x.step as f64
             })
             .collect()
     }
@@ -193,7 +197,10 @@ mod tests {
                 );
             }
             let sum: f64 = got.iter().sum();
-            assert!((block.sum as f64 - sum).abs() <= 1e-6 * sum.abs().max(largest));
+            let [first, second] = block.half_sums.map(|h| h as f64);
+            assert!((first + second - sum).abs() <= 1e-6 * sum.abs().max(largest));
+            let first_half: f64 = got[..16].iter().sum();
+            assert!((first - first_half).abs() <= 1e-6 * largest * 16.0);
             assert!(block.quants[BLOCK..].iter().all(|q| q.abs() <= 64));
         }
     }
@@ -204,7 +211,7 @@ mod tests {
         x[BLOCK + 3] = f32::NAN;
         let planes = Planes::new(&x, BLOCK);
         assert_eq!(planes.block(0, 0).step, 0.0);
-        assert_eq!(planes.block(0, 0).sum, 0.0);
-        assert!(planes.block(1, 0).sum.is_nan());
+        assert_eq!(planes.block(0, 0).half_sums, [0.0; 2]);
+        assert!(planes.block(1, 0).half_sums[0].is_nan());
     }
 }

@@ -1,5 +1,19 @@
+use half::f16;
+
 use super::*;
 use crate::model::cpu::naive_matmul;
+
+/// Every format, the 32-element ones first.
+const FORMATS: [BlockFormat; 8] = [
+    BlockFormat::Q4_0,
+    BlockFormat::Q4_1,
+    BlockFormat::Q8_0,
+    BlockFormat::Q5_0,
+    BlockFormat::Q5_1,
+    BlockFormat::Q4_K,
+    BlockFormat::Q5_K,
+    BlockFormat::Q6_K,
+];
 
 /// Random blocks with finite scales in a realistic range.
 fn random_blocks(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
@@ -11,15 +25,22 @@ fn random_blocks(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> Ve
         state
     };
     let bytes = format.block_bytes();
-    let mut out = Vec::with_capacity(rows * cols / BLOCK * bytes);
-    for _ in 0..rows * cols / BLOCK {
+    let mut out = Vec::with_capacity(rows * cols / format.block_elements() * bytes);
+    for _ in 0..rows * cols / format.block_elements() {
         let mut block = vec![0u8; bytes];
         block.iter_mut().for_each(|b| *b = next() as u8);
         let d = f16::from_f32((next() % 1000) as f32 / 1e5 + 1e-4).to_le_bytes();
-        block[..2].copy_from_slice(&d);
-        if format == BlockFormat::Q4_1 {
-            let m = f16::from_f32(-((next() % 1000) as f32) / 1e4).to_le_bytes();
-            block[2..4].copy_from_slice(&m);
+        let m = f16::from_f32(-((next() % 1000) as f32) / 1e4).to_le_bytes();
+        match format {
+            BlockFormat::Q4_0 | BlockFormat::Q5_0 | BlockFormat::Q8_0 => {
+                block[..2].copy_from_slice(&d)
+            }
+            // Q4_1's and Q5_1's min, the K-quants' dmin.
+            BlockFormat::Q4_1 | BlockFormat::Q5_1 | BlockFormat::Q4_K | BlockFormat::Q5_K => {
+                block[..2].copy_from_slice(&d);
+                block[2..4].copy_from_slice(&m);
+            }
+            BlockFormat::Q6_K => block[208..].copy_from_slice(&d),
         }
         out.extend(block);
     }
@@ -39,11 +60,11 @@ fn close(got: &[f32], want: &[f32], what: &str) {
 #[test]
 fn every_build_matches_dequantize_then_f32_matmul() {
     // 7 rows of x: one group of four and three taken singly.
-    let (rows, cols, n) = (37, 576, 7);
+    let (rows, cols, n) = (37, 768, 7);
     let x: Vec<f32> = (0..n * cols)
         .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
         .collect();
-    for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+    for format in FORMATS {
         let m = QuantMatrix::new(format, random_blocks(format, rows, cols, 7), rows, cols).unwrap();
         let want = naive_matmul(&x, &m.dequantize(), rows, cols);
         close(&m.matmul(&x), &want, &format!("{format:?} dispatched"));
@@ -163,13 +184,24 @@ fn every_build_of_the_expansion_helpers_matches_the_portable_one() {
     let mut got = vec![0.0; BLOCK * BLOCK];
     tile_transposer()(&src, &mut got);
     assert_eq!(got, want, "the dispatched transpose");
-    for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
-        let blocks = random_blocks(format, 1, 4 * BLOCK, 11);
-        for block in blocks.chunks_exact(format.block_bytes()) {
-            let (mut want, mut got) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-            dequantize_row(format, block, &mut want);
-            block_dequantizer()(format, block, &mut got);
-            close(&got, &want, &format!("{format:?} dispatched dequantizer"));
+    for format in FORMATS {
+        let blocks = random_blocks(format, 1, 256, 11);
+        for (b, block) in blocks.chunks_exact(format.block_bytes()).enumerate() {
+            for g in 0..format.groups() {
+                let (mut want, mut got) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+                let t = b * format.groups() + g;
+                want.copy_from_slice(
+                    &QuantMatrix::new(format, blocks.clone(), 1, 256)
+                        .unwrap()
+                        .dequantize()[t * BLOCK..][..BLOCK],
+                );
+                group_dequantizer(format)(format, block, g, &mut got);
+                close(
+                    &got,
+                    &want,
+                    &format!("{format:?} dispatched dequantizer, group {t}"),
+                );
+            }
         }
     }
 }
@@ -214,11 +246,16 @@ fn dequantize_follows_the_gguf_layout() {
 #[test]
 fn dequantize_agrees_with_the_gguf_reader() {
     use crate::loader::gguf::{dequantize, GgmlType};
-    let (rows, cols) = (5, 96);
+    let (rows, cols) = (5, 512);
     for (format, ggml) in [
         (BlockFormat::Q4_0, GgmlType::Q4_0),
         (BlockFormat::Q4_1, GgmlType::Q4_1),
+        (BlockFormat::Q5_0, GgmlType::Q5_0),
+        (BlockFormat::Q5_1, GgmlType::Q5_1),
         (BlockFormat::Q8_0, GgmlType::Q8_0),
+        (BlockFormat::Q4_K, GgmlType::Q4_K),
+        (BlockFormat::Q5_K, GgmlType::Q5_K),
+        (BlockFormat::Q6_K, GgmlType::Q6_K),
     ] {
         let blocks = random_blocks(format, rows, cols, 11);
         let mut want = vec![0.0f32; rows * cols];
@@ -232,7 +269,10 @@ fn dequantize_agrees_with_the_gguf_reader() {
 fn malformed_shapes_are_errors() {
     assert_eq!(
         QuantMatrix::new(BlockFormat::Q8_0, vec![0; 34], 1, 30).unwrap_err(),
-        QuantMatrixError::PartialBlock { cols: 30 }
+        QuantMatrixError::PartialBlock {
+            cols: 30,
+            elements: 32
+        }
     );
     assert!(matches!(
         QuantMatrix::new(BlockFormat::Q4_0, vec![0; 35], 2, 32),
