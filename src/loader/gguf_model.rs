@@ -176,11 +176,20 @@ impl WeightSource for GgufWeights {
             GgmlType::Q4_K => BlockFormat::Q4_K,
             GgmlType::Q5_K => BlockFormat::Q5_K,
             GgmlType::Q6_K => BlockFormat::Q6_K,
+            GgmlType::F16 => BlockFormat::F16,
+            GgmlType::BF16 => BlockFormat::BF16,
             _ => return Ok(None),
         };
         let &[cols, rows] = info.dims.as_slice() else {
             return Ok(None);
         };
+        if format == BlockFormat::F16 || format == BlockFormat::BF16 {
+            // Half floats have no blocks of their own: rows of whole 32-value runs are kept,
+            // others expanded.
+            if !cols.is_multiple_of(format.block_elements() as u64) {
+                return Ok(None);
+            }
+        }
         let source = |e: Box<dyn std::error::Error + Send + Sync>| WeightError::Source {
             name: format!("{name} in {}", self.path.display()),
             source: e,

@@ -9,10 +9,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
 use super::LoadError;
+use crate::model::cpu::quant::{BlockFormat, QuantMatrix};
 use crate::model::{HostTensor, LlamaConfig, RopeStyle, WeightError, WeightSource};
 
 /// Architectures (`config.json` `architectures[0]`) that are Llama-shaped.
@@ -187,8 +189,14 @@ impl SafetensorsWeights {
     }
 }
 
-impl WeightSource for SafetensorsWeights {
-    fn tensor(&mut self, name: &str) -> Result<Option<HostTensor>, WeightError> {
+impl SafetensorsWeights {
+    /// Runs `read` on the tensor called `name` (a GGUF name), with an error maker naming it;
+    /// `Ok(None)` when the checkpoint does not have it.
+    fn with_view<T>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&TensorView<'_>, &dyn Fn(String) -> WeightError) -> Result<T, WeightError>,
+    ) -> Result<Option<T>, WeightError> {
         let Some(hf) = hf_name(name) else {
             return Ok(None);
         };
@@ -204,32 +212,94 @@ impl WeightSource for SafetensorsWeights {
         let view = tensors
             .tensor(&hf)
             .map_err(|e| source_error(e.to_string()))?;
-        let bytes = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => return Err(source_error(format!("unsupported dtype {other:?}"))),
-        };
-        Ok(Some(HostTensor {
-            shape: view.shape().to_vec(),
-            data,
-        }))
+        read(&view, &source_error).map(Some)
     }
+}
+
+impl WeightSource for SafetensorsWeights {
+    /// F16 and BF16 projections are kept as they are (rows of whole 32-value runs); other
+    /// types are expanded.
+    fn blocks(&mut self, name: &str) -> Result<Option<QuantMatrix>, WeightError> {
+        let kept = self.with_view(name, |view, source_error| {
+            let format = match view.dtype() {
+                Dtype::F16 => BlockFormat::F16,
+                Dtype::BF16 => BlockFormat::BF16,
+                _ => return Ok(None),
+            };
+            let &[rows, cols] = view.shape() else {
+                return Ok(None);
+            };
+            if !cols.is_multiple_of(format.block_elements()) {
+                return Ok(None);
+            }
+            QuantMatrix::new(format, view.data().to_vec(), rows, cols)
+                .map(Some)
+                .map_err(|e| source_error(e.to_string()))
+        })?;
+        Ok(kept.flatten())
+    }
+
+    fn tensor(&mut self, name: &str) -> Result<Option<HostTensor>, WeightError> {
+        self.with_view(name, |view, source_error| read_f32(view, source_error))
+    }
+}
+
+/// A tensor's values in f32.
+fn read_f32(
+    view: &TensorView<'_>,
+    source_error: &dyn Fn(String) -> WeightError,
+) -> Result<HostTensor, WeightError> {
+    let bytes = view.data();
+    let data: Vec<f32> = match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => return Err(source_error(format!("unsupported dtype {other:?}"))),
+    };
+    Ok(HostTensor {
+        shape: view.shape().to_vec(),
+        data,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_float_projections_are_kept_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let halves = |n: usize| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| half::f16::from_f32(i as f32 / 8.0 - 2.0).to_le_bytes())
+                .collect()
+        };
+        let (q, k) = (halves(2 * 64), halves(2 * 30));
+        let views = [
+            ("model.layers.0.self_attn.q_proj.weight", vec![2, 64], &q),
+            // A width that is not whole 32-value runs is expanded instead.
+            ("model.layers.0.self_attn.k_proj.weight", vec![2, 30], &k),
+        ]
+        .map(|(name, shape, bytes)| (name, TensorView::new(Dtype::F16, shape, bytes).unwrap()));
+        safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+        let mut weights = SafetensorsWeights::open(dir.path()).unwrap();
+        let kept = weights.blocks("blk.0.attn_q.weight").unwrap().unwrap();
+        assert_eq!(kept.format(), BlockFormat::F16);
+        assert_eq!((kept.rows(), kept.cols()), (2, 64));
+        let expanded = weights.tensor("blk.0.attn_q.weight").unwrap().unwrap();
+        assert_eq!(kept.dequantize(), expanded.data);
+        assert!(weights.blocks("blk.0.attn_k.weight").unwrap().is_none());
+        assert!(weights.blocks("blk.0.attn_v.weight").unwrap().is_none());
+    }
 
     #[test]
     fn names_map_onto_hugging_face() {

@@ -87,6 +87,13 @@ pub(super) fn dequantize_block(format: BlockFormat, block: &[u8], out: &mut [f32
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dequantize_block_avx2(format: BlockFormat, block: &[u8], out: &mut [f32]) {
+    if matches!(format, BlockFormat::F16 | BlockFormat::BF16) {
+        for i in 0..4 {
+            let v = half_floats(format, block.as_ptr().add(16 * i));
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), v);
+        }
+        return;
+    }
     let q = unpack(format, block);
     let (d, offset) = scale_and_offset(format, block);
     let (d, offset) = (_mm256_set1_ps(d), _mm256_set1_ps(offset));
@@ -342,6 +349,9 @@ unsafe fn group_avx2<const F: u8>(row: &[u8], g: usize) -> Group {
                 offsets: scales.map(|s| -32.0 * s),
             }
         }
+        BlockFormat::F16 | BlockFormat::BF16 => {
+            unreachable!("half floats take float_dot_rows, not the integer dots")
+        }
     }
 }
 
@@ -359,6 +369,44 @@ unsafe fn group_vnni<const F: u8>(row: &[u8], g: usize) -> Group {
         };
     }
     group
+}
+
+/// Eight F16 or BF16 values at `at`, widened to f32 (bf16 is f32's top half).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_floats(format: BlockFormat, at: *const u8) -> __m256 {
+    let bits = _mm_loadu_si128(at as *const __m128i);
+    match format {
+        BlockFormat::BF16 => {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+        }
+        _ => _mm256_cvtph_ps(bits),
+    }
+}
+
+/// The dots of one row of half floats with every row of `x`, widening eight at a time.
+pub(super) fn float_dot_rows(format: BlockFormat, row: &[u8], x: &[f32], out: &mut [f32]) {
+    let cols = row.len() / 2;
+    assert!(cols.is_multiple_of(BLOCK) && x.len() == cols * out.len());
+    for (out, x) in out.iter_mut().zip(x.chunks_exact(cols)) {
+        // SAFETY: chosen by `float_kernel` only when the CPU has AVX2, FMA and F16C; `row`
+        // holds `cols` halves and `x` `cols` floats, `cols` a multiple of 32.
+        *out = unsafe { float_dot_avx2(format, row, x) };
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn float_dot_avx2(format: BlockFormat, row: &[u8], x: &[f32]) -> f32 {
+    let mut sums = [_mm256_setzero_ps(); 4];
+    for (k, x) in x.chunks_exact(BLOCK).enumerate() {
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let w = half_floats(format, row.as_ptr().add(2 * (k * BLOCK + 8 * i)));
+            *sum = _mm256_fmadd_ps(w, _mm256_loadu_ps(x.as_ptr().add(8 * i)), *sum);
+        }
+    }
+    hsum(_mm256_add_ps(
+        _mm256_add_ps(sums[0], sums[1]),
+        _mm256_add_ps(sums[2], sums[3]),
+    ))
 }
 
 /// One of a block's planes, 32 signed bytes.

@@ -25,7 +25,15 @@ fn half_at(block: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
 }
 
-/// Group `g` of `block` (one block of `format`).
+/// One F16 or BF16 value.
+pub fn half_float(format: BlockFormat, bytes: [u8; 2]) -> f32 {
+    match format {
+        BlockFormat::BF16 => half::bf16::from_le_bytes(bytes).to_f32(),
+        _ => f16::from_le_bytes(bytes).to_f32(),
+    }
+}
+
+/// Group `g` of `block` (one block of an integer `format`; F16 and BF16 have no integers).
 pub fn group(format: BlockFormat, block: &[u8], g: usize) -> Group {
     let mut u = [0i32; BLOCK];
     let both = |s: f32, o: f32| ([s, s], [o, o]);
@@ -99,6 +107,9 @@ pub fn group(format: BlockFormat, block: &[u8], g: usize) -> Group {
             let scales = [scale(0), scale(1)];
             (scales, scales.map(|s| -32.0 * s))
         }
+        BlockFormat::F16 | BlockFormat::BF16 => {
+            unreachable!("half floats are read by half_float, not as integers")
+        }
     };
     Group { u, scales, offsets }
 }
@@ -118,6 +129,12 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
 
 /// Writes group `g` of `block` as f32 into `dst` (32 values).
 pub fn dequantize_group(format: BlockFormat, block: &[u8], g: usize, dst: &mut [f32]) {
+    if matches!(format, BlockFormat::F16 | BlockFormat::BF16) {
+        for (y, b) in dst[..BLOCK].iter_mut().zip(block.chunks_exact(2)) {
+            *y = half_float(format, [b[0], b[1]]);
+        }
+        return;
+    }
     let Group { u, scales, offsets } = group(format, block, g);
     for (j, (y, q)) in dst[..BLOCK].iter_mut().zip(u).enumerate() {
         *y = q as f32 * scales[j / 16] + offsets[j / 16];

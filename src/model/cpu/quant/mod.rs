@@ -45,6 +45,10 @@ pub enum BlockFormat {
     Q5_K,
     /// 256 elements: 6-bit quants offset by 32, an 8-bit scale per 16, `d: f16`.
     Q6_K,
+    /// IEEE half floats, kept as they are (read in runs of 32).
+    F16,
+    /// bfloat16, kept as it is.
+    BF16,
 }
 
 impl BlockFormat {
@@ -59,6 +63,7 @@ impl BlockFormat {
             BlockFormat::Q4_K => 144,
             BlockFormat::Q5_K => 176,
             BlockFormat::Q6_K => 210,
+            BlockFormat::F16 | BlockFormat::BF16 => 2 * BLOCK,
         }
     }
 
@@ -69,9 +74,17 @@ impl BlockFormat {
             | BlockFormat::Q4_1
             | BlockFormat::Q5_0
             | BlockFormat::Q5_1
-            | BlockFormat::Q8_0 => BLOCK,
+            | BlockFormat::Q8_0
+            | BlockFormat::F16
+            | BlockFormat::BF16 => BLOCK,
             BlockFormat::Q4_K | BlockFormat::Q5_K | BlockFormat::Q6_K => 256,
         }
+    }
+
+    /// Whether the values are half floats rather than scaled integers: their dots take `x` as
+    /// it is, not split into planes.
+    fn is_float(self) -> bool {
+        matches!(self, BlockFormat::F16 | BlockFormat::BF16)
     }
 
     /// Whether the x86 builds dequantize this format to f32 in registers for the expansion
@@ -79,7 +92,11 @@ impl BlockFormat {
     fn has_vector_dequantizer(self) -> bool {
         matches!(
             self,
-            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0
+            BlockFormat::Q4_0
+                | BlockFormat::Q4_1
+                | BlockFormat::Q8_0
+                | BlockFormat::F16
+                | BlockFormat::BF16
         )
     }
 
@@ -248,7 +265,8 @@ impl QuantMatrix {
         // Enough rows per task to amortize rayon's cost, few enough to balance two cores.
         let rows_per_task = (self.rows / 64).clamp(16, 256);
         let dot = kernel();
-        let planes = Planes::new(x, self.cols);
+        let float_dot = float_kernel();
+        let planes = (!self.format.is_float()).then(|| Planes::new(x, self.cols));
         // Computed as [rows, n] (each task owns whole weight rows), transposed at the end.
         let mut by_row = vec![0.0f32; self.rows * n];
         by_row
@@ -258,7 +276,10 @@ impl QuantMatrix {
                 let first = task * rows_per_task;
                 for (r, out) in out.chunks_exact_mut(n).enumerate() {
                     let row = &self.blocks[(first + r) * row_bytes..][..row_bytes];
-                    dot(self.format, row, &planes, out);
+                    match &planes {
+                        Some(planes) => dot(self.format, row, planes, out),
+                        None => float_dot(self.format, row, x, out),
+                    }
                 }
             });
         if n == 1 {
@@ -368,6 +389,30 @@ fn kernel() -> DotFn {
         None => {}
     }
     dot_rows_portable
+}
+
+/// The dot products of one row of half floats with every row of `x` (rows as long as the
+/// weight row), into `out` (one per row of `x`).
+type FloatDotFn = fn(BlockFormat, &[u8], &[f32], &mut [f32]);
+
+/// The fastest half-float dot product this CPU runs.
+fn float_kernel() -> FloatDotFn {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::IntegerDot::detect().is_some() {
+        return avx2::float_dot_rows;
+    }
+    float_dot_rows_portable
+}
+
+fn float_dot_rows_portable(format: BlockFormat, row: &[u8], x: &[f32], out: &mut [f32]) {
+    let cols = x.len() / out.len();
+    let weights: Vec<f32> = row
+        .chunks_exact(2)
+        .map(|b| groups::half_float(format, [b[0], b[1]]))
+        .collect();
+    for (out, x) in out.iter_mut().zip(x.chunks_exact(cols)) {
+        *out = weights.iter().zip(x).map(|(w, x)| w * x).sum();
+    }
 }
 
 fn dequantize_row(format: BlockFormat, row: &[u8], dst: &mut [f32]) {

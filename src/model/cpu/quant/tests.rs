@@ -3,8 +3,10 @@ use half::f16;
 use super::*;
 use crate::model::cpu::naive_matmul;
 
-/// Every format, the 32-element ones first.
-const FORMATS: [BlockFormat; 8] = [
+/// Every format.
+const FORMATS: [BlockFormat; 10] = [
+    BlockFormat::F16,
+    BlockFormat::BF16,
     BlockFormat::Q4_0,
     BlockFormat::Q4_1,
     BlockFormat::Q8_0,
@@ -15,8 +17,23 @@ const FORMATS: [BlockFormat; 8] = [
     BlockFormat::Q6_K,
 ];
 
-/// Random blocks with finite scales in a realistic range.
+/// The formats of scaled integers (all but the half floats).
+fn integer_formats() -> impl Iterator<Item = BlockFormat> {
+    FORMATS.into_iter().filter(|f| !f.is_float())
+}
+
+/// Random blocks with finite scales in a realistic range (half floats: values in [-1, 1)).
 fn random_blocks(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    if format.is_float() {
+        let values = crate::model::cpu::test_values(rows * cols, seed);
+        return values
+            .iter()
+            .flat_map(|&v| match format {
+                BlockFormat::BF16 => half::bf16::from_f32(v).to_le_bytes(),
+                _ => f16::from_f32(v).to_le_bytes(),
+            })
+            .collect();
+    }
     let mut state = seed | 1;
     let mut next = move || {
         state ^= state << 13;
@@ -41,6 +58,7 @@ fn random_blocks(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> Ve
                 block[2..4].copy_from_slice(&m);
             }
             BlockFormat::Q6_K => block[208..].copy_from_slice(&d),
+            BlockFormat::F16 | BlockFormat::BF16 => unreachable!("returned above"),
         }
         out.extend(block);
     }
@@ -64,7 +82,7 @@ fn every_build_matches_dequantize_then_f32_matmul() {
     let x: Vec<f32> = (0..n * cols)
         .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
         .collect();
-    for format in FORMATS {
+    for format in integer_formats() {
         let m = QuantMatrix::new(format, random_blocks(format, rows, cols, 7), rows, cols).unwrap();
         let want = naive_matmul(&x, &m.dequantize(), rows, cols);
         close(&m.matmul(&x), &want, &format!("{format:?} dispatched"));
@@ -106,6 +124,39 @@ fn builds() -> Vec<(&'static str, DotFn)> {
         }
     }
     builds
+}
+
+#[test]
+fn half_floats_kept_as_they_are_match_their_expansion_in_every_build() {
+    let (rows, cols) = (21, 96);
+    let x = crate::model::cpu::test_values(7 * cols, 3);
+    for format in [BlockFormat::F16, BlockFormat::BF16] {
+        let m = QuantMatrix::new(format, random_blocks(format, rows, cols, 9), rows, cols).unwrap();
+        let want = naive_matmul(&x, &m.dequantize(), rows, cols);
+        for n in [1, 2, 7] {
+            let got = m.matmul(&x[..n * cols]);
+            close(&got, &want[..n * rows], &format!("{format:?} {n} rows"));
+        }
+        let mut builds: Vec<(&str, FloatDotFn)> = vec![("portable", float_dot_rows_portable)];
+        #[cfg(target_arch = "x86_64")]
+        if avx2::IntegerDot::detect().is_some() {
+            builds.push(("avx2", avx2::float_dot_rows));
+        }
+        let row_bytes = m.row_bytes();
+        for (name, dot) in builds {
+            for r in 0..rows {
+                let mut got = vec![0.0; 7];
+                dot(
+                    format,
+                    &m.blocks[r * row_bytes..][..row_bytes],
+                    &x,
+                    &mut got,
+                );
+                let want: Vec<f32> = (0..7).map(|i| want[i * rows + r]).collect();
+                close(&got, &want, &format!("{format:?} {name} row {r}"));
+            }
+        }
+    }
 }
 
 #[test]
@@ -256,6 +307,8 @@ fn dequantize_agrees_with_the_gguf_reader() {
         (BlockFormat::Q4_K, GgmlType::Q4_K),
         (BlockFormat::Q5_K, GgmlType::Q5_K),
         (BlockFormat::Q6_K, GgmlType::Q6_K),
+        (BlockFormat::F16, GgmlType::F16),
+        (BlockFormat::BF16, GgmlType::BF16),
     ] {
         let blocks = random_blocks(format, rows, cols, 11);
         let mut want = vec![0.0f32; rows * cols];
