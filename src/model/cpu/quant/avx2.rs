@@ -75,14 +75,22 @@ unsafe fn unpack(format: BlockFormat, block: &[u8]) -> [__m256; 4] {
     }
 }
 
-pub(super) fn dequantize_block(format: BlockFormat, block: &[u8], out: &mut [f32]) {
+/// One row of blocks (Q4_0, Q4_1, Q8_0, F16 or BF16) as f32 into `out`.
+pub(super) fn dequantize_row(format: BlockFormat, row: &[u8], out: &mut [f32]) {
     if !format.has_vector_dequantizer() {
-        // Callers pass 32-element blocks, one group each.
-        return super::groups::dequantize_group(format, block, 0, out);
+        return super::dequantize_row(format, row, out);
     }
-    // SAFETY: chosen by `group_dequantizer` only when the CPU has AVX2, FMA and F16C;
-    // `block` is one block and `out` holds its 32 values.
-    unsafe { dequantize_block_avx2(format, &block[..format.block_bytes()], &mut out[..BLOCK]) }
+    let bytes = format.block_bytes();
+    assert_eq!(
+        row.len() / bytes * BLOCK,
+        out.len(),
+        "one block per 32 values"
+    );
+    for (block, out) in row.chunks_exact(bytes).zip(out.chunks_exact_mut(BLOCK)) {
+        // SAFETY: chosen by `row_dequantizer` only when the CPU has AVX2, FMA and F16C;
+        // `block` is one block and `out` holds its 32 values.
+        unsafe { dequantize_block_avx2(format, block, out) }
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -102,15 +110,17 @@ unsafe fn dequantize_block_avx2(format: BlockFormat, block: &[u8], out: &mut [f3
     }
 }
 
-pub(super) fn transpose_tile(src: &[f32], dst: &mut [f32]) {
-    let (src, dst) = (&src[..BLOCK * BLOCK], &mut dst[..BLOCK * BLOCK]);
+pub(super) fn transpose_tile(src: &[f32], stride: usize, dst: &mut [f32]) {
+    assert!(stride >= BLOCK && src.len() > (BLOCK - 1) * stride + BLOCK - 1);
+    let dst = &mut dst[..BLOCK * BLOCK];
     for jb in (0..BLOCK).step_by(8) {
         for ib in (0..BLOCK).step_by(8) {
-            // SAFETY: chosen by `tile_transposer` only when the CPU has AVX2; the 8x8
-            // squares at (jb, ib) and (ib, jb) lie inside the 32x32 tiles.
+            // SAFETY: chosen by `tile_transposer` only when the CPU has AVX2; the assert puts
+            // the 8x8 square at (jb, ib) of `src` and at (ib, jb) of `dst` inside them.
             unsafe {
                 transpose8(
-                    src.as_ptr().add(jb * BLOCK + ib),
+                    src.as_ptr().add(jb * stride + ib),
+                    stride,
                     dst.as_mut_ptr().add(ib * BLOCK + jb),
                 )
             }
@@ -118,10 +128,10 @@ pub(super) fn transpose_tile(src: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// An 8x8 square of floats, rows `BLOCK` apart in both.
+/// An 8x8 square of floats, rows `stride` apart in `src` and `BLOCK` apart in `dst`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn transpose8(src: *const f32, dst: *mut f32) {
-    let r: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(src.add(k * BLOCK)));
+unsafe fn transpose8(src: *const f32, stride: usize, dst: *mut f32) {
+    let r: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(src.add(k * stride)));
     let t = [
         _mm256_unpacklo_ps(r[0], r[1]),
         _mm256_unpackhi_ps(r[0], r[1]),

@@ -307,23 +307,24 @@ impl QuantMatrix {
             .into_par_iter()
             .for_each(|task| {
                 let mut panel = ScratchPanel::new(self.cols);
-                let (block_bytes, groups) = (self.format.block_bytes(), self.format.groups());
-                let (dequantize, transpose) = (group_dequantizer(self.format), tile_transposer());
-                // One tile's blocks by weight row; rows past a last panel's end keep stale
-                // values, whose outputs are never written.
-                let mut by_row = [0.0f32; BLOCK * BLOCK];
+                let (dequantize, transpose) = (row_dequantizer(self.format), tile_transposer());
+                // The panel's weight rows in f32, row-major: each row's blocks are read in
+                // order (32 rows read a tile at a time were 32 strided streams, which left the
+                // loads waiting on memory). Rows past a last panel's end keep stale values,
+                // whose outputs are never written.
+                let mut rows_f32 = vec![0.0f32; PANEL_WIDTH * self.cols];
                 for p in task * per_task..((task + 1) * per_task).min(num_panels) {
                     let first = p * PANEL_WIDTH;
                     let columns = PANEL_WIDTH.min(self.rows - first);
-                    panel.fill(|t, dst| {
-                        for (j, values) in by_row.chunks_exact_mut(BLOCK).take(columns).enumerate()
-                        {
-                            let row = &self.blocks[(first + j) * row_bytes..];
-                            let block = &row[t / groups * block_bytes..][..block_bytes];
-                            dequantize(self.format, block, t % groups, values);
-                        }
-                        transpose(&by_row, dst);
-                    });
+                    for (j, dst) in rows_f32
+                        .chunks_exact_mut(self.cols)
+                        .take(columns)
+                        .enumerate()
+                    {
+                        let row = &self.blocks[(first + j) * row_bytes..][..row_bytes];
+                        dequantize(self.format, row, dst);
+                    }
+                    panel.fill(|t, dst| transpose(&rows_f32[t * BLOCK..], self.cols, dst));
                     // SAFETY: this task alone writes panel p's columns; `out` is
                     // `[rows_x, self.rows]` and outlives the parallel section.
                     unsafe { panel.multiply(x, rows_x, p, self.rows, out_ptr) };
@@ -337,23 +338,24 @@ impl QuantMatrix {
 const EXPAND_FROM_ROWS: usize = 3;
 const _: () = assert!(PANEL_WIDTH == BLOCK, "a panel tile is one block");
 
-/// Writes group `g` of one block (32 values) into `out`.
-type DequantizeFn = fn(BlockFormat, &[u8], usize, &mut [f32]);
+/// Writes one row of blocks as f32 into `out`.
+type DequantizeFn = fn(BlockFormat, &[u8], &mut [f32]);
 
-/// The fastest dequantizer this CPU runs for `format`.
-fn group_dequantizer(format: BlockFormat) -> DequantizeFn {
+/// The fastest row dequantizer this CPU runs for `format`.
+fn row_dequantizer(format: BlockFormat) -> DequantizeFn {
     #[cfg(target_arch = "x86_64")]
     if format.has_vector_dequantizer()
         && super::has_avx2()
         && std::arch::is_x86_feature_detected!("f16c")
     {
-        return |format, block, _, out| avx2::dequantize_block(format, block, out);
+        return avx2::dequantize_row;
     }
-    groups::dequantize_group
+    dequantize_row
 }
 
-/// Transposes a `BLOCK x BLOCK` tile: `dst[i * BLOCK + j] = src[j * BLOCK + i]`.
-type TransposeFn = fn(&[f32], &mut [f32]);
+/// Transposes a `BLOCK x BLOCK` tile whose rows are `stride` apart in `src`:
+/// `dst[i * BLOCK + j] = src[j * stride + i]`.
+type TransposeFn = fn(&[f32], usize, &mut [f32]);
 
 /// The fastest tile transpose this CPU runs.
 fn tile_transposer() -> TransposeFn {
@@ -364,10 +366,10 @@ fn tile_transposer() -> TransposeFn {
     transpose_tile_portable
 }
 
-fn transpose_tile_portable(src: &[f32], dst: &mut [f32]) {
+fn transpose_tile_portable(src: &[f32], stride: usize, dst: &mut [f32]) {
     for (i, dst) in dst[..BLOCK * BLOCK].chunks_exact_mut(BLOCK).enumerate() {
         for (j, dst) in dst.iter_mut().enumerate() {
-            *dst = src[j * BLOCK + i];
+            *dst = src[j * stride + i];
         }
     }
 }

@@ -228,32 +228,33 @@ fn a_projection_with_both_serves_one_row_from_blocks_and_more_from_f32() {
 
 #[test]
 fn every_build_of_the_expansion_helpers_matches_the_portable_one() {
-    let src: Vec<f32> = (0..BLOCK * BLOCK).map(|i| i as f32).collect();
+    // A tile out of rows 40 floats apart (the panel's rows are `cols` apart).
+    let stride = 40;
+    let src: Vec<f32> = (0..BLOCK * stride).map(|i| i as f32).collect();
     let mut want = vec![0.0; BLOCK * BLOCK];
-    transpose_tile_portable(&src, &mut want);
-    assert_eq!(want[BLOCK + 2], src[2 * BLOCK + 1]);
+    transpose_tile_portable(&src, stride, &mut want);
+    assert_eq!(want[BLOCK + 2], src[2 * stride + 1]);
     let mut got = vec![0.0; BLOCK * BLOCK];
-    tile_transposer()(&src, &mut got);
+    tile_transposer()(&src, stride, &mut got);
     assert_eq!(got, want, "the dispatched transpose");
     for format in FORMATS {
-        let blocks = random_blocks(format, 1, 256, 11);
-        for (b, block) in blocks.chunks_exact(format.block_bytes()).enumerate() {
-            for g in 0..format.groups() {
-                let (mut want, mut got) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-                let t = b * format.groups() + g;
-                want.copy_from_slice(
-                    &QuantMatrix::new(format, blocks.clone(), 1, 256)
-                        .unwrap()
-                        .dequantize()[t * BLOCK..][..BLOCK],
-                );
-                group_dequantizer(format)(format, block, g, &mut got);
-                close(
-                    &got,
-                    &want,
-                    &format!("{format:?} dispatched dequantizer, group {t}"),
-                );
-            }
+        let (rows, cols) = (3, 512);
+        let m =
+            QuantMatrix::new(format, random_blocks(format, rows, cols, 11), rows, cols).unwrap();
+        let want = m.dequantize();
+        let mut got = vec![0.0f32; rows * cols];
+        for (row, dst) in m
+            .blocks
+            .chunks_exact(m.row_bytes())
+            .zip(got.chunks_exact_mut(cols))
+        {
+            row_dequantizer(format)(format, row, dst);
         }
+        close(
+            &got,
+            &want,
+            &format!("{format:?} dispatched row dequantizer"),
+        );
     }
 }
 
