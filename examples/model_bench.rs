@@ -2,8 +2,8 @@
 //! to read the weights once, 32-stream decode, 512-token prefill, resident memory.
 //!
 //! `cargo run --release --example model_bench -- [--device cpu|cuda|cuda:N]
-//! [--dtype auto|f32|f16|bf16] [--weights auto|f32|native] [MODEL]` (defaults as in `serve`:
-//! cpu, `--dtype auto`, `--weights auto`; and SmolLM2
+//! [--dtype auto|f32|f16|bf16] [--weights native|auto|f32] [MODEL]` (defaults as in `serve`:
+//! cpu, `--dtype auto`, `--weights native`; and SmolLM2
 //! from the cache, fetched with `scripts/fetch-smollm2.sh`). On cuda (built with
 //! `--features cuda`), the weight read is timed as a sum over the weights' size in GPU memory.
 
@@ -161,10 +161,10 @@ fn main() -> anyhow::Result<()> {
         clap::ValueEnum::from_str(v, false).ok()
     })?
     .unwrap_or(Dtype::Auto);
-    let weights = take_flag(&mut args, "--weights", "auto, f32 or native", |v| {
+    let weights = take_flag(&mut args, "--weights", "native, auto or f32", |v| {
         clap::ValueEnum::from_str(v, false).ok()
     })?
-    .unwrap_or(Weights::Auto);
+    .unwrap_or(Weights::Native);
     let model_path = match args.first().cloned() {
         Some(path) => path,
         None => {

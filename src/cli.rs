@@ -68,16 +68,17 @@ impl Dtype {
     }
 }
 
-/// Which projections keep the GGUF file's quantized blocks in memory (`--weights`).
+/// How a checkpoint's quantized (and F16/BF16) projections are held on the CPU (`--weights`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Weights {
-    /// The blocks for one-token steps, and their f32 expansion beside them for the rest.
+    /// The file's blocks only, read in place by every step (the least memory).
     #[default]
+    Native,
+    /// The blocks for one-token steps, and their f32 expansion beside them for the rest (the
+    /// fastest batches, for the f32 copy's memory).
     Auto,
     /// Every projection expanded to f32.
     F32,
-    /// Every projection in a type the kernels read (Q4_0, Q4_1, Q8_0) keeps its blocks.
-    Native,
 }
 
 impl From<Weights> for crate::model::WeightPolicy {

@@ -75,9 +75,10 @@ struct GenerateArgs {
     /// cuda), f32, f16 or bf16. The CPU computes in f32 whatever is asked, with a warning.
     #[arg(long, value_enum, default_value_t = Dtype::Auto)]
     dtype: Dtype,
-    /// How a GGUF file's Q4_0, Q4_1 and Q8_0 projections are held on the CPU: auto (the blocks
-    /// for one-token steps plus their f32 expansion for the rest), f32, or native (blocks only).
-    #[arg(long, value_enum, default_value_t = Weights::Auto)]
+    /// How a checkpoint's quantized (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) and F16/BF16
+    /// projections are held on the CPU: native (the blocks only, read in place), auto (the
+    /// blocks for one-token steps plus their f32 expansion for batches), or f32.
+    #[arg(long, value_enum, default_value_t = Weights::Native)]
     weights: Weights,
     #[command(flatten)]
     cache: CacheArgs,
@@ -126,9 +127,10 @@ struct ServeArgs {
     /// cuda), f32, f16 or bf16. The CPU computes in f32 whatever is asked, with a warning.
     #[arg(long, value_enum, default_value_t = Dtype::Auto)]
     dtype: Dtype,
-    /// How a GGUF file's Q4_0, Q4_1 and Q8_0 projections are held on the CPU: auto (the blocks
-    /// for one-token steps plus their f32 expansion for the rest), f32, or native (blocks only).
-    #[arg(long, value_enum, default_value_t = Weights::Auto)]
+    /// How a checkpoint's quantized (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) and F16/BF16
+    /// projections are held on the CPU: native (the blocks only, read in place), auto (the
+    /// blocks for one-token steps plus their f32 expansion for batches), or f32.
+    #[arg(long, value_enum, default_value_t = Weights::Native)]
     weights: Weights,
     #[command(flatten)]
     cache: CacheArgs,

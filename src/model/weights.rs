@@ -110,20 +110,21 @@ fn expand(matrix: &QuantMatrix) -> HostTensor {
     }
 }
 
-/// How projections stored in quantized blocks are kept (`--weights`). Measured in
-/// `docs/BENCHMARKS.md`: the blocks beat f32 on one-row steps (one-stream decode, where
-/// reading the weights is the cost) and lose on many rows (batches, prefill), where f32
-/// skips the blocks' expansion.
+/// How projections stored in quantized blocks (or F16/BF16) are kept (`--weights`). Measured
+/// in `docs/BENCHMARKS.md`: the blocks beat f32 on one-row steps (one-stream decode, where
+/// reading the weights is the cost) and come within about a tenth of it on many rows
+/// (batches, prefill), where they are expanded panel by panel. The default, `Native`, holds
+/// about the file's size; `Auto` adds the f32 copy for the fastest batches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightPolicy {
     /// Every projection in f32.
     F32,
-    /// The blocks only: the least memory and the fastest one-row steps; batches and prefill
-    /// slower.
+    /// The blocks only: the least memory (about the file's size) and the fastest one-row
+    /// steps; batches about a tenth slower than f32.
+    #[default]
     Native,
     /// The blocks for one-row steps and their f32 expansion for the rest: the fastest at
-    /// every batch size, for the blocks' memory on top of f32's.
-    #[default]
+    /// every batch size, for the f32 copy's memory on top of the blocks'.
     Auto,
 }
 

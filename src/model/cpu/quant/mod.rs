@@ -10,8 +10,9 @@
 //! - **expanded**, from 3 rows: panels of 32 weight rows are dequantized to f32 in cache and
 //!   run by the packed f32 microkernel, where reusing each weight pays for the expansion.
 //!
-//! The model keeps projections this way under `--weights native|auto` (`CpuProjection`). The
-//! 32-element block types are here; the K-quants are not.
+//! The model keeps projections this way under `--weights native` (the default) and `auto`
+//! (`CpuProjection`). Formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K (`groups.rs`
+//! reads them all), and F16/BF16 kept as they are (float dots, no planes).
 
 use std::sync::Arc;
 
