@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::planes::{Planes, PLANES};
-use super::{BlockFormat, BLOCK};
+use super::{BlockFormat, BLOCK, INTEGER_FORMATS};
 
 /// Eight quants starting at byte 0 of `bytes`, widened to f32: unsigned nibbles or signed
 /// bytes, already unpacked to one per byte.
@@ -167,19 +167,13 @@ unsafe fn transpose8(src: *const f32, stride: usize, dst: *mut f32) {
 /// Rows of `x` taken together: each block is unpacked once for all of them.
 const ROWS: usize = 4;
 
-/// [`BlockFormat`] as a const parameter (`F`), so each kernel is compiled per format.
-const FORMATS: [BlockFormat; 8] = [
-    BlockFormat::Q4_0,
-    BlockFormat::Q4_1,
-    BlockFormat::Q8_0,
-    BlockFormat::Q5_0,
-    BlockFormat::Q5_1,
-    BlockFormat::Q4_K,
-    BlockFormat::Q5_K,
-    BlockFormat::Q6_K,
-];
+/// [`BlockFormat`] as a const parameter (`F`, an index here), so each kernel is compiled per
+/// format.
+const FORMATS: [BlockFormat; 8] = INTEGER_FORMATS;
 const Q8_0: u8 = 2;
 const Q6_K: u8 = 7;
+const _: () = assert!(matches!(FORMATS[Q8_0 as usize], BlockFormat::Q8_0));
+const _: () = assert!(matches!(FORMATS[Q6_K as usize], BlockFormat::Q6_K));
 
 /// Which integer dot product the kernels use.
 #[derive(Clone, Copy)]

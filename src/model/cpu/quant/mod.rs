@@ -52,6 +52,18 @@ pub enum BlockFormat {
     BF16,
 }
 
+/// The formats of scaled small integers (all but F16 and BF16).
+pub const INTEGER_FORMATS: [BlockFormat; 8] = [
+    BlockFormat::Q4_0,
+    BlockFormat::Q4_1,
+    BlockFormat::Q8_0,
+    BlockFormat::Q5_0,
+    BlockFormat::Q5_1,
+    BlockFormat::Q4_K,
+    BlockFormat::Q5_K,
+    BlockFormat::Q6_K,
+];
+
 impl BlockFormat {
     /// Bytes of one block.
     pub fn block_bytes(self) -> usize {
@@ -308,12 +320,12 @@ impl QuantMatrix {
             .into_par_iter()
             .for_each(|task| {
                 let mut panel = ScratchPanel::new(self.cols);
-                let (dequantize, transpose) = (row_dequantizer(self.format), tile_transposer());
                 // The panel's weight rows in f32, row-major: each row's blocks are read in
                 // order (32 rows read a tile at a time were 32 strided streams, which left the
                 // loads waiting on memory). Rows past a last panel's end keep stale values,
                 // whose outputs are never written.
                 let mut rows_f32 = vec![0.0f32; PANEL_WIDTH * self.cols];
+                let (dequantize, transpose) = (row_dequantizer(self.format), tile_transposer());
                 for p in task * per_task..((task + 1) * per_task).min(num_panels) {
                     let first = p * PANEL_WIDTH;
                     let columns = PANEL_WIDTH.min(self.rows - first);

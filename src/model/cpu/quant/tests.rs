@@ -4,22 +4,10 @@ use super::*;
 use crate::model::cpu::naive_matmul;
 
 /// Every format.
-const FORMATS: [BlockFormat; 10] = [
-    BlockFormat::F16,
-    BlockFormat::BF16,
-    BlockFormat::Q4_0,
-    BlockFormat::Q4_1,
-    BlockFormat::Q8_0,
-    BlockFormat::Q5_0,
-    BlockFormat::Q5_1,
-    BlockFormat::Q4_K,
-    BlockFormat::Q5_K,
-    BlockFormat::Q6_K,
-];
-
-/// The formats of scaled integers (all but the half floats).
-fn integer_formats() -> impl Iterator<Item = BlockFormat> {
-    FORMATS.into_iter().filter(|f| !f.is_float())
+fn all_formats() -> impl Iterator<Item = BlockFormat> {
+    [BlockFormat::F16, BlockFormat::BF16]
+        .into_iter()
+        .chain(INTEGER_FORMATS)
 }
 
 /// Random blocks with finite scales in a realistic range (half floats: values in [-1, 1)).
@@ -82,7 +70,7 @@ fn every_build_matches_dequantize_then_f32_matmul() {
     let x: Vec<f32> = (0..n * cols)
         .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
         .collect();
-    for format in integer_formats() {
+    for format in INTEGER_FORMATS {
         let m = QuantMatrix::new(format, random_blocks(format, rows, cols, 7), rows, cols).unwrap();
         let want = naive_matmul(&x, &m.dequantize(), rows, cols);
         close(&m.matmul(&x), &want, &format!("{format:?} dispatched"));
@@ -237,7 +225,7 @@ fn every_build_of_the_expansion_helpers_matches_the_portable_one() {
     let mut got = vec![0.0; BLOCK * BLOCK];
     tile_transposer()(&src, stride, &mut got);
     assert_eq!(got, want, "the dispatched transpose");
-    for format in FORMATS {
+    for format in all_formats() {
         let (rows, cols) = (3, 512);
         let m =
             QuantMatrix::new(format, random_blocks(format, rows, cols, 11), rows, cols).unwrap();
