@@ -45,8 +45,9 @@ pub trait ModelBackend: Backend {
     /// Runs one forward step: by default on the calling thread. Flex runs it on one of
     /// rayon's threads, so that each kernel's parallel loop starts inside the pool (its tasks
     /// pushed where the other threads steal them) instead of handing the pool a job and putting
-    /// the calling thread to sleep until it is done, a sleep and a wake per kernel that cost
-    /// about a sixth of a one-stream decode step (`docs/BENCHMARKS.md`, "Quantized projections").
+    /// the calling thread to sleep until it is done, a sleep and a wake per kernel (`perf` put
+    /// about a third of a one-stream decode step in the scheduler; `docs/BENCHMARKS.md`,
+    /// "Quantized projections, second pass").
     fn run_step<R: Send>(step: impl FnOnce() -> R + Send) -> R {
         step()
     }
