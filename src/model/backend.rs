@@ -176,7 +176,11 @@ impl ModelBackend for burn::backend::Flex {
     }
 
     fn run_step<R: Send>(step: impl FnOnce() -> R + Send) -> R {
-        rayon::scope(|_| step())
+        // The caller's subscriber and span go along, so whatever the step records stays
+        // under the step's span.
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        let span = tracing::Span::current();
+        rayon::scope(|_| tracing::dispatcher::with_default(&dispatch, || span.in_scope(step)))
     }
 
     fn pack_projection(
@@ -437,5 +441,24 @@ impl<B: DenseBackend> ModelBackend for B {
                 .slice([run.src_row..run.src_row + run.len, src_col..src_col + width]);
             pool.slice_assign([run.dst_slot..run.dst_slot + run.len, 0..width], rows)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flex_runs_a_step_on_a_rayon_thread_under_the_callers_span() {
+        let subscriber = tracing_subscriber::registry();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("step");
+            let _entered = span.enter();
+            let (thread, current) = <burn::backend::Flex as ModelBackend>::run_step(|| {
+                (rayon::current_thread_index(), tracing::Span::current().id())
+            });
+            assert!(thread.is_some(), "the step ran on one of rayon's threads");
+            assert_eq!(current, span.id(), "under the caller's span");
+        });
     }
 }

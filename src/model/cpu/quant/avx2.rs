@@ -39,7 +39,7 @@ unsafe fn scale_and_offset(format: BlockFormat, block: &[u8]) -> (f32, f32) {
         BlockFormat::Q4_0 => -8.0 * d,
         BlockFormat::Q4_1 => _mm_cvtss_f32(_mm_movehdup_ps(halves)),
         BlockFormat::Q8_0 => 0.0,
-        _ => unreachable!("only Q4_0, Q4_1 and Q8_0 come here (group_avx2, dequantize_block)"),
+        _ => unreachable!("only Q4_0, Q4_1 and Q8_0 come here (group_avx2, dequantize_row)"),
     };
     (d, offset)
 }
@@ -71,7 +71,7 @@ unsafe fn unpack(format: BlockFormat, block: &[u8]) -> [__m256; 4] {
                 widen_i8(_mm_srli_si128(b, 8)),
             ]
         }
-        _ => unreachable!("only Q4_0, Q4_1 and Q8_0 come here (group_avx2, dequantize_block)"),
+        _ => unreachable!("only Q4_0, Q4_1 and Q8_0 come here (group_avx2, dequantize_row)"),
     }
 }
 
