@@ -6,18 +6,6 @@ use std::arch::x86_64::*;
 use super::planes::{Planes, PLANES};
 use super::{BlockFormat, BLOCK, INTEGER_FORMATS};
 
-/// Eight quants starting at byte 0 of `bytes`, widened to f32: unsigned nibbles or signed
-/// bytes, already unpacked to one per byte.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn widen_u8(bytes: __m128i) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes))
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn widen_i8(bytes: __m128i) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))
-}
-
 #[target_feature(enable = "avx2,fma")]
 unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -39,74 +27,68 @@ unsafe fn scale_and_offset(format: BlockFormat, block: &[u8]) -> (f32, f32) {
         BlockFormat::Q4_0 => -8.0 * d,
         BlockFormat::Q4_1 => _mm_cvtss_f32(_mm_movehdup_ps(halves)),
         BlockFormat::Q8_0 => 0.0,
-        _ => unreachable!("only Q4_0, Q4_1 and Q8_0 come here (group_avx2, dequantize_row)"),
+        _ => unreachable!("only Q4_0, Q4_1 and Q8_0 come here (group_avx2)"),
     };
     (d, offset)
 }
 
-/// A block's 32 quants as four vectors of f32, before scale and offset.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn unpack(format: BlockFormat, block: &[u8]) -> [__m256; 4] {
-    match format {
-        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-            let start = if format == BlockFormat::Q4_0 { 2 } else { 4 };
-            let qs = _mm_loadu_si128(block.as_ptr().add(start) as *const __m128i);
-            let low_nibbles = _mm_set1_epi8(0x0F);
-            let lo = _mm_and_si128(qs, low_nibbles);
-            let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low_nibbles);
-            [
-                widen_u8(lo),
-                widen_u8(_mm_srli_si128(lo, 8)),
-                widen_u8(hi),
-                widen_u8(_mm_srli_si128(hi, 8)),
-            ]
-        }
-        BlockFormat::Q8_0 => {
-            let a = _mm_loadu_si128(block.as_ptr().add(2) as *const __m128i);
-            let b = _mm_loadu_si128(block.as_ptr().add(18) as *const __m128i);
-            [
-                widen_i8(a),
-                widen_i8(_mm_srli_si128(a, 8)),
-                widen_i8(b),
-                widen_i8(_mm_srli_si128(b, 8)),
-            ]
-        }
-        _ => unreachable!("only Q4_0, Q4_1 and Q8_0 come here (group_avx2, dequantize_row)"),
-    }
-}
-
-/// One row of blocks (Q4_0, Q4_1, Q8_0, F16 or BF16) as f32 into `out`.
+/// One row of blocks of any format as f32 into `out`: the integer formats' groups decoded as
+/// the dots decode them ([`group_avx2`]) and widened, F16 and BF16 converted.
 pub(super) fn dequantize_row(format: BlockFormat, row: &[u8], out: &mut [f32]) {
-    if !format.has_vector_dequantizer() {
-        return super::dequantize_row(format, row, out);
-    }
     let bytes = format.block_bytes();
+    assert!(row.len().is_multiple_of(bytes), "whole blocks");
     assert_eq!(
-        row.len() / bytes * BLOCK,
+        row.len() / bytes * format.block_elements(),
         out.len(),
-        "one block per 32 values"
+        "a value per element"
     );
-    for (block, out) in row.chunks_exact(bytes).zip(out.chunks_exact_mut(BLOCK)) {
-        // SAFETY: chosen by `row_dequantizer` only when the CPU has AVX2, FMA and F16C;
-        // `block` is one block and `out` holds its 32 values.
-        unsafe { dequantize_block_avx2(format, block, out) }
+    // SAFETY: chosen by `row_dequantizer` only when the CPU has AVX2, FMA and F16C; the asserts
+    // make `out` one value per element of `row`'s blocks.
+    unsafe {
+        if format.is_float() {
+            for (block, out) in row.chunks_exact(bytes).zip(out.chunks_exact_mut(BLOCK)) {
+                for i in 0..4 {
+                    let v = half_floats(format, block.as_ptr().add(16 * i));
+                    _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), v);
+                }
+            }
+            return;
+        }
+        macro_rules! run {
+            ($($f:literal)*) => {
+                match format_index(format) {
+                    $($f => dequantize_groups::<$f>(row, out),)*
+                    _ => unreachable!("FORMATS has eight formats"),
+                }
+            };
+        }
+        run!(0 1 2 3 4 5 6 7)
     }
 }
 
+/// Every 32-value group of `row` (format `F`) as f32: `scale * u + offset` per half.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dequantize_block_avx2(format: BlockFormat, block: &[u8], out: &mut [f32]) {
-    if matches!(format, BlockFormat::F16 | BlockFormat::BF16) {
-        for i in 0..4 {
-            let v = half_floats(format, block.as_ptr().add(16 * i));
-            _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), v);
+unsafe fn dequantize_groups<const F: u8>(row: &[u8], out: &mut [f32]) {
+    for (g, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+        let group = group_avx2::<F>(row, g);
+        let halves = [
+            _mm256_castsi256_si128(group.u),
+            _mm256_extracti128_si256::<1>(group.u),
+        ];
+        for (h, bytes) in halves.into_iter().enumerate() {
+            let scale = _mm256_set1_ps(group.scales[h]);
+            let offset = _mm256_set1_ps(group.offsets[h]);
+            for (i, bytes) in [bytes, _mm_srli_si128::<8>(bytes)].into_iter().enumerate() {
+                // Q8_0's bytes are signed (the AVX2 group keeps them so); the others unsigned.
+                let ints = if F == Q8_0 {
+                    _mm256_cvtepi8_epi32(bytes)
+                } else {
+                    _mm256_cvtepu8_epi32(bytes)
+                };
+                let values = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale, offset);
+                _mm256_storeu_ps(out.as_mut_ptr().add(16 * h + 8 * i), values);
+            }
         }
-        return;
-    }
-    let q = unpack(format, block);
-    let (d, offset) = scale_and_offset(format, block);
-    let (d, offset) = (_mm256_set1_ps(d), _mm256_set1_ps(offset));
-    for (i, q) in q.into_iter().enumerate() {
-        _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), _mm256_fmadd_ps(q, d, offset));
     }
 }
 
@@ -174,6 +156,14 @@ const Q8_0: u8 = 2;
 const Q6_K: u8 = 7;
 const _: () = assert!(matches!(FORMATS[Q8_0 as usize], BlockFormat::Q8_0));
 const _: () = assert!(matches!(FORMATS[Q6_K as usize], BlockFormat::Q6_K));
+
+/// `format`'s index in [`FORMATS`] (a const parameter `F`); past its end for F16 and BF16.
+fn format_index(format: BlockFormat) -> u8 {
+    FORMATS
+        .iter()
+        .position(|&f| f == format)
+        .unwrap_or(FORMATS.len()) as u8
+}
 
 /// Which integer dot product the kernels use.
 #[derive(Clone, Copy)]

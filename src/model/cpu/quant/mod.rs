@@ -100,19 +100,6 @@ impl BlockFormat {
         matches!(self, BlockFormat::F16 | BlockFormat::BF16)
     }
 
-    /// Whether the x86 builds dequantize this format to f32 in registers for the expansion
-    /// (the others take the portable decoding in `groups.rs`; every format has vector dots).
-    fn has_vector_dequantizer(self) -> bool {
-        matches!(
-            self,
-            BlockFormat::Q4_0
-                | BlockFormat::Q4_1
-                | BlockFormat::Q8_0
-                | BlockFormat::F16
-                | BlockFormat::BF16
-        )
-    }
-
     /// 32-element groups per block.
     fn groups(self) -> usize {
         self.block_elements() / BLOCK
@@ -325,7 +312,7 @@ impl QuantMatrix {
                 // loads waiting on memory). Rows past a last panel's end keep stale values,
                 // whose outputs are never written.
                 let mut rows_f32 = vec![0.0f32; PANEL_WIDTH * self.cols];
-                let (dequantize, transpose) = (row_dequantizer(self.format), tile_transposer());
+                let (dequantize, transpose) = (row_dequantizer(), tile_transposer());
                 for p in task * per_task..((task + 1) * per_task).min(num_panels) {
                     let first = p * PANEL_WIDTH;
                     let columns = PANEL_WIDTH.min(self.rows - first);
@@ -354,13 +341,10 @@ const _: () = assert!(PANEL_WIDTH == BLOCK, "a panel tile is one block");
 /// Writes one row of blocks as f32 into `out`.
 type DequantizeFn = fn(BlockFormat, &[u8], &mut [f32]);
 
-/// The fastest row dequantizer this CPU runs for `format`.
-fn row_dequantizer(format: BlockFormat) -> DequantizeFn {
+/// The fastest row dequantizer this CPU runs.
+fn row_dequantizer() -> DequantizeFn {
     #[cfg(target_arch = "x86_64")]
-    if format.has_vector_dequantizer()
-        && super::has_avx2()
-        && std::arch::is_x86_feature_detected!("f16c")
-    {
+    if super::has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
         return avx2::dequantize_row;
     }
     dequantize_row
