@@ -105,7 +105,8 @@ pub struct Llama<B: ModelBackend> {
     embedding: B::Embedding,
     layers: Vec<DecoderLayer<B>>,
     final_norm: RmsNorm<B>,
-    /// `[vocab, hidden]`. A tied head is a copy of the embedding in the linear layout.
+    /// `[vocab, hidden]`. A tied head is the embedding's table: one copy of the blocks where both
+    /// keep them, a packed f32 copy otherwise.
     head: B::Projection,
     rope: RotaryTable<B>,
     device: B::Device,
