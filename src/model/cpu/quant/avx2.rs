@@ -92,6 +92,121 @@ unsafe fn dequantize_groups<const F: u8>(row: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Tile `t` of a panel of weight rows as [`super::ScratchPanel::fill`] wants it:
+/// `dst[i * BLOCK + j]` is element `t * BLOCK + i` of row `j`, for the `count` rows at
+/// `row_bytes` apart in `rows` (later columns are zeros). The rows' groups are transposed as
+/// bytes, before they are widened: a quarter of the data an f32 transpose moves.
+///
+/// # Panics
+/// If `format` is F16/BF16, `count` is not `1..=BLOCK`, or the rows are shorter than tile
+/// `t`'s group.
+pub(super) fn fill_tile(
+    format: BlockFormat,
+    rows: &[u8],
+    row_bytes: usize,
+    count: usize,
+    t: usize,
+    dst: &mut [f32],
+) {
+    assert!((1..=BLOCK).contains(&count) && rows.len() >= count * row_bytes);
+    assert!((t + 1) * BLOCK <= row_bytes / format.block_bytes() * format.block_elements());
+    let dst = &mut dst[..BLOCK * BLOCK];
+    macro_rules! run {
+        ($($f:literal)*) => {
+            match format_index(format) {
+                // SAFETY: chosen by `tile_filler` only when the CPU has AVX2, FMA and F16C;
+                // the asserts keep every row's group `t` inside `rows` and `dst` a whole tile.
+                $($f => unsafe { fill_tile_groups::<$f>(rows, row_bytes, count, t, dst) },)*
+                _ => panic!("{format:?} has no integer groups"),
+            }
+        };
+    }
+    run!(0 1 2 3 4 5 6 7)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fill_tile_groups<const F: u8>(
+    rows: &[u8],
+    row_bytes: usize,
+    count: usize,
+    t: usize,
+    dst: &mut [f32],
+) {
+    // Row j's group as 32 small integers, with its scales and offsets per half.
+    let mut ints = [_mm256_setzero_si256(); BLOCK];
+    let mut scales = [[0.0f32; BLOCK]; 2];
+    let mut offsets = [[0.0f32; BLOCK]; 2];
+    for j in 0..count {
+        let group = group_avx2::<F>(&rows[j * row_bytes..][..row_bytes], t);
+        ints[j] = group.u;
+        for h in 0..2 {
+            scales[h][j] = group.scales[h];
+            offsets[h][j] = group.offsets[h];
+        }
+    }
+    let (top, bottom) = ints.split_at_mut(BLOCK / 2);
+    transpose16_in_lanes(top.try_into().unwrap());
+    transpose16_in_lanes(bottom.try_into().unwrap());
+    for i in 0..BLOCK / 2 {
+        // Element i (low lanes) and i + 16 (high lanes) of rows 0-15 and of rows 16-31.
+        let first_half = _mm256_permute2x128_si256::<0x20>(top[i], bottom[i]);
+        let second_half = _mm256_permute2x128_si256::<0x31>(top[i], bottom[i]);
+        widen::<F>(
+            first_half,
+            &scales[0],
+            &offsets[0],
+            dst.as_mut_ptr().add(i * BLOCK),
+        );
+        let second = dst.as_mut_ptr().add((i + BLOCK / 2) * BLOCK);
+        widen::<F>(second_half, &scales[1], &offsets[1], second);
+    }
+}
+
+/// Transposes each 128-bit lane of sixteen registers as a 16x16 byte matrix: four rounds of
+/// interleaving register `i` with register `i + 8` (a perfect shuffle; four undo the index's
+/// four bits).
+#[target_feature(enable = "avx2")]
+fn transpose16_in_lanes(r: &mut [__m256i; 16]) {
+    for _ in 0..4 {
+        let old = *r;
+        for i in 0..8 {
+            r[2 * i] = _mm256_unpacklo_epi8(old[i], old[i + 8]);
+            r[2 * i + 1] = _mm256_unpackhi_epi8(old[i], old[i + 8]);
+        }
+    }
+}
+
+/// Row j's byte of `ints` as `scales[j] * u + offsets[j]`, 32 floats into `dst`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn widen<const F: u8>(
+    ints: __m256i,
+    scales: &[f32; BLOCK],
+    offsets: &[f32; BLOCK],
+    dst: *mut f32,
+) {
+    let quarters = [ints, _mm256_srli_si256::<8>(ints)];
+    for (q, bytes) in [
+        _mm256_castsi256_si128(quarters[0]),
+        _mm256_castsi256_si128(quarters[1]),
+        _mm256_extracti128_si256::<1>(quarters[0]),
+        _mm256_extracti128_si256::<1>(quarters[1]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Q8_0's bytes are signed (the AVX2 group keeps them so); the others unsigned.
+        let ints = if F == Q8_0 {
+            _mm256_cvtepi8_epi32(bytes)
+        } else {
+            _mm256_cvtepu8_epi32(bytes)
+        };
+        let scale = _mm256_loadu_ps(scales.as_ptr().add(8 * q));
+        let offset = _mm256_loadu_ps(offsets.as_ptr().add(8 * q));
+        let values = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale, offset);
+        _mm256_storeu_ps(dst.add(8 * q), values);
+    }
+}
+
 pub(super) fn transpose_tile(src: &[f32], stride: usize, dst: &mut [f32]) {
     assert!(stride >= BLOCK && src.len() > (BLOCK - 1) * stride + BLOCK - 1);
     let dst = &mut dst[..BLOCK * BLOCK];

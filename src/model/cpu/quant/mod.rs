@@ -9,6 +9,8 @@
 //!   this gives the f32 expansion's logits (the reference test holds it to f32's tolerance).
 //! - **expanded**, from 3 rows: panels of 32 weight rows are dequantized to f32 in cache and
 //!   run by the packed f32 microkernel, where reusing each weight pays for the expansion.
+//!   With AVX2, a panel's groups are transposed as bytes and widened in the panel's layout
+//!   (`avx2::fill_tile`); elsewhere rows are dequantized, then transposed as floats.
 //!
 //! The model keeps projections this way under `--weights native` (the default) and `auto`
 //! (`CpuProjection`). Formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K (`groups.rs`
@@ -252,7 +254,7 @@ impl QuantMatrix {
     pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
         assert_eq!(x.len() % self.cols, 0, "x is not [n, {}]", self.cols);
         if x.len() / self.cols >= EXPAND_FROM_ROWS {
-            return self.matmul_expanded(x);
+            return self.matmul_expanded(x, tile_filler(self.format));
         }
         self.matmul_dots(x)
     }
@@ -295,8 +297,9 @@ impl QuantMatrix {
     }
 
     /// Panels of [`PANEL_WIDTH`] weight rows expanded to f32 and run through the packed
-    /// kernel, panels split across rayon's threads.
-    fn matmul_expanded(&self, x: &[f32]) -> Vec<f32> {
+    /// kernel, panels split across rayon's threads; each panel filled by `fill` when given,
+    /// else its rows dequantized and then transposed.
+    fn matmul_expanded(&self, x: &[f32], fill: Option<FillTileFn>) -> Vec<f32> {
         let rows_x = x.len() / self.cols;
         let mut out = vec![0.0f32; rows_x * self.rows];
         let out_ptr = SharedOut(out.as_mut_ptr());
@@ -307,24 +310,39 @@ impl QuantMatrix {
             .into_par_iter()
             .for_each(|task| {
                 let mut panel = ScratchPanel::new(self.cols);
-                // The panel's weight rows in f32, row-major: each row's blocks are read in
-                // order (32 rows read a tile at a time were 32 strided streams, which left the
-                // loads waiting on memory). Rows past a last panel's end keep stale values,
-                // whose outputs are never written.
-                let mut rows_f32 = vec![0.0f32; PANEL_WIDTH * self.cols];
+                // Without `fill`: the panel's weight rows in f32, row-major, each row's
+                // blocks read in order (32 rows read a tile at a time were 32 strided
+                // streams, which left the loads waiting on memory), then transposed. Rows
+                // past a last panel's end keep stale values, whose outputs are never written.
+                let mut rows_f32 = Vec::new();
                 let (dequantize, transpose) = (row_dequantizer(), tile_transposer());
                 for p in task * per_task..((task + 1) * per_task).min(num_panels) {
                     let first = p * PANEL_WIDTH;
                     let columns = PANEL_WIDTH.min(self.rows - first);
-                    for (j, dst) in rows_f32
-                        .chunks_exact_mut(self.cols)
-                        .take(columns)
-                        .enumerate()
-                    {
-                        let row = &self.blocks[(first + j) * row_bytes..][..row_bytes];
-                        dequantize(self.format, row, dst);
+                    let rows = &self.blocks[first * row_bytes..];
+                    if let Some(fill) = fill {
+                        // The panel's rows are read a group at a time, 32 strided streams that
+                        // leave the loads waiting on memory: ask for the next panel's bytes
+                        // meanwhile, a share per tile.
+                        let next = self.blocks.get((first + PANEL_WIDTH) * row_bytes..);
+                        let next = next.unwrap_or_default();
+                        let next = &next[..next.len().min(PANEL_WIDTH * row_bytes)];
+                        let share = next.len().div_ceil(self.cols / BLOCK).max(1);
+                        panel.fill(|t, dst| {
+                            prefetch(next.chunks(share).nth(t).unwrap_or_default());
+                            fill(self.format, rows, row_bytes, columns, t, dst)
+                        });
+                    } else {
+                        rows_f32.resize(PANEL_WIDTH * self.cols, 0.0);
+                        for (row, dst) in rows
+                            .chunks_exact(row_bytes)
+                            .zip(rows_f32.chunks_exact_mut(self.cols))
+                            .take(columns)
+                        {
+                            dequantize(self.format, row, dst);
+                        }
+                        panel.fill(|t, dst| transpose(&rows_f32[t * BLOCK..], self.cols, dst));
                     }
-                    panel.fill(|t, dst| transpose(&rows_f32[t * BLOCK..], self.cols, dst));
                     // SAFETY: this task alone writes panel p's columns; `out` is
                     // `[rows_x, self.rows]` and outlives the parallel section.
                     unsafe { panel.multiply(x, rows_x, p, self.rows, out_ptr) };
@@ -348,6 +366,36 @@ fn row_dequantizer() -> DequantizeFn {
         return avx2::dequantize_row;
     }
     dequantize_row
+}
+
+/// Hints that `data` will be read soon.
+fn prefetch(data: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(64) {
+        // SAFETY: a prefetch never faults; the address is inside `data`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
+/// Writes tile `t` of a panel of `count` weight rows, `row_bytes` apart, in the layout of
+/// [`ScratchPanel::fill`].
+type FillTileFn = fn(BlockFormat, &[u8], usize, usize, usize, &mut [f32]);
+
+/// A tile filler straight from the blocks, where this CPU and `format` have one (else the
+/// rows are dequantized, then transposed).
+fn tile_filler(format: BlockFormat) -> Option<FillTileFn> {
+    #[cfg(target_arch = "x86_64")]
+    if !format.is_float() && super::has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
+        return Some(avx2::fill_tile);
+    }
+    let _ = format;
+    None
 }
 
 /// Transposes a `BLOCK x BLOCK` tile whose rows are `stride` apart in `src`:

@@ -74,6 +74,16 @@ fn every_build_matches_dequantize_then_f32_matmul() {
         let m = QuantMatrix::new(format, random_blocks(format, rows, cols, 7), rows, cols).unwrap();
         let want = naive_matmul(&x, &m.dequantize(), rows, cols);
         close(&m.matmul(&x), &want, &format!("{format:?} dispatched"));
+        let expanded = m.matmul_expanded(&x, None);
+        close(&expanded, &want, &format!("{format:?} expanded by rows"));
+        if let Some(fill) = tile_filler(format) {
+            // The same values in the same order: equal to the bit.
+            assert_eq!(
+                m.matmul_expanded(&x, Some(fill)),
+                expanded,
+                "{format:?} filled"
+            );
+        }
         close(
             &m.matmul(&x[..cols]),
             &want[..rows],
@@ -243,6 +253,35 @@ fn every_build_of_the_expansion_helpers_matches_the_portable_one() {
             &want,
             &format!("{format:?} dispatched row dequantizer"),
         );
+    }
+}
+
+#[test]
+fn a_filled_tile_is_the_transposed_dequantized_rows() {
+    let Some(fill) = tile_filler(BlockFormat::Q4_0) else {
+        return; // no filler on this CPU: the expansion dequantizes, then transposes
+    };
+    assert!(
+        tile_filler(BlockFormat::F16).is_none(),
+        "half floats have no groups"
+    );
+    let cols = 512;
+    for format in INTEGER_FORMATS {
+        let m = QuantMatrix::new(format, random_blocks(format, 32, cols, 5), 32, cols).unwrap();
+        let rows_f32 = m.dequantize();
+        for count in [32, 5] {
+            for t in [0, 7, cols / BLOCK - 1] {
+                let mut got = vec![f32::NAN; BLOCK * BLOCK];
+                fill(format, &m.blocks, m.row_bytes(), count, t, &mut got);
+                let mut want = vec![0.0; BLOCK * BLOCK];
+                transpose_tile_portable(&rows_f32[t * BLOCK..], cols, &mut want);
+                for (i, want) in want.chunks_exact_mut(BLOCK).enumerate() {
+                    want[count..].fill(0.0);
+                    let got = &got[i * BLOCK..][..BLOCK];
+                    assert_eq!(got, want, "{format:?} {count} rows, tile {t}, element {i}");
+                }
+            }
+        }
     }
 }
 
