@@ -183,12 +183,8 @@ impl WeightSource for GgufWeights {
         let &[cols, rows] = info.dims.as_slice() else {
             return Ok(None);
         };
-        if format == BlockFormat::F16 || format == BlockFormat::BF16 {
-            // Half floats have no blocks of their own: rows of whole 32-value runs are kept,
-            // others expanded.
-            if !cols.is_multiple_of(format.block_elements() as u64) {
-                return Ok(None);
-            }
+        if !format.keeps_rows_of(cols as usize) {
+            return Ok(None);
         }
         let source = |e: Box<dyn std::error::Error + Send + Sync>| WeightError::Source {
             name: format!("{name} in {}", self.path.display()),

@@ -229,7 +229,7 @@ impl WeightSource for SafetensorsWeights {
             let &[rows, cols] = view.shape() else {
                 return Ok(None);
             };
-            if !cols.is_multiple_of(format.block_elements()) {
+            if !format.keeps_rows_of(cols) {
                 return Ok(None);
             }
             QuantMatrix::new(format, view.data().to_vec(), rows, cols)

@@ -303,51 +303,63 @@ impl IntegerDot {
     }
 }
 
-/// Dots one row of blocks with every row of `x`, into `out` (one per row of `x`): four rows
-/// of `x` per pass over the blocks while four are left, then one.
+/// Dots consecutive rows of blocks (`rows`) with every row of `x`, into `out`
+/// (`[weight rows, x's rows]`): four rows of `x` per pass over a row's blocks while four are
+/// left, then one. Checked and dispatched once per call, not per row.
 pub(super) fn dot_rows_with(
     with: IntegerDot,
     format: BlockFormat,
-    row: &[u8],
+    rows: &[u8],
     x: &Planes,
     out: &mut [f32],
 ) {
-    assert_eq!(out.len(), x.rows(), "one output per row of x");
-    assert_eq!(
-        row.len() / format.block_bytes() * format.block_elements(),
-        x.blocks_per_row() * BLOCK,
-        "a row of blocks as long as x's rows"
+    let n = x.rows();
+    let cols = x.blocks_per_row() * BLOCK;
+    assert!(
+        n > 0 && out.len().is_multiple_of(n),
+        "one output per row of x, per weight row"
     );
     assert!(
-        row.len().is_multiple_of(format.block_bytes()),
-        "whole blocks"
+        cols.is_multiple_of(format.block_elements()),
+        "rows of whole blocks"
     );
-    let f = FORMATS
-        .iter()
-        .position(|&f| f == format)
-        .expect("every format") as u8;
-    let mut first = 0;
-    while first < out.len() {
-        let take = if out.len() - first >= ROWS { ROWS } else { 1 };
-        let out = &mut out[first..first + take];
-        // SAFETY: `IntegerDot::detect` chose `with` for this CPU; the asserts above make `row`
-        // one group per group of `x`'s rows, and `first + take <= x.rows()`.
-        unsafe {
-            macro_rules! run {
-                ($kernel:ident, $($f:literal)*) => {
-                    match (f, take) {
-                        $(($f, ROWS) => $kernel::<ROWS, $f>(row, x, first, out),)*
-                        $(($f, _) => $kernel::<1, $f>(row, x, first, out),)*
-                        _ => unreachable!("FORMATS has eight formats"),
-                    }
-                };
-            }
-            match with {
-                IntegerDot::Avx2 => run!(planes_avx2, 0 1 2 3 4 5 6 7),
-                IntegerDot::Vnni => run!(planes_vnni, 0 1 2 3 4 5 6 7),
-            }
+    let row_bytes = cols / format.block_elements() * format.block_bytes();
+    assert_eq!(
+        rows.len(),
+        out.len() / n * row_bytes,
+        "rows as long as x's rows"
+    );
+    let f = format_index(format);
+    assert!(
+        (f as usize) < FORMATS.len(),
+        "{format:?} has no integer groups"
+    );
+    // SAFETY: `IntegerDot::detect` chose `with` for this CPU; the asserts above make each row
+    // one group per group of `x`'s rows, and every `first + take <= n`.
+    unsafe {
+        macro_rules! run {
+            ($kernel:ident, $($f:literal)*) => {
+                match f {
+                    $($f => for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
+                        let mut first = 0;
+                        while first < n {
+                            if n - first >= ROWS {
+                                $kernel::<ROWS, $f>(row, x, first, &mut out[first..first + ROWS]);
+                                first += ROWS;
+                            } else {
+                                $kernel::<1, $f>(row, x, first, &mut out[first..first + 1]);
+                                first += 1;
+                            }
+                        }
+                    },)*
+                    _ => unreachable!("FORMATS has eight formats"),
+                }
+            };
         }
-        first += take;
+        match with {
+            IntegerDot::Avx2 => run!(planes_avx2, 0 1 2 3 4 5 6 7),
+            IntegerDot::Vnni => run!(planes_vnni, 0 1 2 3 4 5 6 7),
+        }
     }
 }
 

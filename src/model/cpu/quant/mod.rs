@@ -102,6 +102,14 @@ impl BlockFormat {
         matches!(self, BlockFormat::F16 | BlockFormat::BF16)
     }
 
+    /// Whether a weight whose rows hold `cols` values is kept in this format. Half floats
+    /// are read in runs of 32, so rows of another length are expanded instead; the integer
+    /// formats are stored in whole blocks per row, and a file where they are not is
+    /// malformed ([`QuantMatrix::new`] says so).
+    pub fn keeps_rows_of(self, cols: usize) -> bool {
+        !self.is_float() || cols.is_multiple_of(self.block_elements())
+    }
+
     /// 32-element groups per block.
     fn groups(self) -> usize {
         self.block_elements() / BLOCK
@@ -275,12 +283,15 @@ impl QuantMatrix {
             .par_chunks_mut(rows_per_task * n)
             .enumerate()
             .for_each(|(task, out)| {
-                let first = task * rows_per_task;
-                for (r, out) in out.chunks_exact_mut(n).enumerate() {
-                    let row = &self.blocks[(first + r) * row_bytes..][..row_bytes];
-                    match &planes {
-                        Some(planes) => dot(self.format, row, planes, out),
-                        None => float_dot(self.format, row, x, out),
+                let rows = &self.blocks[task * rows_per_task * row_bytes..];
+                let rows = &rows[..out.len() / n * row_bytes];
+                match &planes {
+                    Some(planes) => dot(self.format, rows, planes, out),
+                    None => {
+                        for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n))
+                        {
+                            float_dot(self.format, row, x, out)
+                        }
                     }
                 }
             });
@@ -419,8 +430,8 @@ fn transpose_tile_portable(src: &[f32], stride: usize, dst: &mut [f32]) {
     }
 }
 
-/// The dot products of one row of blocks with every row of `x` (as [`Planes`]), into `out`
-/// (one per row of `x`).
+/// The dot products of consecutive rows of blocks with every row of `x` (as [`Planes`]),
+/// into `out` (`[weight rows, rows of x]`).
 type DotFn = fn(BlockFormat, &[u8], &Planes, &mut [f32]);
 
 /// The fastest dot product this CPU runs.
@@ -469,9 +480,15 @@ fn dequantize_row(format: BlockFormat, row: &[u8], dst: &mut [f32]) {
     }
 }
 
-fn dot_rows_portable(format: BlockFormat, row: &[u8], x: &Planes, out: &mut [f32]) {
-    for (i, out) in out.iter_mut().enumerate() {
-        *out = dot_row_portable(format, row, x, i);
+fn dot_rows_portable(format: BlockFormat, rows: &[u8], x: &Planes, out: &mut [f32]) {
+    let row_bytes = rows.len() / (out.len() / x.rows());
+    for (row, out) in rows
+        .chunks_exact(row_bytes)
+        .zip(out.chunks_exact_mut(x.rows()))
+    {
+        for (i, out) in out.iter_mut().enumerate() {
+            *out = dot_row_portable(format, row, x, i);
+        }
     }
 }
 

@@ -89,15 +89,14 @@ fn every_build_matches_dequantize_then_f32_matmul() {
             &want[..rows],
             &format!("{format:?} one row"),
         );
-        let row_bytes = m.row_bytes();
         let planes = Planes::new(&x, cols);
         for (name, dot) in builds() {
-            for r in 0..rows {
-                let row = &m.blocks[r * row_bytes..][..row_bytes];
-                let mut got = vec![0.0; n];
-                dot(format, row, &planes, &mut got);
+            // Every weight row in one call, as `[weight rows, rows of x]`.
+            let mut got = vec![0.0; rows * n];
+            dot(format, &m.blocks, &planes, &mut got);
+            for (r, got) in got.chunks_exact(n).enumerate() {
                 let want: Vec<f32> = (0..n).map(|i| want[i * rows + r]).collect();
-                close(&got, &want, &format!("{format:?} {name} row {r}"));
+                close(got, &want, &format!("{format:?} {name} row {r}"));
             }
         }
     }
@@ -360,4 +359,18 @@ fn malformed_shapes_are_errors() {
         Err(QuantMatrixError::Length { expected: 36, .. })
     ));
     assert!(QuantMatrix::new(BlockFormat::Q4_0, vec![], usize::MAX, 64).is_err());
+}
+
+#[test]
+fn half_float_rows_are_kept_only_in_whole_runs_of_32() {
+    for format in [BlockFormat::F16, BlockFormat::BF16] {
+        assert!(format.keeps_rows_of(576), "{format:?}: 18 runs");
+        assert!(
+            !format.keeps_rows_of(100),
+            "{format:?}: a partial run is expanded"
+        );
+    }
+    // Integer formats are whole blocks per row by construction: the check is `new`'s.
+    assert!(BlockFormat::Q4_K.keeps_rows_of(576));
+    assert!(QuantMatrix::new(BlockFormat::Q4_K, vec![0; 144], 1, 576).is_err());
 }
