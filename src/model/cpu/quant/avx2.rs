@@ -593,7 +593,6 @@ macro_rules! planes_kernel {
                     let quants = rows[r].quants.as_ptr().add(g * PLANES * BLOCK);
                     let step = *rows[r].steps.get_unchecked(g);
                     let products = _mm256_cvtepi32_ps($dot::<F>(group.u, quants));
-                    let [h0, h1] = *rows[r].half_sums.get_unchecked(g);
                     let scale = if F == Q6_K {
                         // Lanes 0-3 hold elements 0-15.
                         _mm256_set_m128(
@@ -604,7 +603,14 @@ macro_rules! planes_kernel {
                         _mm256_set1_ps(group.scales[0] * step)
                     };
                     sums[r] = _mm256_fmadd_ps(products, scale, sums[r]);
-                    offsets[r][parity] += group.offsets[0] * h0 + group.offsets[1] * h1;
+                    let offset = &mut offsets[r][parity];
+                    if F == Q6_K {
+                        let [h0, h1] = *rows[r].half_sums.get_unchecked(g);
+                        *offset += group.offsets[0] * h0 + group.offsets[1] * h1;
+                    } else {
+                        // Both halves add the same offset: one multiply-add on the sum.
+                        *offset = group.offsets[0].mul_add(*rows[r].sums.get_unchecked(g), *offset);
+                    }
                 }
             };
             for g in (0..groups).step_by(2) {

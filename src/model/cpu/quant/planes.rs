@@ -29,6 +29,8 @@ pub struct Planes {
     /// `[row][block]`: the sums of each 16-element half of the block's values as the planes
     /// hold them.
     half_sums: Vec<[f32; 2]>,
+    /// `[row][block]`: the two half sums added, for the formats whose halves share an offset.
+    sums: Vec<f32>,
 }
 
 /// One block of one row of [`Planes`].
@@ -51,12 +53,14 @@ impl Planes {
             quants: vec![0; blocks_total * PLANES * BLOCK],
             steps: vec![0.0; blocks_total],
             half_sums: vec![[0.0; 2]; blocks_total],
+            sums: vec![0.0; blocks_total],
         };
         for (b, values) in x.chunks_exact(BLOCK).enumerate() {
             let quants = &mut planes.quants[b * PLANES * BLOCK..][..PLANES * BLOCK];
             let (step, half_sums) = decompose(values, quants);
             planes.steps[b] = step;
             planes.half_sums[b] = half_sums;
+            planes.sums[b] = half_sums[0] + half_sums[1];
         }
         planes
     }
@@ -90,7 +94,8 @@ impl Planes {
         PlaneRow {
             quants: &self.quants[blocks.start * PLANES * BLOCK..blocks.end * PLANES * BLOCK],
             steps: &self.steps[blocks.clone()],
-            half_sums: &self.half_sums[blocks],
+            half_sums: &self.half_sums[blocks.clone()],
+            sums: &self.sums[blocks],
         }
     }
 }
@@ -104,6 +109,8 @@ pub struct PlaneRow<'a> {
     pub steps: &'a [f32],
     /// Per block, as [`PlaneBlock::half_sums`].
     pub half_sums: &'a [[f32; 2]],
+    /// Per block, the two half sums added.
+    pub sums: &'a [f32],
 }
 
 /// Writes the planes of one block into `quants`; returns its step and the sums of its two
