@@ -55,9 +55,10 @@ impl Planes {
             half_sums: vec![[0.0; 2]; blocks_total],
             sums: vec![0.0; blocks_total],
         };
+        let use_avx2 = super::super::has_avx2();
         for (b, values) in x.chunks_exact(BLOCK).enumerate() {
             let quants = &mut planes.quants[b * PLANES * BLOCK..][..PLANES * BLOCK];
-            let (step, half_sums) = decompose(values, quants);
+            let (step, half_sums) = decompose_with(use_avx2, values, quants);
             planes.steps[b] = step;
             planes.half_sums[b] = half_sums;
             planes.sums[b] = half_sums[0] + half_sums[1];
@@ -117,6 +118,25 @@ pub struct PlaneRow<'a> {
 /// 16-element halves as the planes hold them. Each value becomes one integer `c` of at most
 /// `127 * 2^14` steps, split exactly into `2^14 q1 + 2^7 q2 + q3` with `q1` rounded and `q2`,
 /// `q3` in `±64`.
+fn decompose_with(use_avx2: bool, values: &[f32], quants: &mut [i8]) -> (f32, [f32; 2]) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2 {
+        // SAFETY: the caller checked the CPU has AVX2.
+        return unsafe { decompose_avx2(values, quants) };
+    }
+    let _ = use_avx2;
+    decompose(values, quants)
+}
+
+/// [`decompose`] compiled for AVX2: one row of `x` is decomposed per projection, on the calling
+/// thread, so its scalar build was a visible share of a one-stream step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn decompose_avx2(values: &[f32], quants: &mut [i8]) -> (f32, [f32; 2]) {
+    decompose(values, quants)
+}
+
+#[inline(always)]
 fn decompose(values: &[f32], quants: &mut [i8]) -> (f32, [f32; 2]) {
     quants.fill(0);
     if values.iter().any(|v| !v.is_finite()) {
@@ -130,21 +150,32 @@ fn decompose(values: &[f32], quants: &mut [i8]) -> (f32, [f32; 2]) {
         // All zeros, or too small for an f32 step (below about 1e-38 / 2^21): held as zeros.
         return (0.0, [0.0; 2]);
     }
+    // v / step rounded: the planes hold c exactly, so v to half a step. Two loops without
+    // branches or saturating casts, so that they vectorize.
+    let limit = LARGEST_COMBINED as f64;
+    let mut combined = [0i32; BLOCK];
+    for (c, &v) in combined.iter_mut().zip(values) {
+        let rounded = round(v as f64 / step as f64).clamp(-limit, limit);
+        // SAFETY: `rounded` is a whole number within ±LARGEST_COMBINED (v is finite).
+        *c = unsafe { rounded.to_int_unchecked::<i32>() };
+    }
     let (coarse, fine) = (2 * PLANE_SHIFT, PLANE_SHIFT);
-    let mut combined_sums = [0i64; 2];
-    for (j, &v) in values.iter().enumerate() {
-        // v / step rounded: the planes hold c exactly, so v to half a step.
-        let c = (round(v as f64 / step as f64) as i32).clamp(-LARGEST_COMBINED, LARGEST_COMBINED);
+    let (first, rest) = quants.split_at_mut(BLOCK);
+    let (second, third) = rest.split_at_mut(BLOCK);
+    for (j, &c) in combined.iter().enumerate() {
         let q1 = (c + (1 << (coarse - 1))) >> coarse;
         let rest = c - (q1 << coarse);
         let q2 = (rest + (1 << (fine - 1))) >> fine;
-        let q3 = rest - (q2 << fine);
-        quants[j] = q1 as i8;
-        quants[BLOCK + j] = q2 as i8;
-        quants[2 * BLOCK + j] = q3 as i8;
-        combined_sums[j / 16] += c as i64;
+        first[j] = q1 as i8;
+        second[j] = q2 as i8;
+        third[j] = (rest - (q2 << fine)) as i8;
     }
-    (step, combined_sums.map(|c| (c as f64 * step as f64) as f32))
+    // At most 16 * 127 * 2^14 < 2^31 in magnitude: exact in i32.
+    let half_sum = |h: usize| combined[16 * h..16 * (h + 1)].iter().sum::<i32>();
+    (
+        step,
+        [0, 1].map(|h| (half_sum(h) as f64 * step as f64) as f32),
+    )
 }
 
 /// `v` rounded to the nearest integer (ties to even), for `|v| < 2^51`: adding 1.5 * 2^52
@@ -220,5 +251,25 @@ mod tests {
         assert_eq!(planes.block(0, 0).step, 0.0);
         assert_eq!(planes.block(0, 0).half_sums, [0.0; 2]);
         assert!(planes.block(1, 0).half_sums[0].is_nan());
+    }
+
+    #[test]
+    fn every_build_decomposes_alike() {
+        let mut x = crate::model::cpu::test_values(8 * BLOCK, 9);
+        x[3] = f32::INFINITY;
+        x[BLOCK..2 * BLOCK].fill(0.0);
+        x[2 * BLOCK] = 1e30; // a block whose other values round to nothing
+        let builds = [false, crate::model::cpu::has_avx2()];
+        for values in x.chunks_exact(BLOCK) {
+            let results: Vec<_> = builds
+                .iter()
+                .map(|&avx2| {
+                    let mut quants = [0i8; PLANES * BLOCK];
+                    let (step, sums) = decompose_with(avx2, values, &mut quants);
+                    (step.to_bits(), sums.map(f32::to_bits), quants)
+                })
+                .collect();
+            assert!(results.windows(2).all(|w| w[0] == w[1]), "{values:?}");
+        }
     }
 }
