@@ -180,7 +180,9 @@ impl ModelBackend for burn::backend::Flex {
         // under the step's span.
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         let span = tracing::Span::current();
-        rayon::scope(|_| tracing::dispatcher::with_default(&dispatch, || span.in_scope(step)))
+        super::cpu::run_with_workers_awake(|| {
+            tracing::dispatcher::with_default(&dispatch, || span.in_scope(step))
+        })
     }
 
     fn pack_projection(

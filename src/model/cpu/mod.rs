@@ -9,11 +9,13 @@ mod elementwise;
 mod microkernel;
 mod packed;
 pub mod quant;
+mod workers;
 
 pub use activation::swiglu;
 pub use attention::{write_keys_transposed, KeyLayout, PagedAttention};
 pub use elementwise::{rms_norm, rotate_heads};
 pub use packed::PackedMatrix;
+pub use workers::run_with_workers_awake;
 
 use crate::model::HostTensor;
 

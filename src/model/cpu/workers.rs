@@ -1,0 +1,120 @@
+//! Keeping rayon's workers awake for the length of a forward step.
+//!
+//! A one-stream decode step is about 150 short parallel sections (each projection, attention)
+//! with a little serial work between them. Rayon puts a worker that finds nothing to do to
+//! sleep after a few rounds of `sched_yield`, and the next section wakes it with a futex: on
+//! two cores that sleeping and waking was about a fifth of a one-stream step's samples
+//! (`docs/BENCHMARKS.md`, "Quantized projections, third pass"). Here the other workers spin
+//! on the pool's queues while the step runs, as llama.cpp's threads do, and go back to
+//! rayon's own sleeping as soon as it returns.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Empty polls between the spinning workers' `sched_yield`s, which let other runnable
+/// threads (the server's) have the core.
+const POLLS_PER_YIELD: u32 = 64;
+
+/// Runs `work` on one of rayon's threads while every other worker of the pool takes the
+/// jobs it spawns as soon as they appear, instead of sleeping between them.
+pub fn run_with_workers_awake<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    let done = AtomicBool::new(false);
+    let done = &done;
+    rayon::scope(|scope| {
+        let owner = rayon::current_thread_index();
+        for _ in 1..rayon::current_num_threads() {
+            scope.spawn(move |_| take_jobs_until(done, owner));
+        }
+        let result = work();
+        done.store(true, Ordering::Release);
+        result
+    })
+}
+
+/// Executes the pool's pending jobs until `done`. On `owner` (the thread running the work,
+/// which can pick this job up itself while it waits inside a join) it returns at once:
+/// spinning there would wait for the work it interrupted.
+fn take_jobs_until(done: &AtomicBool, owner: Option<usize>) {
+    if rayon::current_thread_index() == owner {
+        return;
+    }
+    let mut idle_polls = 0u32;
+    while !done.load(Ordering::Acquire) {
+        if let Some(rayon::Yield::Executed) = rayon::yield_now() {
+            idle_polls = 0;
+            continue;
+        }
+        idle_polls += 1;
+        if idle_polls.is_multiple_of(POLLS_PER_YIELD) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayon::prelude::*;
+
+    #[test]
+    fn the_work_and_its_parallel_sections_finish_on_pools_of_any_size() {
+        for threads in [1, 2, 4] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let total = pool.install(|| {
+                run_with_workers_awake(|| {
+                    // Many sections, nested joins: the owner waits inside joins whose other
+                    // halves the awake workers took.
+                    (0..200u64)
+                        .map(|i| (0..1000u64).into_par_iter().map(|j| i * j).sum::<u64>())
+                        .sum::<u64>()
+                })
+            });
+            let want: u64 = (0..200u64).map(|i| i * (999 * 1000 / 2)).sum();
+            assert_eq!(total, want, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn the_other_workers_take_the_work_and_then_stop_spinning() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let owner_and_helpers = pool.install(|| {
+            run_with_workers_awake(|| {
+                let owner = rayon::current_thread_index();
+                let threads: std::collections::HashSet<_> = (0..64)
+                    .into_par_iter()
+                    .map(|_| {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                        rayon::current_thread_index()
+                    })
+                    .collect();
+                (owner, threads)
+            })
+        });
+        let (owner, threads) = owner_and_helpers;
+        assert!(threads.len() == 2, "both workers took jobs: {threads:?}");
+        assert!(threads.contains(&owner));
+        // Returned: the helper saw `done` (a helper still spinning would keep `install`'s
+        // pool busy, and the scope would not have ended).
+    }
+
+    #[test]
+    fn the_thread_running_the_work_never_spins() {
+        // Its own queue may hand it a helper job while it waits inside a join; that job must
+        // return, since `done` waits on this very thread.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let never = AtomicBool::new(false);
+            take_jobs_until(&never, rayon::current_thread_index());
+        });
+    }
+}
