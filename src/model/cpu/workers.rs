@@ -24,10 +24,20 @@ pub fn run_with_workers_awake<R: Send>(work: impl FnOnce() -> R + Send) -> R {
         for _ in 1..rayon::current_num_threads() {
             scope.spawn(move |_| take_jobs_until(done, owner));
         }
-        let result = work();
-        done.store(true, Ordering::Release);
-        result
+        // Set however `work` ends: the scope waits for the spinning jobs, so a panic that
+        // left `done` unset would hang here instead of reaching the caller.
+        let _done_on_exit = DoneOnDrop(done);
+        work()
     })
+}
+
+/// Sets its flag when dropped.
+struct DoneOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for DoneOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// Executes the pool's pending jobs until `done`. On `owner` (the thread running the work,
@@ -116,5 +126,22 @@ mod tests {
             let never = AtomicBool::new(false);
             take_jobs_until(&never, rayon::current_thread_index());
         });
+    }
+
+    #[test]
+    fn a_panicking_step_reaches_the_caller_instead_of_hanging() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let outcome = pool.install(|| {
+            std::panic::catch_unwind(|| {
+                run_with_workers_awake(|| {
+                    (0..100).into_par_iter().for_each(|_| {});
+                    panic!("a step that fails");
+                })
+            })
+        });
+        assert!(outcome.is_err());
     }
 }
