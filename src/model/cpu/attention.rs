@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::{has_avx2, has_avx512, SharedOut};
+use super::{has_avx2, has_avx512, prefetch, SharedOut};
 use crate::model::attention::HeadLayout;
 use crate::model::batch::SequenceSlice;
 
@@ -419,22 +419,6 @@ pub struct KeyLayout {
     pub block_size: usize,
     /// Width of a head.
     pub head_dim: usize,
-}
-
-/// Hints that `data` will be read soon.
-#[inline(always)]
-fn prefetch(data: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in data.chunks(16) {
-        // SAFETY: a prefetch never faults; the address is inside `data`.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
 }
 
 /// ln 2 split in two so `n * LN2_HI` is exact for the `n` an exponent can have.

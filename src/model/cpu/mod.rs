@@ -97,6 +97,25 @@ fn has_avx512() -> bool {
     false
 }
 
+/// Hints that `data` will be read soon: one prefetch per 64-byte line.
+#[inline(always)]
+fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let start = data.as_ptr().cast::<i8>();
+        for offset in (0..std::mem::size_of_val(data)).step_by(64) {
+            // SAFETY: `offset` is inside `data`, and a prefetch never faults.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    start.add(offset),
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 /// Whether this CPU runs the AVX2 builds of the portable loops.
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -67,13 +67,17 @@ mod tests {
     use super::*;
     use rayon::prelude::*;
 
+    fn pool_of(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn the_work_and_its_parallel_sections_finish_on_pools_of_any_size() {
         for threads in [1, 2, 4] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = pool_of(threads);
             let total = pool.install(|| {
                 run_with_workers_awake(|| {
                     // Many sections, nested joins: the owner waits inside joins whose other
@@ -90,10 +94,7 @@ mod tests {
 
     #[test]
     fn the_other_workers_take_the_work_and_then_stop_spinning() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = pool_of(2);
         let owner_and_helpers = pool.install(|| {
             run_with_workers_awake(|| {
                 let owner = rayon::current_thread_index();
@@ -118,10 +119,7 @@ mod tests {
     fn the_thread_running_the_work_never_spins() {
         // Its own queue may hand it a helper job while it waits inside a join; that job must
         // return, since `done` waits on this very thread.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = pool_of(2);
         pool.install(|| {
             let never = AtomicBool::new(false);
             take_jobs_until(&never, rayon::current_thread_index());
@@ -130,10 +128,7 @@ mod tests {
 
     #[test]
     fn a_panicking_step_reaches_the_caller_instead_of_hanging() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = pool_of(2);
         let outcome = pool.install(|| {
             std::panic::catch_unwind(|| {
                 run_with_workers_awake(|| {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::packed::{ScratchPanel, PANEL_WIDTH};
-use super::SharedOut;
+use super::{prefetch, SharedOut};
 use planes::Planes;
 
 /// Elements per block of the 32-element types, and per group of every type (a K-quant
@@ -377,21 +377,6 @@ fn row_dequantizer() -> DequantizeFn {
         return avx2::dequantize_row;
     }
     dequantize_row
-}
-
-/// Hints that `data` will be read soon.
-fn prefetch(data: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in data.chunks(64) {
-        // SAFETY: a prefetch never faults; the address is inside `data`.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
 }
 
 /// Writes tile `t` of a panel of `count` weight rows, `row_bytes` apart, in the layout of
