@@ -4,9 +4,9 @@
 //! with a little serial work between them. Rayon puts a worker that finds nothing to do to
 //! sleep after a few rounds of `sched_yield`, and the next section wakes it with a futex: on
 //! two cores that sleeping and waking was about a fifth of a one-stream step's samples
-//! (`docs/BENCHMARKS.md`, "Quantized projections, third pass"). Here the other workers spin
-//! on the pool's queues while the step runs, as llama.cpp's threads do, and go back to
-//! rayon's own sleeping as soon as it returns.
+//! (`docs/BENCHMARKS.md`, "Quantized projections, third pass"). Here another worker spins on
+//! the pool's queues while the step runs, as llama.cpp's threads do, and goes back to rayon's
+//! own sleeping as soon as it returns.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,14 +14,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// threads (the server's) have the core.
 const POLLS_PER_YIELD: u32 = 64;
 
-/// Runs `work` on one of rayon's threads while every other worker of the pool takes the
-/// jobs it spawns as soon as they appear, instead of sleeping between them.
+/// Runs `work` on one of rayon's threads while another worker of the pool takes the jobs it
+/// spawns as soon as they appear, instead of sleeping between them.
+///
+/// One such worker, not one per thread: the spinning job sits at the bottom of the owner's
+/// queue, so the first thread to steal anything of this step takes it, before any of the
+/// step's own jobs. A second spinning job could be stolen by a thread already inside one of
+/// the step's jobs (waiting on a join there), which would then spin until the step ends while
+/// the step waits for it. Pools of more than two threads keep rayon's sleeping for the rest.
 pub fn run_with_workers_awake<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     let done = AtomicBool::new(false);
     let done = &done;
     rayon::scope(|scope| {
         let owner = rayon::current_thread_index();
-        for _ in 1..rayon::current_num_threads() {
+        if rayon::current_num_threads() > 1 {
             scope.spawn(move |_| take_jobs_until(done, owner));
         }
         // Set however `work` ends: the scope waits for the spinning jobs, so a panic that
