@@ -32,61 +32,19 @@ unsafe fn scale_and_offset(format: BlockFormat, block: &[u8]) -> (f32, f32) {
     (d, offset)
 }
 
-/// One row of blocks of any format as f32 into `out`: the integer formats' groups decoded as
-/// the dots decode them ([`group_avx2`]) and widened, F16 and BF16 converted.
-pub(super) fn dequantize_row(format: BlockFormat, row: &[u8], out: &mut [f32]) {
-    let bytes = format.block_bytes();
-    assert!(row.len().is_multiple_of(bytes), "whole blocks");
-    assert_eq!(
-        row.len() / bytes * format.block_elements(),
-        out.len(),
-        "a value per element"
-    );
-    // SAFETY: chosen by `row_dequantizer` only when the CPU has AVX2, FMA and F16C; the asserts
-    // make `out` one value per element of `row`'s blocks.
-    unsafe {
-        if format.is_float() {
-            for (block, out) in row.chunks_exact(bytes).zip(out.chunks_exact_mut(BLOCK)) {
-                for i in 0..4 {
-                    let v = half_floats(format, block.as_ptr().add(16 * i));
-                    _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), v);
-                }
-            }
-            return;
-        }
-        macro_rules! run {
-            ($($f:literal)*) => {
-                match format_index(format) {
-                    $($f => dequantize_groups::<$f>(row, out),)*
-                    _ => unreachable!("FORMATS has eight formats"),
-                }
-            };
-        }
-        run!(0 1 2 3 4 5 6 7)
-    }
-}
-
-/// Every 32-value group of `row` (format `F`) as f32: `scale * u + offset` per half.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dequantize_groups<const F: u8>(row: &[u8], out: &mut [f32]) {
-    for (g, out) in out.chunks_exact_mut(BLOCK).enumerate() {
-        let group = group_avx2::<F>(row, g);
-        let halves = [
-            _mm256_castsi256_si128(group.u),
-            _mm256_extracti128_si256::<1>(group.u),
-        ];
-        for (h, bytes) in halves.into_iter().enumerate() {
-            let scale = _mm256_set1_ps(group.scales[h]);
-            let offset = _mm256_set1_ps(group.offsets[h]);
-            for (i, bytes) in [bytes, _mm_srli_si128::<8>(bytes)].into_iter().enumerate() {
-                // Q8_0's bytes are signed (the AVX2 group keeps them so); the others unsigned.
-                let ints = if F == Q8_0 {
-                    _mm256_cvtepi8_epi32(bytes)
-                } else {
-                    _mm256_cvtepu8_epi32(bytes)
-                };
-                let values = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), scale, offset);
-                _mm256_storeu_ps(out.as_mut_ptr().add(16 * h + 8 * i), values);
+/// One row of half floats (F16 or BF16) as f32 into `out`. The integer formats need no row
+/// dequantizer here: the expansion fills its panels from their groups (`fill_tile`).
+pub(super) fn dequantize_half_float_row(format: BlockFormat, row: &[u8], out: &mut [f32]) {
+    assert!(format.is_float(), "{format:?} is not half floats");
+    assert_eq!(row.len(), 2 * out.len(), "a value per element");
+    assert!(out.len().is_multiple_of(BLOCK), "whole runs of 32");
+    for (block, out) in row.chunks_exact(2 * BLOCK).zip(out.chunks_exact_mut(BLOCK)) {
+        for i in 0..4 {
+            // SAFETY: chosen by `row_dequantizer` only when the CPU has AVX2, FMA and F16C;
+            // the asserts make `block` 32 halves and `out` 32 floats.
+            unsafe {
+                let v = half_floats(format, block.as_ptr().add(16 * i));
+                _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), v);
             }
         }
     }

@@ -326,7 +326,7 @@ impl QuantMatrix {
                 // streams, which left the loads waiting on memory), then transposed. Rows
                 // past a last panel's end keep stale values, whose outputs are never written.
                 let mut rows_f32 = Vec::new();
-                let (dequantize, transpose) = (row_dequantizer(), tile_transposer());
+                let (dequantize, transpose) = (row_dequantizer(self.format), tile_transposer());
                 for p in task * per_task..((task + 1) * per_task).min(num_panels) {
                     let first = p * PANEL_WIDTH;
                     let columns = PANEL_WIDTH.min(self.rows - first);
@@ -338,9 +338,10 @@ impl QuantMatrix {
                         let next = self.blocks.get((first + PANEL_WIDTH) * row_bytes..);
                         let next = next.unwrap_or_default();
                         let next = &next[..next.len().min(PANEL_WIDTH * row_bytes)];
-                        let share = next.len().div_ceil(self.cols / BLOCK).max(1);
+                        let share = next.len().div_ceil((self.cols / BLOCK).max(1));
                         panel.fill(|t, dst| {
-                            prefetch(next.chunks(share).nth(t).unwrap_or_default());
+                            let part = next.get(t * share..).unwrap_or_default();
+                            prefetch(&part[..share.min(part.len())]);
                             fill(self.format, rows, row_bytes, columns, t, dst)
                         });
                     } else {
@@ -370,12 +371,13 @@ const _: () = assert!(PANEL_WIDTH == BLOCK, "a panel tile is one block");
 /// Writes one row of blocks as f32 into `out`.
 type DequantizeFn = fn(BlockFormat, &[u8], &mut [f32]);
 
-/// The fastest row dequantizer this CPU runs.
-fn row_dequantizer() -> DequantizeFn {
+/// The fastest row dequantizer this CPU runs for `format`.
+fn row_dequantizer(format: BlockFormat) -> DequantizeFn {
     #[cfg(target_arch = "x86_64")]
-    if super::has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
-        return avx2::dequantize_row;
+    if format.is_float() && has_avx2_f16c() {
+        return avx2::dequantize_half_float_row;
     }
+    let _ = format;
     dequantize_row
 }
 
@@ -387,11 +389,17 @@ type FillTileFn = fn(BlockFormat, &[u8], usize, usize, usize, &mut [f32]);
 /// rows are dequantized, then transposed).
 fn tile_filler(format: BlockFormat) -> Option<FillTileFn> {
     #[cfg(target_arch = "x86_64")]
-    if !format.is_float() && super::has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
+    if !format.is_float() && has_avx2_f16c() {
         return Some(avx2::fill_tile);
     }
     let _ = format;
     None
+}
+
+/// The x86 builds that decode blocks need AVX2, FMA and F16C (for the blocks' f16 scales).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_f16c() -> bool {
+    super::has_avx2() && std::arch::is_x86_feature_detected!("f16c")
 }
 
 /// Transposes a `BLOCK x BLOCK` tile whose rows are `stride` apart in `src`:

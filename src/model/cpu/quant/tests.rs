@@ -245,7 +245,7 @@ fn every_build_of_the_expansion_helpers_matches_the_portable_one() {
             .chunks_exact(m.row_bytes())
             .zip(got.chunks_exact_mut(cols))
         {
-            row_dequantizer()(format, row, dst);
+            row_dequantizer(format)(format, row, dst);
         }
         close(
             &got,
