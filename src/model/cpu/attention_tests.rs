@@ -222,3 +222,32 @@ fn keys_are_written_as_columns_of_their_block() {
     ];
     assert_eq!(pool, want);
 }
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vector_exp_is_accurate_and_zero_below_the_range() {
+    if !has_avx512() {
+        return;
+    }
+    let inputs: Vec<f32> = (0..7300)
+        .map(|i| -100.0 + i as f32 * 0.0137)
+        .chain([f32::NEG_INFINITY, -87.5, 0.0])
+        .collect();
+    for chunk in inputs.chunks(16) {
+        let mut lanes = [0.0f32; 16];
+        lanes[..chunk.len()].copy_from_slice(chunk);
+        // SAFETY: AVX-512F checked above.
+        let got = unsafe { avx512::exp_lanes(lanes) };
+        for (&x, &got) in chunk.iter().zip(&got) {
+            let want = (x as f64).exp();
+            let tolerance = want * 4e-7 + f64::from(f32::MIN_POSITIVE) * 16.0;
+            assert!(
+                (got as f64 - want).abs() <= tolerance,
+                "exp({x}) = {got}, expected {want}"
+            );
+            if x < -87.0 {
+                assert_eq!(got, 0.0, "exp({x})");
+            }
+        }
+    }
+}
