@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::planes::{Planes, PLANES};
-use super::{BlockFormat, BLOCK, INTEGER_FORMATS};
+use super::{BlockFormat, PanelRows, BLOCK, INTEGER_FORMATS};
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -50,31 +50,31 @@ pub(super) fn dequantize_half_float_row(format: BlockFormat, row: &[u8], out: &m
     }
 }
 
-/// Tile `t` of a panel of weight rows as [`super::ScratchPanel::fill`] wants it:
-/// `dst[i * BLOCK + j]` is element `t * BLOCK + i` of row `j`, for the `count` rows at
-/// `row_bytes` apart in `rows` (later columns are zeros). The rows' groups are transposed as
-/// bytes, before they are widened: a quarter of the data an f32 transpose moves.
+/// Tile `t` of `panel` as [`super::ScratchPanel::fill`] wants it: `dst[i * BLOCK + j]` is
+/// element `t * BLOCK + i` of the panel's row `j` (columns past its rows are zeros). The
+/// rows' groups are transposed as bytes, before they are widened: a quarter of the data an
+/// f32 transpose moves.
 ///
 /// # Panics
-/// If `format` is F16/BF16, `count` is not `1..=BLOCK`, or the rows are shorter than tile
-/// `t`'s group.
-pub(super) fn fill_tile(
-    format: BlockFormat,
-    rows: &[u8],
-    row_bytes: usize,
-    count: usize,
-    t: usize,
-    dst: &mut [f32],
-) {
-    assert!((1..=BLOCK).contains(&count) && rows.len() >= count * row_bytes);
+/// If the panel's format is F16/BF16, it holds no rows or more than `BLOCK`, or its rows are
+/// shorter than tile `t`'s group.
+pub(super) fn fill_tile(panel: &PanelRows<'_>, t: usize, dst: &mut [f32]) {
+    let PanelRows {
+        format,
+        blocks,
+        row_bytes,
+        count,
+    } = *panel;
+    assert!((1..=BLOCK).contains(&count) && blocks.len() >= count * row_bytes);
     assert!((t + 1) * BLOCK <= row_bytes / format.block_bytes() * format.block_elements());
     let dst = &mut dst[..BLOCK * BLOCK];
     macro_rules! run {
         ($($f:literal)*) => {
             match format_index(format) {
                 // SAFETY: chosen by `tile_filler` only when the CPU has AVX2, FMA and F16C;
-                // the asserts keep every row's group `t` inside `rows` and `dst` a whole tile.
-                $($f => unsafe { fill_tile_groups::<$f>(rows, row_bytes, count, t, dst) },)*
+                // the asserts keep every row's group `t` inside `blocks` and `dst` a whole
+                // tile.
+                $($f => unsafe { fill_tile_groups::<$f>(blocks, row_bytes, count, t, dst) },)*
                 _ => panic!("{format:?} has no integer groups"),
             }
         };

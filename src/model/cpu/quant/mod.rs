@@ -339,10 +339,16 @@ impl QuantMatrix {
                         let next = next.unwrap_or_default();
                         let next = &next[..next.len().min(PANEL_WIDTH * row_bytes)];
                         let share = next.len().div_ceil((self.cols / BLOCK).max(1));
+                        let panel_rows = PanelRows {
+                            format: self.format,
+                            blocks: rows,
+                            row_bytes,
+                            count: columns,
+                        };
                         panel.fill(|t, dst| {
                             let part = next.get(t * share..).unwrap_or_default();
                             prefetch(&part[..share.min(part.len())]);
-                            fill(self.format, rows, row_bytes, columns, t, dst)
+                            fill(&panel_rows, t, dst)
                         });
                     } else {
                         rows_f32.resize(PANEL_WIDTH * self.cols, 0.0);
@@ -381,9 +387,19 @@ fn row_dequantizer(format: BlockFormat) -> DequantizeFn {
     dequantize_row
 }
 
-/// Writes tile `t` of a panel of `count` weight rows, `row_bytes` apart, in the layout of
-/// [`ScratchPanel::fill`].
-type FillTileFn = fn(BlockFormat, &[u8], usize, usize, usize, &mut [f32]);
+/// A panel's weight rows, as a tile filler reads them.
+#[derive(Clone, Copy, Debug)]
+struct PanelRows<'a> {
+    format: BlockFormat,
+    /// The panel's first row's blocks onwards, rows `row_bytes` apart.
+    blocks: &'a [u8],
+    row_bytes: usize,
+    /// Rows in the panel: [`PANEL_WIDTH`], or fewer in a matrix's last panel.
+    count: usize,
+}
+
+/// Writes tile `t` of a panel in the layout of [`ScratchPanel::fill`].
+type FillTileFn = fn(&PanelRows<'_>, usize, &mut [f32]);
 
 /// A tile filler straight from the blocks, where this CPU and `format` have one (else the
 /// rows are dequantized, then transposed).

@@ -271,7 +271,13 @@ fn a_filled_tile_is_the_transposed_dequantized_rows() {
         for count in [32, 5] {
             for t in [0, 7, cols / BLOCK - 1] {
                 let mut got = vec![f32::NAN; BLOCK * BLOCK];
-                fill(format, &m.blocks, m.row_bytes(), count, t, &mut got);
+                let panel = PanelRows {
+                    format,
+                    blocks: &m.blocks,
+                    row_bytes: m.row_bytes(),
+                    count,
+                };
+                fill(&panel, t, &mut got);
                 let mut want = vec![0.0; BLOCK * BLOCK];
                 transpose_tile_portable(&rows_f32[t * BLOCK..], cols, &mut want);
                 for (i, want) in want.chunks_exact_mut(BLOCK).enumerate() {
