@@ -89,7 +89,6 @@ def main():
     with tempfile.TemporaryDirectory(prefix="quant-rounds-") as tmp:
         tmp = Path(tmp)
         ours, before = tmp / "model_bench_ours", tmp / "model_bench_before"
-        build_model_bench(ROOT, target_dir, ours)
         worktree = tmp / "before"
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before],
                        cwd=ROOT, check=True, capture_output=True)
@@ -98,6 +97,8 @@ def main():
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT,
                            check=True)
+        # Ours last, so that target/ is left holding the working tree's build.
+        build_model_bench(ROOT, target_dir, ours)
         rounds = []
         print("| round | llama.cpp 1 stream | f32 before 1 / 32 / prefill | ours 1 / 32 / prefill "
               "| ours RSS | " + " | ".join(name for name, *_ in TARGETS) + " |")
