@@ -79,6 +79,10 @@ def main():
     parser.add_argument("--before", default="1d36788", help="commit of the f32 baseline")
     parser.add_argument("--model", help="GGUF file (default: SmolLM2 via scripts/fetch-smollm2.sh)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.model and not os.path.isfile(args.model):
+        parser.error(f"--model {args.model}: no such file")
     if not LLAMA_PYTHON.exists():
         sys.exit(f"quant_rounds: no llama.cpp at {LLAMA_PYTHON}; install it as "
                  "scripts/llamacpp_decode_bench.py says")
@@ -90,8 +94,10 @@ def main():
         tmp = Path(tmp)
         ours, before = tmp / "model_bench_ours", tmp / "model_bench_before"
         worktree = tmp / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before],
-                       cwd=ROOT, check=True, capture_output=True)
+        added = subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before],
+                               cwd=ROOT, capture_output=True, text=True)
+        if added.returncode != 0:
+            sys.exit(f"quant_rounds: no worktree at --before {args.before}:\n{added.stderr}")
         try:
             build_model_bench(worktree, target_dir, before)
         finally:
