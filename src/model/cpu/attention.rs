@@ -49,14 +49,41 @@ struct Item {
     tokens: std::ops::Range<usize>,
 }
 
+/// How a tile is folded into its rows' running softmax.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fold {
+    /// [`fold_tile`], one row at a time.
+    Portable,
+    /// [`avx2::fold_tile`]: rows together, a tile's 16 scores in two 8-lane vectors.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2,
+    /// [`avx512::fold_tile`]: rows together, a tile's 16 scores in one vector.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx512,
+}
+
+impl Fold {
+    /// The fastest this CPU runs for heads `head_dim` wide (the vector builds read the head
+    /// in whole vectors).
+    fn best_for(head_dim: usize) -> Fold {
+        if has_avx512() && head_dim.is_multiple_of(16) {
+            Fold::Avx512
+        } else if has_avx2() && head_dim.is_multiple_of(8) {
+            Fold::Avx2
+        } else {
+            Fold::Portable
+        }
+    }
+}
+
 impl PagedAttention<'_> {
     /// `[num_tokens, num_heads * head_dim]`, packed like the queries.
     pub fn run(&self) -> Vec<f32> {
-        self.run_with(has_avx512() && self.heads.head_dim.is_multiple_of(16))
+        self.run_with(Fold::best_for(self.heads.head_dim))
     }
 
-    /// [`Self::run`], with the AVX-512 build of the loops or the portable one.
-    fn run_with(&self, use_avx512: bool) -> Vec<f32> {
+    /// [`Self::run`], folding tiles with `fold` (which the CPU must have).
+    fn run_with(&self, fold: Fold) -> Vec<f32> {
         let HeadLayout {
             num_heads,
             num_kv_heads,
@@ -87,11 +114,10 @@ impl PagedAttention<'_> {
             // SAFETY: each item writes only its own (row, head) cells of `out`, which holds
             // `num_tokens * out_width` floats and outlives the parallel section.
             unsafe {
-                if use_avx512 || !has_avx2() {
-                    self.item(item, out_ptr, use_avx512)
-                } else {
+                match fold {
                     #[cfg(target_arch = "x86_64")]
-                    self.item_avx2(item, out_ptr)
+                    Fold::Avx2 => self.item_avx2(item, out_ptr),
+                    _ => self.item(item, out_ptr, fold),
                 }
             }
         });
@@ -106,14 +132,14 @@ impl PagedAttention<'_> {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn item_avx2(&self, item: &Item, out: SharedOut) {
         // SAFETY: forwarded.
-        unsafe { self.item(item, out, false) }
+        unsafe { self.item(item, out, Fold::Avx2) }
     }
 
     /// # Safety
-    /// No other thread writes this item's output cells meanwhile; with `use_avx512`, the CPU
-    /// has AVX-512F and `head_dim` is a multiple of 16.
+    /// No other thread writes this item's output cells meanwhile; the CPU has what `fold`
+    /// needs and `head_dim` suits it ([`Fold::best_for`]).
     #[inline(always)]
-    unsafe fn item(&self, item: &Item, out: SharedOut, use_avx512: bool) {
+    unsafe fn item(&self, item: &Item, out: SharedOut, fold: Fold) {
         let HeadLayout {
             num_heads,
             num_kv_heads,
@@ -176,17 +202,27 @@ impl PagedAttention<'_> {
             // Rows whose position precedes the tile see none of it; rows are ordered by
             // position, so those are a prefix.
             let first_seeing = states.partition_point(|s| s.position < key0);
-            #[cfg(target_arch = "x86_64")]
-            if use_avx512 {
-                for group in states[first_seeing..].chunks_mut(avx512::MAX_ROWS) {
-                    // SAFETY: the caller checked AVX-512F and the head width.
-                    unsafe { avx512::fold_tile(group, &tile, scale) };
+            let seeing = &mut states[first_seeing..];
+            match fold {
+                #[cfg(target_arch = "x86_64")]
+                Fold::Avx512 => {
+                    for group in seeing.chunks_mut(avx512::MAX_ROWS) {
+                        // SAFETY: the caller checked AVX-512F and the head width.
+                        unsafe { avx512::fold_tile(group, &tile, scale) };
+                    }
                 }
-                key0 += len;
-                continue;
-            }
-            for state in &mut states[first_seeing..] {
-                fold_tile(state, &tile, scale);
+                #[cfg(target_arch = "x86_64")]
+                Fold::Avx2 => {
+                    for group in seeing.chunks_mut(avx2::MAX_ROWS) {
+                        // SAFETY: the caller checked AVX2 and FMA and the head width.
+                        unsafe { avx2::fold_tile(group, &tile, scale) };
+                    }
+                }
+                _ => {
+                    for state in seeing {
+                        fold_tile(state, &tile, scale);
+                    }
+                }
             }
             key0 += len;
         }
@@ -406,6 +442,180 @@ mod avx512 {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coefficient));
         }
         _mm512_maskz_mov_ps(in_range, _mm512_scalef_ps(p, n))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{RowState, Tile, KEY_TILE};
+    use std::arch::x86_64::*;
+
+    /// Rows folded together: each key and value vector loaded is used by this many rows.
+    pub const MAX_ROWS: usize = 4;
+
+    /// [`super::fold_tile`] for up to [`MAX_ROWS`] rows at once: as `avx512::fold_tile`, with
+    /// a row's 16 scores in two 8-lane vectors and masks as vectors. Before it, AVX2 CPUs ran
+    /// the portable fold one row at a time, whose variable-length loops did not vectorize:
+    /// attention was about 8% of a one-stream step on two cores (`docs/BENCHMARKS.md`).
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; `head_dim` a multiple of 8; `1 <= rows.len() <= MAX_ROWS`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fold_tile(rows: &mut [RowState<'_>], tile: &Tile<'_>, scale: f32) {
+        // SAFETY: forwarded.
+        unsafe {
+            match rows.len() {
+                1 => fold_rows::<1>(rows, tile, scale),
+                2 => fold_rows::<2>(rows, tile, scale),
+                3 => fold_rows::<3>(rows, tile, scale),
+                _ => fold_rows::<MAX_ROWS>(rows, tile, scale),
+            }
+        }
+    }
+
+    /// Lanes `0..n` of a 16-key tile as two 8-lane masks (all bits set where inside).
+    #[target_feature(enable = "avx2,fma")]
+    fn lanes_below(n: usize) -> [__m256i; 2] {
+        let n = _mm256_set1_epi32(n.min(KEY_TILE) as i32);
+        let first = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let second = _mm256_add_epi32(first, _mm256_set1_epi32(8));
+        [_mm256_cmpgt_epi32(n, first), _mm256_cmpgt_epi32(n, second)]
+    }
+
+    /// # Safety
+    /// As [`fold_tile`], with `rows.len() == R`.
+    // Indices walk several parallel arrays (rows, halves, weights, value rows) at once.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn fold_rows<const R: usize>(rows: &mut [RowState<'_>], tile: &Tile<'_>, scale: f32) {
+        let hd = rows[0].query.len();
+        let tile_lanes = lanes_below(tile.len);
+        let mut visible = [0usize; R];
+        let mut weights = [[0.0f32; KEY_TILE]; R];
+        // SAFETY: every pointer below stays inside a row's `query` (hd floats), `tile.keys_t`
+        // (`hd * block_size` floats, loads masked to the tile's `len` columns from
+        // `in_block`), `tile.values` (`len * hd` floats) or a row's `acc` (hd floats).
+        unsafe {
+            let keys = tile.keys_t.as_ptr().add(tile.in_block);
+            let mut scores = [[_mm256_setzero_ps(); 2]; R];
+            for d in 0..hd {
+                let at = keys.add(d * tile.block_size);
+                let k = [
+                    _mm256_maskload_ps(at, tile_lanes[0]),
+                    _mm256_maskload_ps(at.add(8), tile_lanes[1]),
+                ];
+                for r in 0..R {
+                    let q = _mm256_set1_ps(*rows[r].query.get_unchecked(d));
+                    for h in 0..2 {
+                        scores[r][h] = _mm256_fmadd_ps(q, k[h], scores[r][h]);
+                    }
+                }
+            }
+            // Each row's softmax update; the rows' rescale factors in one vector exponential.
+            let mut shifts = [0.0f32; 8];
+            let mut tile_sums = [0.0f32; R];
+            for r in 0..R {
+                let state = &mut rows[r];
+                visible[r] = tile.visible_to(state.position);
+                let lanes = lanes_below(visible[r]);
+                // Keys a row does not see score -inf, so they weigh e^-inf = 0.
+                let s = [0, 1].map(|h| {
+                    _mm256_blendv_ps(
+                        _mm256_set1_ps(f32::NEG_INFINITY),
+                        _mm256_mul_ps(scores[r][h], _mm256_set1_ps(scale)),
+                        _mm256_castsi256_ps(lanes[h]),
+                    )
+                });
+                let new_max = state.max.max(hmax(_mm256_max_ps(s[0], s[1])));
+                // -inf on a row's first tile, whose rescale factor is then 0.
+                shifts[r] = state.max - new_max;
+                state.max = new_max;
+                let mut sum = _mm256_setzero_ps();
+                for h in 0..2 {
+                    let p = exp256(_mm256_sub_ps(s[h], _mm256_set1_ps(new_max)));
+                    sum = _mm256_add_ps(sum, p);
+                    _mm256_storeu_ps(weights[r].as_mut_ptr().add(8 * h), p);
+                }
+                tile_sums[r] = hsum(sum);
+            }
+            let mut rescale = [0.0f32; 8];
+            _mm256_storeu_ps(
+                rescale.as_mut_ptr(),
+                exp256(_mm256_loadu_ps(shifts.as_ptr())),
+            );
+            let mut correction = [_mm256_setzero_ps(); R];
+            for r in 0..R {
+                rows[r].sum = rows[r].sum * rescale[r] + tile_sums[r];
+                correction[r] = _mm256_set1_ps(rescale[r]);
+            }
+            let values = tile.values.as_ptr();
+            let max_visible = visible.iter().copied().max().unwrap_or(0);
+            for c in (0..hd).step_by(8) {
+                let mut acc = [_mm256_setzero_ps(); R];
+                for r in 0..R {
+                    acc[r] =
+                        _mm256_mul_ps(_mm256_loadu_ps(rows[r].acc.as_ptr().add(c)), correction[r]);
+                }
+                // Invisible keys have weight 0, so rows can share the loop to `max_visible`.
+                for i in 0..max_visible {
+                    let v = _mm256_loadu_ps(values.add(i * hd + c));
+                    for r in 0..R {
+                        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(weights[r][i]), v, acc[r]);
+                    }
+                }
+                for r in 0..R {
+                    _mm256_storeu_ps(rows[r].acc.as_mut_ptr().add(c), acc[r]);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn hmax(v: __m256) -> f32 {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// [`exp256`] on an array, for tests.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present.
+    #[cfg(test)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_lanes(x: [f32; 8]) -> [f32; 8] {
+        let mut out = [0.0f32; 8];
+        // SAFETY: both arrays hold 8 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp256(_mm256_loadu_ps(x.as_ptr()))) };
+        out
+    }
+
+    /// `e^x` per lane for `x <= 0` (0 below -87, -inf included), as
+    /// [`super::exp_nonpositive`]: `2^n` is built in the exponent bits, which stay normal
+    /// because `x` is clamped to -87 first.
+    #[target_feature(enable = "avx2,fma")]
+    fn exp256(x: __m256) -> __m256 {
+        let in_range = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(-87.0));
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(super::LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(super::LN2_LO), r);
+        let mut p = _mm256_set1_ps(1.0 / 720.0);
+        for coefficient in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(coefficient));
+        }
+        let biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+        let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased));
+        _mm256_and_ps(_mm256_mul_ps(p, two_n), in_range)
     }
 }
 

@@ -123,17 +123,26 @@ fn check(heads: HeadLayout, block_size: usize) {
         keys: &key_t_refs,
         ..case
     };
-    let avx512_applies = has_avx512() && heads.head_dim.is_multiple_of(16);
-    for use_avx512 in [false, avx512_applies] {
-        let got = case.run_with(use_avx512);
+    let folds = [Fold::Portable, Fold::Avx2, Fold::Avx512];
+    let runnable = folds.into_iter().filter(|&f| {
+        f == Fold::Portable
+            || f == Fold::best_for(hd)
+            || (f == Fold::Avx2 && has_avx2() && hd.is_multiple_of(8))
+    });
+    let mut checked = Vec::new();
+    for fold in runnable {
+        let got = case.run_with(fold);
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
                 (g - w).abs() < 2e-5,
-                "{heads:?} block {block_size} avx512 {use_avx512}: output {i} is {g}, expected {w}"
+                "{heads:?} block {block_size} {fold:?}: output {i} is {g}, expected {w}"
             );
         }
+        checked.push(fold);
     }
+    // Every build this CPU runs is checked, the one `run` picks included.
+    assert!(checked.contains(&Fold::best_for(hd)), "{checked:?}");
 }
 
 #[test]
@@ -223,31 +232,61 @@ fn keys_are_written_as_columns_of_their_block() {
     assert_eq!(pool, want);
 }
 
+/// Inputs over the range a softmax uses, the clamp's edge and -inf, for the vector exps.
+#[cfg(target_arch = "x86_64")]
+fn exp_inputs() -> Vec<f32> {
+    (0..7300)
+        .map(|i| -100.0 + i as f32 * 0.0137)
+        .chain([f32::NEG_INFINITY, -87.5, 0.0])
+        .collect()
+}
+
+/// `exp(x)` within 4e-7 relative, and exactly 0 below -87, as the scalar exp.
+#[cfg(target_arch = "x86_64")]
+fn check_exp(x: f32, got: f32) {
+    let want = (x as f64).exp();
+    let tolerance = want * 4e-7 + f64::from(f32::MIN_POSITIVE) * 16.0;
+    assert!(
+        (got as f64 - want).abs() <= tolerance,
+        "exp({x}) = {got}, expected {want}"
+    );
+    if x < -87.0 {
+        assert_eq!(got, 0.0, "exp({x})");
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn vector_exp_is_accurate_and_zero_below_the_range() {
     if !has_avx512() {
         return;
     }
-    let inputs: Vec<f32> = (0..7300)
-        .map(|i| -100.0 + i as f32 * 0.0137)
-        .chain([f32::NEG_INFINITY, -87.5, 0.0])
-        .collect();
-    for chunk in inputs.chunks(16) {
+    for chunk in exp_inputs().chunks(16) {
         let mut lanes = [0.0f32; 16];
         lanes[..chunk.len()].copy_from_slice(chunk);
         // SAFETY: AVX-512F checked above.
         let got = unsafe { avx512::exp_lanes(lanes) };
-        for (&x, &got) in chunk.iter().zip(&got) {
-            let want = (x as f64).exp();
-            let tolerance = want * 4e-7 + f64::from(f32::MIN_POSITIVE) * 16.0;
-            assert!(
-                (got as f64 - want).abs() <= tolerance,
-                "exp({x}) = {got}, expected {want}"
-            );
-            if x < -87.0 {
-                assert_eq!(got, 0.0, "exp({x})");
-            }
-        }
+        chunk
+            .iter()
+            .zip(&got)
+            .for_each(|(&x, &got)| check_exp(x, got));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_exp_is_accurate_and_zero_below_the_range() {
+    if !has_avx2() {
+        return;
+    }
+    for chunk in exp_inputs().chunks(8) {
+        let mut lanes = [0.0f32; 8];
+        lanes[..chunk.len()].copy_from_slice(chunk);
+        // SAFETY: AVX2 and FMA checked above.
+        let got = unsafe { avx2::exp_lanes(lanes) };
+        chunk
+            .iter()
+            .zip(&got)
+            .for_each(|(&x, &got)| check_exp(x, got));
     }
 }

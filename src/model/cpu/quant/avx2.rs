@@ -375,11 +375,18 @@ struct Group {
 /// Group `g` of `row` in format `F` (group `g % groups` of block `g / groups`), the layouts of
 /// `groups.rs` decoded in registers. Q8_0 stays signed for the AVX2 dot, which moves the signs
 /// onto `x`.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C, and `row` holds group `g`'s whole block: its callers check
+/// their rows' lengths once per call, not here once per group (two bounds checks per group
+/// in the dots' innermost loop).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn group_avx2<const F: u8>(row: &[u8], g: usize) -> Group {
     let format = FORMATS[F as usize];
     let groups = format.block_elements() / BLOCK;
-    let block = &row[g / groups * format.block_bytes()..][..format.block_bytes()];
+    let start = g / groups * format.block_bytes();
+    debug_assert!(start + format.block_bytes() <= row.len());
+    let block = row.get_unchecked(start..start + format.block_bytes());
     let (sub, at) = (g % groups, block.as_ptr());
     let same = |scale: f32, offset: f32, u| Group {
         u,
