@@ -63,16 +63,23 @@ enum Fold {
 }
 
 impl Fold {
-    /// The fastest this CPU runs for heads `head_dim` wide (the vector builds read the head
-    /// in whole vectors).
-    fn best_for(head_dim: usize) -> Fold {
-        if has_avx512() && head_dim.is_multiple_of(16) {
-            Fold::Avx512
-        } else if has_avx2() && head_dim.is_multiple_of(8) {
-            Fold::Avx2
-        } else {
-            Fold::Portable
+    /// Fastest first.
+    const ALL: [Fold; 3] = [Fold::Avx512, Fold::Avx2, Fold::Portable];
+
+    /// Whether this CPU runs this build for heads `head_dim` wide (the vector builds read the
+    /// head in whole vectors).
+    fn runs(self, head_dim: usize) -> bool {
+        match self {
+            Fold::Avx512 => has_avx512() && head_dim.is_multiple_of(16),
+            Fold::Avx2 => has_avx2() && head_dim.is_multiple_of(8),
+            Fold::Portable => true,
         }
+    }
+
+    /// The fastest build this CPU runs for heads `head_dim` wide.
+    fn best_for(head_dim: usize) -> Fold {
+        let runnable = Fold::ALL.into_iter().find(|f| f.runs(head_dim));
+        runnable.unwrap_or(Fold::Portable)
     }
 }
 

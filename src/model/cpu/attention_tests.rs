@@ -123,14 +123,8 @@ fn check(heads: HeadLayout, block_size: usize) {
         keys: &key_t_refs,
         ..case
     };
-    let folds = [Fold::Portable, Fold::Avx2, Fold::Avx512];
-    let runnable = folds.into_iter().filter(|&f| {
-        f == Fold::Portable
-            || f == Fold::best_for(hd)
-            || (f == Fold::Avx2 && has_avx2() && hd.is_multiple_of(8))
-    });
     let mut checked = Vec::new();
-    for fold in runnable {
+    for fold in Fold::ALL.into_iter().filter(|f| f.runs(hd)) {
         let got = case.run_with(fold);
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
